@@ -1,0 +1,143 @@
+"""Typed configuration: the schema every composed Hydra config is checked against.
+
+Each dataclass is one config group (``loss``, ``model``, ``data``, ``peft``, ``trainer``, ``wandb``).
+They are registered with Hydra's ConfigStore, so a misspelt key or a wrong type fails at
+composition time, before any model loads, with Hydra naming the key.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+# Every loss type trl.DPOConfig accepts (trl 1.x). conf/loss/ has one file per entry.
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+
+# Named prompt formats for plain-text data; "chat" uses the tokenizer's chat template instead.
+PROMPT_FORMATS = {
+    "none": "{prompt}",
+    "phi2": "Instruct: {prompt}\nOutput:",
+    "alpaca": "### Instruction:\n{prompt}\n\n### Response:\n",
+}
+
+
+@dataclass
+class LossConfig:
+    """One TRL DPO loss, or a weighted combination. Field names are DPOConfig's."""
+
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: Optional[List[float]] = None
+    label_smoothing: float = 0.0  # robust: flip probability in [0, 0.5); exo_pair: epsilon
+    discopop_tau: float = 0.05
+    use_weighting: bool = False  # WPO weighting
+    ld_alpha: Optional[float] = None  # LD-DPO, in [0, 1]
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+
+
+@dataclass
+class ToyConfig:
+    """The offline default: generated preference data plus a tiny Llama whose tokenizer is trained on it."""
+
+    n_train: int = 1024
+    n_eval: int = 128
+    seed: int = 0
+    zh_fraction: float = 0.5
+    vocab_size: int = 2048
+    hidden_size: int = 128  # ~1M parameters: big enough to learn the task, small enough for a 2-core sweep
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+
+
+@dataclass
+class ModelConfig:
+    source: str = "tiny"  # tiny: the toy model (built offline, cached) | hf: `path` below
+    path: Optional[str] = None  # local checkpoint dir or hub id, for source=hf
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy"  # toy | files | hub
+    train_file: Optional[str] = None  # .json / .jsonl / .parquet / .csv
+    eval_file: Optional[str] = None  # unset: hold out `eval_fraction` of train
+    name: Optional[str] = None  # hub dataset id, for source=hub
+    subset: Optional[str] = None
+    train_split: str = "train"
+    eval_split: Optional[str] = None
+    eval_fraction: float = 0.05
+    split_seed: int = 0
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    prompt_format: str = "none"  # chat | none | phi2 | alpaca | any string containing {prompt}
+
+
+@dataclass
+class PeftConfig:
+    enabled: bool = False
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class TrainerConfig:
+    """Training-loop settings passed to trl.DPOConfig; `extra` takes any other DPOConfig field."""
+
+    device: str = "auto"  # auto (cuda if present) | cuda | cpu
+    precision: str = "auto"  # auto (bf16 on cuda when supported, fp32 on cpu) | bf16 | fp16 | fp32
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    eval_steps: int = 50
+    save_steps: int = 50
+    logging_steps: int = 10
+    save_total_limit: Optional[int] = 2
+    eval_on_start: bool = True
+    max_length: int = 512
+    warmup: float = 0.1  # a fraction (< 1) of the training steps, or a number of steps
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    precompute_ref_log_probs: bool = False
+    dataloader_num_workers: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WandbConfig:
+    project: str = "dpo-lab"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
+    group: Optional[str] = None  # default: the sweep's name
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    name: str = "dpo"  # names output dirs and the wandb group
+    beta: float = 0.1
+    lr: float = 5e-5
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
+    seed: int = 42
+    isolate: str = "auto"  # run each job in its own process: auto (multirun only) | always | never
+    loss: LossConfig = field(default_factory=LossConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="dpo_lab_schema", node=Config)

@@ -1,0 +1,80 @@
+"""Model side: which device and precision, which checkpoint, and the LoRA adapter config."""
+
+import logging
+import os
+from typing import Optional, Tuple
+
+from dpo_lab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible. Use trainer.device=auto (or cpu).")
+    return device
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """auto: bf16 on a GPU that supports it, fp32 elsewhere (CPU fp16/bf16 training is slow or unsupported)."""
+    import torch
+
+    if precision != "auto":
+        if device == "cpu" and precision == "fp16":
+            raise UserError("trainer.precision=fp16 needs CUDA; on CPU use fp32 (or auto).")
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # many causal LMs ship without one; TRL needs it for batching
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_model_path(path: Optional[str]) -> str:
+    if not path:
+        raise UserError("model=hf needs model.path: a local checkpoint directory or a hub id, "
+                        "e.g. model=hf model.path=/ckpt/my-sft-model.")  # fmt: skip
+    expanded = os.path.expanduser(path)
+    if path.startswith(("/", ".", "~")) and not os.path.isdir(expanded):
+        raise UserError(f"model.path={path!r} does not exist. Point it at a directory holding config.json and the "
+                        "weights (a save_pretrained checkpoint), or at a hub id such as Qwen/Qwen2.5-0.5B.")  # fmt: skip
+    if os.path.isdir(expanded) and not os.path.isfile(os.path.join(expanded, "config.json")):
+        raise UserError(f"model.path={path!r} is a directory without config.json, so it is not a Hugging Face "
+                        "checkpoint. Point it at the directory that save_pretrained wrote.")  # fmt: skip
+    return expanded
+
+
+def load_model_and_tokenizer(path: str, cfg) -> Tuple[object, object]:
+    """Load a causal LM and its tokenizer from a local dir or hub id, with a clear error when that fails."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        tokenizer = load_tokenizer(path, cfg.revision, cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot load model {path!r}: {e}. For a hub id this needs internet access; otherwise "
+                        "point model.path at a local checkpoint directory.") from None  # fmt: skip
+    return model, tokenizer
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    target = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target
+    )

@@ -1,0 +1,78 @@
+"""Rerun a saved job exactly (same resolved config and seed), or with a few overrides.
+
+    python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3            # same config, new dir
+    python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3 lr=1e-5   # changed
+    python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID                     # from an online run's config
+"""
+
+import logging
+import math
+import os
+import time
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+from dpo_lab.config import Config
+from dpo_lab.errors import UserError
+from dpo_lab.job import launch, load_config, prepare, read_json
+
+log = logging.getLogger(__name__)
+
+
+def _from_wandb(ref: str, out: Optional[str]) -> str:
+    """Write a job-like config.yaml from an online run's logged config; return its directory."""
+    import wandb
+
+    run = wandb.Api().run(ref)
+    schema_keys = Config.__dataclass_fields__
+    saved = {k: v for k, v in run.config.items() if k in schema_keys}  # WandbCallback adds TrainingArguments beside ours
+    job_dir = out or os.path.join("outputs", "from-wandb", run.id)
+    os.makedirs(job_dir, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(saved), os.path.join(job_dir, "config.yaml"))
+    return job_dir
+
+
+def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
+    try:
+        if job_dir.startswith("wandb:"):
+            job_dir = _from_wandb(job_dir[len("wandb:"):], out)
+        path = os.path.join(job_dir, "config.yaml")
+        if not os.path.isfile(path):
+            raise UserError(f"{job_dir} has no config.yaml, so it is not a dpo-lab job directory (one of "
+                            "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/).")  # fmt: skip
+        cfg = load_config(path, overrides)
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    meta = read_json(os.path.join(job_dir, "job.json")) or {"name": "rerun", "group": None, "overrides": [], "choices": {}}
+    out = out or os.path.join(job_dir, "reruns", time.strftime("%Y-%m-%d_%H-%M-%S"))
+    prepare(cfg, out, name=f"{meta['name']} (rerun)", group=meta["group"], overrides=meta["overrides"] + list(overrides),
+            choices=meta["choices"])  # fmt: skip
+    _warn_on_version_drift(job_dir, out)
+    result = launch(out, isolate=False)
+    _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
+    return 0 if result["status"] == "completed" else 1
+
+
+def _warn_on_version_drift(old_dir: str, new_dir: str) -> None:
+    old, new = read_json(os.path.join(old_dir, "run_info.json")), read_json(os.path.join(new_dir, "run_info.json"))
+    if not old or not new:
+        return
+    drift = {k: (v, new["versions"].get(k)) for k, v in old["versions"].items() if new["versions"].get(k) != v}
+    if drift:
+        log.warning("Package versions differ from the original run, so results may too: %s", drift)
+    if old.get("git") and new.get("git") and old["git"]["commit"] != new["git"]["commit"]:
+        log.warning("Code differs: original ran at commit %s, this at %s.", old["git"]["commit"][:10], new["git"]["commit"][:10])
+
+
+def _compare(original: dict, result: dict) -> None:
+    keys = [k for k in original if k.startswith("eval/") and isinstance(original[k], (int, float)) and k in result]
+    if not keys:
+        return
+    lines = [f"{'metric':32} {'original':>12} {'rerun':>12} {'|diff|':>10}"]
+    for k in keys:
+        lines.append(f"{k:32} {original[k]:12.6f} {result[k]:12.6f} {abs(original[k] - result[k]):10.2e}")
+    worst = max(abs(original[k] - result[k]) for k in keys)
+    lines.append(f"largest difference: {worst:.2e}" + ("" if math.isfinite(worst) else " (non-finite)"))
+    log.info("Rerun vs original:\n%s", "\n".join(lines))

@@ -1,0 +1,161 @@
+"""The DPO recipe: composed config -> data + model -> trl.DPOTrainer -> logged results.
+
+One readable function, `train`, in the order things happen. Everything a user can get wrong is
+checked before the model's weights load.
+"""
+
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lab import data, modeling, tracking
+from dpo_lab.validate import validate
+
+log = logging.getLogger(__name__)
+
+EVAL_KEYS = ("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
+             "eval_logps/chosen", "eval_logps/rejected", "eval_loss")  # fmt: skip
+
+
+class DivergedError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def _nan_guard():
+    from transformers import TrainerCallback
+
+    class NanGuard(TrainerCallback):
+        """Stop at the first non-finite loss instead of training on garbage for hours."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "eval_loss"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(value):
+                    raise DivergedError(f"{key} became {value} at step {state.global_step}; lower lr or beta, or "
+                                        "check the data for empty answers.")  # fmt: skip
+
+    return NanGuard()
+
+
+def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: str, report_to: str):
+    """Map our config onto trl.DPOConfig (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
+    from trl import DPOConfig
+
+    t = cfg.trainer
+    loss = OmegaConf.to_container(cfg.loss)
+    return DPOConfig(
+        output_dir=os.path.join(out_dir, "checkpoints"),
+        beta=cfg.beta,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        **loss,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        max_length=t.max_length,
+        warmup_steps=t.warmup,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        precompute_ref_log_probs=t.precompute_ref_log_probs,
+        dataloader_num_workers=t.dataloader_num_workers,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=report_to,
+        run_name=os.path.basename(out_dir),
+        disable_tqdm=False,
+        **OmegaConf.to_container(t.extra),
+    )
+
+
+def _peak_memory_mb(device: str) -> Dict[str, float]:
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wandb_config: Dict[str, Any]) -> Dict[str, Any]:
+    """Train one DPO run into `out_dir` and return its headline results."""
+    validate(cfg)
+    toy = None
+    if cfg.model.source == "tiny" or cfg.data.source == "toy":
+        from dpo_lab.toy import ensure_toy
+
+        toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
+    model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
+    device = modeling.pick_device(cfg.trainer.device)
+    precision = modeling.pick_precision(cfg.trainer.precision, device)
+
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
+    tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
+    prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, toy)
+    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision)
+    args = dpo_args(cfg, out_dir, device, precision, report_to="none")  # fails on bad DPOConfig values, pre-load
+    model, tokenizer = modeling.load_model_and_tokenizer(model_path, cfg.model)
+
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
+    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, wandb_config)
+    args.report_to = ["wandb"] if run is not None else []
+    failed = True
+    started = time.time()
+    try:
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,  # TRL builds it: the adapter-disabled base with LoRA, a frozen copy otherwise
+            args=args,
+            train_dataset=columns(prefs.train),
+            eval_dataset=columns(prefs.eval),
+            processing_class=tokenizer,
+            peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
+            callbacks=[_nan_guard()],
+        )
+        trainer.train()
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if not evals or evals[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
+            evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        trainer.save_model(os.path.join(out_dir, "final"))
+        failed = False
+    finally:
+        tracking.finish_run(run, failed)
+
+    final = evals[-1]
+    result = {k.replace("eval_", "eval/"): final[k] for k in EVAL_KEYS if k in final}
+    result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
+    result.update(
+        steps=trainer.state.global_step,
+        train_seconds=round(time.time() - started, 1),
+        device=device,
+        precision=precision,
+        wandb_run_id=run.id if run is not None else None,
+        wandb_dir=run.settings.sync_dir if run is not None else None,
+        **_peak_memory_mb(device),
+    )
+    return result

@@ -1,0 +1,99 @@
+"""Semantic checks on a composed config that types alone cannot express. Run before anything loads."""
+
+from omegaconf import DictConfig
+
+from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
+from dpo_lab.errors import UserError
+
+F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError naming the offending key and a fix for the first problem found."""
+    loss = cfg.loss
+    types = list(loss.loss_type)
+    _check(len(types) > 0, "loss.loss_type is empty: give at least one loss type, e.g. loss=sigmoid.")
+    for t in types:
+        _check(t in LOSS_TYPES, f"loss.loss_type contains {t!r}, which TRL does not know. Valid: {', '.join(LOSS_TYPES)}.")
+    if loss.loss_weights is not None:
+        _check(
+            len(loss.loss_weights) == len(types),
+            f"loss.loss_weights has {len(loss.loss_weights)} entries for {len(types)} loss types {types}: "
+            "give one weight per loss type, or leave loss_weights unset for equal weights.",
+        )
+        _check(all(w >= 0 for w in loss.loss_weights), f"loss.loss_weights {list(loss.loss_weights)} must be >= 0.")
+    if "robust" in types:
+        _check(
+            0.0 <= loss.label_smoothing < 0.5,
+            f"loss.label_smoothing={loss.label_smoothing} is out of range for the robust loss: it is the probability "
+            "that a label is flipped and must lie in [0, 0.5) (the Robust DPO paper suggests 0.1).",
+        )
+    if "exo_pair" in types:
+        _check(
+            0.0 < loss.label_smoothing < 1.0,
+            f"loss.label_smoothing={loss.label_smoothing} is out of range for exo_pair: it is EXO's epsilon and must "
+            "lie in (0, 1) (the paper suggests 1e-3).",
+        )
+    _check(loss.discopop_tau > 0, f"loss.discopop_tau={loss.discopop_tau} must be > 0 (the paper uses 0.05).")
+    if loss.ld_alpha is not None:
+        _check(0.0 <= loss.ld_alpha <= 1.0, f"loss.ld_alpha={loss.ld_alpha} must lie in [0, 1] (or be null).")
+    if loss.f_divergence_type != "reverse_kl":
+        unsupported = sorted(set(types) - F_DIVERGENCE_LOSSES)
+        _check(
+            not unsupported,
+            f"loss.f_divergence_type={loss.f_divergence_type!r} is not defined for loss types {unsupported}; "
+            f"use it only with {sorted(F_DIVERGENCE_LOSSES)} or keep reverse_kl.",
+        )
+
+    _check(cfg.beta > 0, f"beta={cfg.beta} must be > 0 (typical values: 0.01 .. 0.5).")
+    _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0.")
+    _check(cfg.epochs > 0 or (cfg.max_steps or 0) > 0, f"epochs={cfg.epochs} must be > 0 (or set max_steps).")
+    _check(cfg.max_steps is None or cfg.max_steps > 0, f"max_steps={cfg.max_steps} must be > 0, or null to train `epochs`.")
+
+    t = cfg.trainer
+    _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r}: use auto, cpu or cuda.")
+    _check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"trainer.precision={t.precision!r}: use auto, bf16, fp16 or fp32.")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "eval_steps", "save_steps", "logging_steps", "max_length"):  # fmt: skip
+        _check(t[key] > 0, f"trainer.{key}={t[key]} must be > 0.")
+    if t.save_total_limit is not None:
+        _check(t.save_total_limit > 0, f"trainer.save_total_limit={t.save_total_limit} must be > 0 or null (keep all).")
+    if cfg.peft.enabled:
+        _check(cfg.peft.r > 0, f"peft.r={cfg.peft.r} must be > 0.")
+        _check(
+            not t.extra.get("sync_ref_model", False),
+            "trainer.extra.sync_ref_model=true does not work with LoRA (TRL has no separate reference to sync): "
+            "use peft=none or drop sync_ref_model.",
+        )
+
+    d = cfg.data
+    _check(d.source in ("toy", "files", "hub"), f"data.source={d.source!r}: use toy, files or hub (data=toy|json|hub).")
+    _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1).")
+    fmt = d.prompt_format
+    _check(
+        fmt == "chat" or fmt in PROMPT_FORMATS or "{prompt}" in fmt,
+        f"data.prompt_format={fmt!r} is neither 'chat', a named format ({', '.join(PROMPT_FORMATS)}) "
+        "nor a format string containing {prompt}.",
+    )
+    _check(cfg.model.source in ("tiny", "hf"), f"model.source={cfg.model.source!r}: use tiny or hf (model=tiny|hf).")
+    _check(cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
+           f"wandb.mode={cfg.wandb.mode!r}: use auto, online, offline or disabled.")  # fmt: skip
+    _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
+    _check_extra_trainer_keys(t.extra)
+
+
+def _check_extra_trainer_keys(extra) -> None:
+    from trl import DPOConfig
+
+    valid = DPOConfig.__dataclass_fields__
+    unknown = [k for k in extra if k not in valid]
+    _check(
+        not unknown,
+        f"trainer.extra has keys {unknown} that trl.DPOConfig does not have. trainer.extra passes fields straight "
+        "to DPOConfig; check the spelling against TRL's DPOConfig documentation.",
+    )
