@@ -4,7 +4,7 @@
     python run.py -m loss=sigmoid,ipo beta=0.1,0.5  # a sweep: one job (and one wandb run) per combination
 """
 
-import os
+import logging
 import sys
 
 import hydra
@@ -13,25 +13,43 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dpo_lab.config import register_configs
-from dpo_lab.job import launch, prepare
+from dpo_lab.errors import UserError
+from dpo_lab.job import completed_result, launch, prepare
+from dpo_lab.sweep import run_name, sweep_name, swept_keys
 
 register_configs()
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> float:
+    """Run one job; return its `objective` metric (NaN if it failed) for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
-    group = cfg.wandb.group or (f"{cfg.name}-{os.path.basename(os.path.normpath(hc.sweep.dir))}" if multirun else None)
+    group = cfg.wandb.group or (sweep_name(cfg.name, hc.sweep.dir) if multirun else None)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     job_dir = hc.runtime.output_dir
-    prepare(cfg, job_dir, name=",".join(overrides) or "default", group=group, overrides=overrides, choices=choices)
+    try:
+        done = completed_result(cfg, job_dir)  # relaunching a sweep skips what finished, resumes what did not
+    except UserError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    if done:
+        log.info("Job %s already completed; skipping it.", job_dir)
+        return objective(done, cfg.objective)
+    name = run_name(overrides, swept_keys(hc.sweep.dir) if multirun else [])
+    meta = prepare(cfg, job_dir, name=name, group=group, overrides=overrides, choices=choices)
     # A fresh process per job keeps a sweep's jobs from leaking memory or state into each other.
-    result = launch(job_dir, isolate=cfg.isolate == "always" or (cfg.isolate == "auto" and multirun))
+    result = launch(job_dir, isolate=cfg.isolate == "always" or (cfg.isolate == "auto" and multirun), cfg=cfg, meta=meta)
     if not multirun and result["status"] != "completed":
         sys.exit(1)
-    return result
+    return objective(result, cfg.objective)
+
+
+def objective(result: dict, key: str) -> float:
+    value = result.get(key) if result.get("status") == "completed" else None
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python -m dpo_lab rerun JOB_DIR [key=value ...] [--out DIR]   rerun a saved job (optionally changed)
     python -m dpo_lab execute JOB_DIR                              run a prepared job dir (used by sweeps)
+    python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
+    python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
 """
 
 import argparse
@@ -19,6 +21,13 @@ def main(argv=None) -> int:
     p.add_argument("job_dir")
     p.add_argument("overrides", nargs="*", help="key=value changes, e.g. max_steps=20 wandb.mode=disabled")
     p.add_argument("--out", help="where the rerun goes (default: JOB_DIR/reruns/<time>)")
+    p = sub.add_parser("samples", help="print a job's checkpoint samples: policy / reference / ground truth")
+    p.add_argument("job_dir")
+    p.add_argument("--step", type=int, help="the checkpoint to show (default: the last sampled)")
+    p.add_argument("--width", type=int, help="output width in columns (default: the terminal's)")
+    p = sub.add_parser("report", help="(re)write a sweep's summary.csv, report.md and plots, also for partial sweeps")
+    p.add_argument("sweep_dir")
+    p.add_argument("--out", help="where to write (default: results/<sweep name>/ as recorded by the sweep)")
     args = parser.parse_args(argv)
 
     if args.command == "execute":
@@ -29,6 +38,22 @@ def main(argv=None) -> int:
 
         job.setup_logging()
         return rerun(args.job_dir, args.overrides, args.out)
+    if args.command == "samples":
+        from dpo_lab.errors import UserError
+        from dpo_lab.samples import show
+
+        try:
+            print(show(args.job_dir, args.step, args.width))
+        except UserError as e:
+            print(e, file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "report":
+        from dpo_lab.report import collect, leaderboard, write_report
+
+        out = write_report(args.sweep_dir, args.out)
+        print(f"{leaderboard(collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
+        return 0
     return 2
 
 

@@ -54,6 +54,34 @@ class ToyConfig:
 
 
 @dataclass
+class SftConfig:
+    """Supervised warm-up of the tiny model (model=tiny) on the toy prompts and answers; cached. steps=0: none."""
+
+    steps: int = 300
+    lr: float = 2e-3
+    batch_size: int = 16
+    rejected_fraction: float = 0.5  # share of warm-up answers that are the rejected text: mistakes for DPO to fix
+    seed: int = 0
+
+
+@dataclass
+class SamplesConfig:
+    """Checkpoint samples: fixed eval prompts answered by policy and reference at step 0 and every save."""
+
+    count: int = 8  # prompts per checkpoint; 0 turns samples off
+    seed: int = 0  # picks the prompts and seeds sampling; apart from `seed` so a seed sweep sees the same prompts
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: Optional[int] = 50
+    top_p: Optional[float] = 0.5
+    max_new_tokens: int = 96  # toy answers are <= 80 tokens; generation stops at EOS
+    on_eval: bool = False  # also sample at every eval
+    best_metric: str = "auto"  # task_score | repetition | distinct_1 | distinct_2 | ref_nll; auto: task_score on toy
+    degrade_margin: float = 0.1  # flag the run when its last checkpoint is this much worse than its best
+    keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
+
+
+@dataclass
 class ModelConfig:
     source: str = "tiny"  # tiny: the toy model (built offline, cached) | hf: `path` below
     path: Optional[str] = None  # local checkpoint dir or hub id, for source=hf
@@ -106,7 +134,7 @@ class TrainerConfig:
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False  # trade compute for memory on long sequences
     precompute_ref_log_probs: bool = False
     dataloader_num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -130,6 +158,9 @@ class Config:
     max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
     seed: int = 42
     isolate: str = "auto"  # run each job in its own process: auto (multirun only) | always | never
+    objective: str = "best_eval/rewards/margins"  # what run.py returns to a sweeper that optimises (Optuna)
+    results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
+    preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop
     loss: LossConfig = field(default_factory=LossConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -137,6 +168,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
 
 def register_configs() -> None:

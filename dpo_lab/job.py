@@ -60,18 +60,48 @@ def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
     return cfg
 
 
-def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], overrides: List[str], choices: Dict[str, str]) -> None:
-    """Write what runs and reruns this job into `job_dir`."""
+def completed_result(cfg: DictConfig, job_dir: str) -> Optional[Dict[str, Any]]:
+    """The saved result if `job_dir` already completed this exact config; UserError if it holds another config."""
+    saved = os.path.join(job_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        return None
+    if OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg, resolve=True):
+        raise UserError(f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
+                        "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...).")  # fmt: skip
+    result = read_json(os.path.join(job_dir, "result.json")) or {}
+    return result if result.get("status") == "completed" else None
+
+
+def _is_main_rank() -> bool:
+    """Under `accelerate launch` every rank runs the job; only rank 0 writes its files and logs to wandb."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], overrides: List[str], choices: Dict[str, str]) -> Dict[str, Any]:
+    """Write what runs and reruns this job into `job_dir`. A relaunched job keeps its wandb run id."""
     os.makedirs(job_dir, exist_ok=True)
-    OmegaConf.save(cfg, os.path.join(job_dir, "config.yaml"), resolve=True)
-    meta = {"name": name, "group": group, "overrides": list(overrides), "choices": dict(choices)}
+    if _is_main_rank():
+        OmegaConf.save(cfg, os.path.join(job_dir, "config.yaml"), resolve=True)
+    previous = read_json(os.path.join(job_dir, "job.json")) or {}
+    wandb_id = previous.get("wandb_id") or _new_run_id()
+    meta = {"name": name, "group": group, "overrides": list(overrides), "choices": dict(choices), "wandb_id": wandb_id}
     _write_json(os.path.join(job_dir, "job.json"), meta)
     info = {"seed": cfg.seed, "versions": _versions(), "git": _git_commit(), "argv": sys.argv, "cwd": os.getcwd(),
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     _write_json(os.path.join(job_dir, "run_info.json"), info)
+    return meta
+
+
+def _new_run_id() -> str:
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def _write_json(path: str, obj: Any) -> None:
+    if not _is_main_rank():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)
@@ -86,18 +116,20 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-def execute(job_dir: str) -> Dict[str, Any]:
-    """Run a prepared job in this process; always writes result.json, never raises for a failed run."""
+def execute(job_dir: str, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run a prepared job in this process; always writes result.json, never raises for a failed run.
+
+    `cfg` and `meta` default to what prepare() saved in `job_dir`."""
     from dpo_lab.train import train
 
-    meta = read_json(os.path.join(job_dir, "job.json"))
-    result: Dict[str, Any] = {"status": "running", "job_dir": job_dir, "overrides": meta["overrides"]}
+    meta = meta or read_json(os.path.join(job_dir, "job.json"))
+    result: Dict[str, Any] = {"status": "running", "name": meta["name"], "job_dir": job_dir, "overrides": meta["overrides"]}
     _write_json(os.path.join(job_dir, "result.json"), result)
     started = time.time()
     try:
-        cfg = load_config(os.path.join(job_dir, "config.yaml"))
+        cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, "config.yaml"))
         wandb_config = {**OmegaConf.to_container(cfg), "overrides": meta["overrides"], "choices": meta["choices"]}
-        result.update(train(cfg, job_dir, meta["name"], meta["group"], wandb_config))
+        result.update(train(cfg, job_dir, meta["name"], meta["group"], wandb_config, meta.get("wandb_id")))
         result["status"] = "completed"
     except UserError as e:
         log.error("%s", e)
@@ -114,18 +146,21 @@ def execute(job_dir: str) -> Dict[str, Any]:
     return result
 
 
-def launch(job_dir: str, isolate: bool) -> Dict[str, Any]:
-    """Run a prepared job, in a child process if `isolate`, and return its result."""
+def launch(job_dir: str, isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run a prepared job, in a child process if `isolate` (from its saved files), and return its result."""
     if not isolate:
-        return execute(job_dir)
+        return execute(job_dir, cfg, meta)
+    from dpo_lab.gpus import gpu_env
+
     cmd = [sys.executable, "-m", "dpo_lab", "execute", job_dir]
-    proc = subprocess.Popen(cmd)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        raise
+    with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks")) as env:
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
     result = read_json(os.path.join(job_dir, "result.json")) or {}
     if result.get("status") in (None, "running"):  # killed (OOM, signal) before it could record anything
         result.update(status="failed", error=f"worker process exited with code {code} without a result", job_dir=job_dir)

@@ -42,15 +42,17 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
-def start_run(cfg, out_dir: str, name: str, group: Optional[str], config: Dict[str, Any], resume_id: Optional[str] = None):
-    """Start this job's wandb run in `out_dir` (returns None when disabled)."""
+def start_run(cfg, out_dir: str, name: str, group: Optional[str], config: Dict[str, Any], run_id: Optional[str] = None):
+    """Start (or, given the id of an interrupted one, continue) this job's wandb run in `out_dir`; None if disabled."""
     mode = resolve_mode(cfg.mode)
-    if mode == "disabled":
+    if mode == "disabled" or int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`, rank 0 logs
         return None
     import wandb
 
     if wandb.run is not None:  # never merge two jobs into one run
         wandb.run.finish()
+    if os.environ.get("WANDB_SWEEP_ID"):  # a `wandb agent` assigns the run id
+        run_id = None
     run = wandb.init(
         project=cfg.project,
         entity=cfg.entity,
@@ -60,8 +62,8 @@ def start_run(cfg, out_dir: str, name: str, group: Optional[str], config: Dict[s
         group=group,
         tags=list(cfg.tags) or None,
         config=config,
-        id=resume_id,
-        resume="allow" if resume_id else None,
+        id=run_id,
+        resume="allow" if run_id else None,
         reinit="finish_previous",
         settings=wandb.Settings(quiet=True, console="wrap"),
     )

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import data, modeling, tracking
+from dpo_lab import data, modeling, samples, tracking
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: str, report_
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.activation_checkpointing,
         precompute_ref_log_probs=t.precompute_ref_log_probs,
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=device == "cpu",
@@ -80,6 +80,7 @@ def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: str, report_
         report_to=report_to,
         run_name=os.path.basename(out_dir),
         disable_tqdm=False,
+        **samples.trainer_args(cfg),
         **OmegaConf.to_container(t.extra),
     )
 
@@ -95,9 +96,15 @@ def _peak_memory_mb(device: str) -> Dict[str, float]:
     return peak
 
 
-def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wandb_config: Dict[str, Any]) -> Dict[str, Any]:
-    """Train one DPO run into `out_dir` and return its headline results."""
+def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wandb_config: Dict[str, Any],
+          wandb_id: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+    """Train one DPO run into `out_dir` and return its headline results.
+
+    A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
+    scheduler and RNG state, and continues the same wandb run (`wandb_id`).
+    """
     validate(cfg)
+    samples.validate(cfg)
     toy = None
     if cfg.model.source == "tiny" or cfg.data.source == "toy":
         from dpo_lab.toy import ensure_toy
@@ -115,13 +122,23 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
     prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, toy)
     log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision)
     args = dpo_args(cfg, out_dir, device, precision, report_to="none")  # fails on bad DPOConfig values, pre-load
+    if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
+        from dpo_lab.sft import ensure_sft
+
+        model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
     model, tokenizer = modeling.load_model_and_tokenizer(model_path, cfg.model)
 
     from datasets import Dataset
     from trl import DPOTrainer
 
     columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
-    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, wandb_config)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    resume_from = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
+    if resume_from:
+        log.info("Resuming from %s", resume_from)
+    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, wandb_config, wandb_id)
     args.report_to = ["wandb"] if run is not None else []
     failed = True
     started = time.time()
@@ -136,12 +153,16 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
             peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
             callbacks=[_nan_guard()],
         )
-        trainer.train()
+        sampler = samples.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
+        if sampler:
+            trainer.add_callback(sampler.callback())
+        trainer.train(resume_from_checkpoint=resume_from)
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
         if not evals or evals[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
             evals = [h for h in trainer.state.log_history if "eval_loss" in h]
         trainer.save_model(os.path.join(out_dir, "final"))
+        sample_summary = sampler.finish() if sampler else {}
         failed = False
     finally:
         tracking.finish_run(run, failed)
@@ -149,11 +170,20 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
     final = evals[-1]
     result = {k.replace("eval_", "eval/"): final[k] for k in EVAL_KEYS if k in final}
     result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
+    result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)
+    result["eval_history"] = [{"step": h["step"], **{k.replace("eval_", "eval/"): h[k] for k in EVAL_KEYS if k in h}}
+                              for h in evals]  # fmt: skip
+    train_logs = [h for h in trainer.state.log_history if "train_runtime" in h]
+    tokens = max((h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h and "eval_loss" not in h), default=0)
+    if train_logs and tokens:
+        result["tokens_per_second"] = round(tokens / train_logs[-1]["train_runtime"], 1)
+    result.update(sample_summary)
     result.update(
         steps=trainer.state.global_step,
         train_seconds=round(time.time() - started, 1),
         device=device,
         precision=precision,
+        world_size=trainer.args.world_size,
         wandb_run_id=run.id if run is not None else None,
         wandb_dir=run.settings.sync_dir if run is not None else None,
         **_peak_memory_mb(device),

@@ -39,6 +39,10 @@ def validate(cfg: DictConfig) -> None:
             f"loss.label_smoothing={loss.label_smoothing} is out of range for exo_pair: it is EXO's epsilon and must "
             "lie in (0, 1) (the paper suggests 1e-3).",
         )
+    _check(
+        not (loss.use_weighting and {"aot", "aot_unpaired"} & set(types)),
+        "loss.use_weighting=true (WPO) is not implemented for aot / aot_unpaired in TRL: drop one of them.",
+    )
     _check(loss.discopop_tau > 0, f"loss.discopop_tau={loss.discopop_tau} must be > 0 (the paper uses 0.05).")
     if loss.ld_alpha is not None:
         _check(0.0 <= loss.ld_alpha <= 1.0, f"loss.ld_alpha={loss.ld_alpha} must lie in [0, 1] (or be null).")
@@ -85,6 +89,16 @@ def validate(cfg: DictConfig) -> None:
            f"wandb.mode={cfg.wandb.mode!r}: use auto, online, offline or disabled.")  # fmt: skip
     _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
     _check_extra_trainer_keys(t.extra)
+    _check(
+        not (t.extra.get("sync_ref_model", False) and t.precompute_ref_log_probs),
+        "trainer.extra.sync_ref_model=true with trainer.precompute_ref_log_probs=true: precomputed reference "
+        "log-probs go stale when the reference is synced. Turn one of them off.",
+    )
+    _check(
+        not (t.extra.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", False),
+        "trainer.extra.liger_kernel_config.fused_linear_cross_entropy=true is rejected by TRL's DPOTrainer (it "
+        "drops the fused LM head DPO needs); leave it unset.",
+    )
 
 
 def _check_extra_trainer_keys(extra) -> None:

@@ -1,0 +1,128 @@
+"""Supervised warm-up of the tiny toy model, so DPO starts from a model that writes stories instead of noise.
+
+A short trl.SFTTrainer run on the toy prompts with their chosen answers and, for a fraction of them, their rejected
+answers: the warm model writes fluent stories that sometimes miss a required word or loop, which is exactly what the
+preference data teaches DPO to avoid. Cached next to the toy artifact, keyed by its parameters, so a sweep pays once.
+
+    python -m dpo_lab.sft            # build (or find) the warm-up for the default toy config; prints its path
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VERSION = "sft-v1"  # bump when the recipe changes: it is part of the cache key
+
+# Set by torchrun / accelerate launch; a child process without them trains alone instead of joining the job's group.
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+def warmup_rows(rows: list[dict], rejected_fraction: float, seed: int) -> list[dict]:
+    """prompt/completion rows: each toy prompt with its chosen answer, or with probability rejected_fraction its
+    rejected one (so DPO has mistakes left to fix)."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        key = "rejected" if rng.random() < rejected_fraction else "chosen"
+        out.append({"prompt": r["prompt"], "completion": r[key]})
+    return out
+
+
+def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, rejected_fraction: float, seed: int,
+              prompt_format: str = "none", device: str = "cpu") -> str:  # fmt: skip
+    """Warm up toy_paths["model"] on toy_paths["train_file"] into out_dir (temp dir + rename); returns the model dir."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from dpo_lab.data import format_prompts
+
+    out_dir = Path(out_dir)
+    rows = json.loads(Path(toy_paths["train_file"]).read_text(encoding="utf-8"))
+    rows = format_prompts(rows, prompt_format)  # the same prompts (and chat template) the DPO run will see
+    tokenizer = AutoTokenizer.from_pretrained(toy_paths["model"])
+    model = AutoModelForCausalLM.from_pretrained(toy_paths["model"])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        args = SFTConfig(
+            output_dir=str(tmp / "trainer"),
+            max_steps=steps,
+            learning_rate=lr,
+            lr_scheduler_type=os.environ.get("SFT_SCHED", "cosine"),
+            warmup_steps=0.1,
+            per_device_train_batch_size=batch_size,
+            max_length=256,  # toy prompt + answer is ~90 tokens
+            seed=seed,
+            data_seed=seed,
+            save_strategy="no",
+            logging_steps=max(1, steps // 10),
+            report_to="none",
+            use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
+            bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
+            fp16=False,
+            gradient_checkpointing=False,  # TRL's default; pure overhead for a model this small (~25x slower on CPU)
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
+        trainer.train()
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        (tmp / "DONE").write_text(json.dumps({"final_loss": losses[-1] if losses else None}))
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished first: use theirs
+            if not (out_dir / "DONE").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out_dir / "model")
+
+
+def ensure_sft(toy_paths: dict, steps: int = 300, lr: float = 2e-3, batch_size: int = 16,
+               rejected_fraction: float = 0.5, seed: int = 0, prompt_format: str = "none", device: str = "cpu") -> str:  # fmt: skip
+    """The warm-up of the toy model at toy_paths, built at most once into `sft-<hash>` beside the toy artifact.
+    The device is not part of the key: the warm-up is fp32 and close enough on any device."""
+    from filelock import FileLock
+
+    toy_dir = Path(toy_paths["model"]).parent
+    params = {"version": VERSION, "toy": toy_dir.name, "steps": steps, "lr": lr, "batch_size": batch_size,
+              "rejected_fraction": rejected_fraction, "seed": seed, "prompt_format": prompt_format}  # fmt: skip
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    out_dir = toy_dir.parent / f"sft-{key}"
+    with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
+        if not (out_dir / "DONE").exists():
+            (toy_dir.parent / f"sft-{key}.json").write_text(json.dumps(params, sort_keys=True))  # what the hash means
+            kwargs = dict(toy_paths=toy_paths, steps=steps, lr=lr, batch_size=batch_size,
+                          rejected_fraction=rejected_fraction, seed=seed, prompt_format=prompt_format, device=device)  # fmt: skip
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                _write_alone(out_dir, kwargs)
+            else:
+                write_sft(out_dir, **kwargs)
+    return str(out_dir / "model")
+
+
+def _write_alone(out_dir: Path, kwargs: dict) -> None:
+    """Under torchrun / accelerate launch: train in a child process outside the process group. In-process, the
+    trainer would wait for the other ranks, which are waiting on our file lock."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+    code = "import json, sys; from dpo_lab.sft import write_sft; write_sft(sys.argv[1], **json.loads(sys.argv[2]))"
+    subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
+
+
+if __name__ == "__main__":
+    from dataclasses import asdict
+
+    from dpo_lab.config import SftConfig, ToyConfig
+    from dpo_lab.toy import ensure_toy
+
+    print(ensure_sft(ensure_toy(**asdict(ToyConfig())), **asdict(SftConfig())))

@@ -1,0 +1,80 @@
+"""Sweep-level bookkeeping: preflight, which keys a sweep varies (names its runs), and the report as it runs."""
+
+import json
+import logging
+import os
+from typing import List
+
+from hydra.experimental.callback import Callback
+
+from dpo_lab.report import leaderboard, write_report
+
+log = logging.getLogger(__name__)
+
+
+def sweep_name(name: str, sweep_dir: str) -> str:
+    """`loss_beta_grid-2026-11-24_10-00-00`: the wandb group and the results/ folder of a sweep."""
+    return f"{name}-{os.path.basename(os.path.normpath(sweep_dir))}"
+
+
+def swept_keys(sweep_dir: str) -> List[str]:
+    """Keys the sweep varies (from sweep.json, written when the multirun starts)."""
+    try:
+        with open(os.path.join(sweep_dir, "sweep.json")) as f:
+            return json.load(f)["swept_keys"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return []
+
+
+def run_name(overrides: List[str], swept: List[str]) -> str:
+    """`loss=ipo,beta=0.5`: the job's values of the swept keys (all overrides when nothing is swept)."""
+    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
+    return ",".join(picked) or "default"
+
+
+class SweepCallback(Callback):
+    """Hydra callback: record the sweep's arguments when a multirun starts; when it ends, print and save the
+    results table and exit 1 if any job failed."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from dpo_lab.preflight import preflight
+
+        jobs, failures = preflight(config)
+        if failures:
+            lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
+            print(f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines))
+            raise SystemExit(2)
+        if config.get("preflight_only"):
+            print(f"Preflight: all {len(jobs)} jobs check out. They would run as:")
+            print("\n".join(f"  #{i}: {' '.join(o)}" for i, o in enumerate(jobs)))
+            raise SystemExit(0)
+        sweep_dir = config.hydra.sweep.dir
+        os.makedirs(sweep_dir, exist_ok=True)
+        args = list(config.hydra.overrides.task)
+        params = dict(config.hydra.sweeper.get("params") or {})
+        parsed = OverridesParser.create().parse_overrides(args)
+        swept = list(params) + [o.key_or_group for o in parsed if o.is_sweep_override()]
+        name = sweep_name(config.name, sweep_dir)
+        with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+            json.dump({"name": name, "results_dir": os.path.join(config.results_dir, name), "overrides": args,
+                       "params": params, "swept_keys": swept, "jobs": jobs}, f, indent=2)  # fmt: skip
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        try:  # the report is a convenience: it must never take a sweep down
+            write_report(config.hydra.sweep.dir)
+        except Exception as e:
+            log.warning("Could not update the sweep report: %s", e)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from dpo_lab.report import collect
+
+        sweep_dir = config.hydra.sweep.dir
+        out = write_report(sweep_dir)
+        rows = collect(sweep_dir)
+        failed = [r for r in rows if r.get("status") != "completed"]
+        print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed (report: {out}/report.md)\n"
+              f"{leaderboard(rows)}\n", flush=True)  # fmt: skip
+        if failed:
+            raise SystemExit(1)

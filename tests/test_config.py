@@ -1,0 +1,85 @@
+"""Configs compose, validate, and fail early with messages that name the bad key."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF, run_py
+from dpo_lab.config import LOSS_TYPES, register_configs
+from dpo_lab.errors import UserError
+from dpo_lab.validate import validate
+
+register_configs()
+LOSS_FILES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_every_trl_loss_type_has_its_own_file():
+    single = {p for p in LOSS_FILES if OmegaConf.load(CONF / "loss" / f"{p}.yaml").loss_type == [p]}
+    assert set(LOSS_TYPES) <= single
+    combos = [p for p in LOSS_FILES if len(OmegaConf.load(CONF / "loss" / f"{p}.yaml").loss_type) > 1]
+    assert combos and all(OmegaConf.load(CONF / "loss" / f"{c}.yaml").loss_weights for c in combos)
+
+
+@pytest.mark.parametrize("loss", LOSS_FILES)
+def test_every_loss_composes_and_validates(loss):
+    cfg = compose_cfg([f"loss={loss}"])
+    validate(cfg)
+    assert all(t in LOSS_TYPES for t in cfg.loss.loss_type)
+
+
+def test_loss_parameters_come_from_their_file():
+    assert compose_cfg(["loss=robust"]).loss.label_smoothing == 0.1
+    assert compose_cfg(["loss=discopop"]).loss.discopop_tau == 0.05
+    assert compose_cfg(["loss=sigmoid"]).loss.label_smoothing == 0.0
+
+
+def test_seed_run_experiment_is_the_first_users_run():
+    cfg = compose_cfg(["experiment=seed_run"])
+    assert (cfg.lr, cfg.epochs, cfg.beta, list(cfg.loss.loss_type)) == (1e-5, 2, 0.1, ["sigmoid"])
+    t = cfg.trainer
+    assert (t.per_device_train_batch_size, t.eval_steps, t.save_steps, t.logging_steps, t.max_length) == (16, 200, 200, 10, 512)
+
+
+def test_peft_groups():
+    assert compose_cfg(["peft=lora"]).peft.enabled and compose_cfg(["peft=lora"]).peft.target_modules == "all-linear"
+    assert not compose_cfg(["peft=none"]).peft.enabled
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss=robust", "loss.label_smoothing=0.7"], "label_smoothing=0.7"),
+        (["loss=mpo", "loss.loss_weights=[1.0]"], "loss_weights has 1 entries"),
+        (["beta=0"], "beta=0"),
+        (["trainer.device=tpu"], "trainer.device"),
+        (["data.prompt_format='Q: {question}'"], "data.prompt_format"),
+        (["+trainer.extra.lerning_rate=1"], "lerning_rate"),
+        (["loss=aot", "loss.use_weighting=true"], "use_weighting"),
+    ],
+)
+def test_semantic_checks_name_the_key(overrides, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        validate(compose_cfg(overrides))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["loss=nonsense"], ["loss/nonsense", "ipo", "sigmoid"]),  # names the valid choices
+        (["bta=0.1"], ["bta"]),
+        (["beta=high"], ["beta", "high"]),
+        (["trainer.batch_size=4"], ["batch_size"]),
+    ],
+)
+def test_bad_overrides_fail_before_anything_loads(tmp_path, args, expected):
+    proc = run_py(*args, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stdout
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("result.json"))

@@ -1,0 +1,58 @@
+"""Spreading a sweep with existing engines: Hydra's joblib and submitit launchers, and the GPU claim."""
+
+import csv
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, run_py
+from dpo_lab.gpus import claim_slot
+
+
+@pytest.mark.parametrize("launcher", ["gpus", "local"])  # joblib, submitit's local executor
+def test_sweep_runs_under_launcher(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", f"hydra/launcher={launcher}", "loss=sigmoid,ipo", *TINY, "wandb.mode=disabled",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)  # fmt: skip
+    assert "2/2 jobs completed" in proc.stdout
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert sorted(r["name"] for r in rows) == ["loss=ipo", "loss=sigmoid"]
+    assert all(r["status"] == "completed" for r in rows)
+    if launcher == "local":
+        assert (sweep / ".submitit").is_dir()
+
+
+def test_no_two_jobs_share_a_gpu_slot(tmp_path):
+    held, peak, lock = [], [0], threading.Lock()
+
+    def job():
+        with claim_slot(str(tmp_path), count=2, poll_s=0.05) as slot:
+            with lock:
+                assert slot not in held
+                held.append(slot)
+                peak[0] = max(peak[0], len(held))
+            time.sleep(0.3)
+            with lock:
+                held.remove(slot)
+
+    threads = [threading.Thread(target=job) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2  # both slots used at once, never more, never the same one twice
+
+
+def test_two_process_accelerate_launch(tmp_path):
+    """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0."""
+    job = tmp_path / "job"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2 and result["steps"] == 4
+    assert len(list((job / "wandb").glob("offline-run-*"))) == 1

@@ -1,0 +1,192 @@
+"""Checkpoint samples: metrics on hand-made text, the summary rules, and real tiny runs read back from
+samples.jsonl, the offline wandb log and the `samples` command."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dpo_lab import samples
+from dpo_lab.samples import distinct, summarize, text_metrics, units, wrap
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["toy.n_train=48", "toy.n_eval=16", "toy.hidden_size=32", "toy.num_layers=1", "toy.num_heads=2",
+        "toy.intermediate_size=64", "sft.steps=40", "sft.batch_size=8", "trainer.per_device_train_batch_size=4",
+        "trainer.per_device_eval_batch_size=8", "trainer.logging_steps=1", "max_steps=6", "trainer.save_steps=3",
+        "trainer.eval_steps=3", "samples.count=3", "samples.max_new_tokens=24"]  # fmt: skip
+
+
+def test_units_split_cjk_by_character():
+    assert units("The cat sat.  小猫在河边，hello 世界") == ["The", "cat", "sat.", "小", "猫", "在", "河", "边", "，", "hello", "世", "界"]  # fmt: skip
+    assert units("") == [] and units("  \n ") == []
+
+
+def test_metrics_on_hand_made_text():
+    looped = text_metrics("the cat " * 50)
+    assert looped["length"] == 100
+    assert looped["repetition"] > 0.95  # 97 four-grams, 2 distinct
+    assert looped["distinct_1"] == pytest.approx(2 / 100) and looped["distinct_2"] == pytest.approx(2 / 99)
+
+    fresh = text_metrics("one two three four five six seven eight")
+    assert fresh == {"length": 8, "distinct_1": 1.0, "distinct_2": 1.0, "repetition": 0.0}
+
+    zh = text_metrics("小狗带着一只风筝去山顶上玩。", ["小狗", "山顶", "森林"])
+    assert zh["length"] == 14 and zh["repetition"] == 0.0 and zh["distinct_1"] == 1.0
+    assert zh["task_score"] == pytest.approx(2 / 3)
+    zh_looped = text_metrics("走啊走" * 30)
+    assert zh_looped["length"] == 90 and zh_looped["repetition"] > 0.95 and zh_looped["distinct_1"] == pytest.approx(2 / 90)
+
+    empty = text_metrics("", ["cat"])
+    assert empty == {"length": 0, "distinct_1": 0.0, "distinct_2": 0.0, "repetition": 0.0, "task_score": 0.0}
+    assert distinct(["a", "b"], 3) == 0.0
+
+
+def test_toy_answers_separate_by_repetition():
+    from dpo_lab.toy import generate_pairs
+
+    rows = generate_pairs(200, seed=0)
+    chosen = [text_metrics(r["chosen"])["repetition"] for r in rows]
+    looped = [text_metrics(r["rejected"])["repetition"] for r in rows if re.search(r"(.+?)(?: ?\1){3,}$", r["rejected"])]
+    assert max(chosen) < 0.05 and min(looped) > 0.1 and len(looped) > 50
+
+
+def test_means_skip_metrics_missing_anywhere():
+    rows = [{"length": 4, "repetition": 0.5, "ref_nll": None}, {"length": 6, "repetition": 0.0, "ref_nll": 1.0}]
+    assert samples.means(rows) == {"mean_length": 5.0, "repetition": 0.25}
+
+
+def test_summarize_best_and_degradation():
+    history = {0: {"task_score": 0.5}, 3: {"task_score": 0.9}, 6: {"task_score": 0.6}}
+    assert summarize(history, "task_score", 0.1) == {"best_checkpoint_step": 3, "best_checkpoint_metric": "samples/task_score",
+                                                     "best_checkpoint_value": 0.9, "degraded_after_step": 3}  # fmt: skip
+    history[6]["task_score"] = 0.85  # within the margin: not degraded
+    assert summarize(history, "task_score", 0.1)["degraded_after_step"] is None
+    # Lower is better for repetition; ties go to the earliest checkpoint, as load_best_model_at_end does.
+    rep = {0: {"repetition": 0.1}, 3: {"repetition": 0.1}, 6: {"repetition": 0.4}}
+    assert summarize(rep, "repetition", 0.1)["best_checkpoint_step"] == 0
+    assert summarize(rep, "repetition", 0.1)["degraded_after_step"] == 0
+    assert summarize({0: {"repetition": 0.1}}, "task_score", 0.1) == {}
+
+
+def test_wrap_respects_display_width():
+    lines = wrap("小猫在河边找到了一盏灯笼。" * 3 + " and then a rather long English sentence follows here", 20)
+    assert all(samples._width(line) <= 20 for line in lines)
+    assert "".join(lines).replace(" ", "") == ("小猫在河边找到了一盏灯笼。" * 3 + "andthenaratherlongEnglishsentencefollowshere")
+    assert wrap("", 10) == [""]
+
+
+def test_pick_is_fixed_and_sorted():
+    assert samples.pick(list(range(100)), 8, 0) == samples.pick(list(range(100)), 8, 0)
+    assert samples.pick(list(range(100)), 8, 0) == sorted(samples.pick(list(range(100)), 8, 0))
+    assert samples.pick(list(range(5)), 8, 0) == [0, 1, 2, 3, 4]
+
+
+# --- real runs ------------------------------------------------------------------------------------------------------
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
+    job = tmp_path / name
+    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={job}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return job
+
+
+def _inspect(run_dir: Path, *flags: str):
+    """`wandb leet inspect --json`: one record per line, or with --summary one JSON document."""
+    proc = subprocess.run(["wandb", "leet", "inspect", "--json", *flags, str(run_dir)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    if "--summary" in flags:
+        return json.loads(proc.stdout)
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def full_ft_job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("samples")
+    return tmp, _run(tmp, "full")
+
+
+def test_jsonl_has_every_checkpoint(full_ft_job):
+    _, job = full_ft_job
+    rows = samples.read(str(job))
+    assert sorted({r["step"] for r in rows}) == [0, 3, 6]
+    by_step = {s: [r for r in rows if r["step"] == s] for s in (0, 3, 6)}
+    assert all(len(v) == 3 for v in by_step.values())
+    for r in rows:
+        assert set(r) == set(samples.COLUMNS)
+        assert all(isinstance(r[k], str) and r[k] for k in ("prompt", "policy", "reference", "ground_truth"))
+        assert r["ref_nll"] > 0 and 0 <= r["task_score"] <= 1 and r["length"] > 0
+    # The same prompts, and one reference answer per prompt for the whole run.
+    for s in (3, 6):
+        assert [(r["index"], r["prompt"], r["reference"]) for r in by_step[s]] == [(r["index"], r["prompt"], r["reference"]) for r in by_step[0]]  # fmt: skip
+    # Before any update the policy is the reference: same weights, same seed, same answers.
+    assert [r["policy"] for r in by_step[0]] == [r["reference"] for r in by_step[0]]
+    eval_rows = json.loads(next((job.parent / "cache").glob("toy-*/eval.json")).read_text(encoding="utf-8"))
+    for r in rows:
+        assert r["ground_truth"] == eval_rows[r["index"]]["chosen"] and r["prompt"] == eval_rows[r["index"]]["prompt"]
+
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert result["best_checkpoint_step"] in (0, 3, 6) and result["best_checkpoint_metric"] == "samples/task_score"
+    assert "degraded_after_step" in result and result["samples/seconds"] > 0
+    assert result["samples/task_score"] == pytest.approx(samples.means(by_step[6])["task_score"])
+
+
+def test_wandb_table_matches_jsonl(full_ft_job):
+    _, job = full_ft_job
+    run_dir = next((job / "wandb").glob("offline-run-*"))
+    # A logged Table is a history record holding a reference to the table file under the run's files/.
+    logged = [r["history"]["item"] for r in _inspect(run_dir) if r["type"] == "history" and "samples/table.path" in r["history"]["item"]]  # fmt: skip
+    assert [h["train/global_step"] for h in logged] == [0, 3, 6]
+    rows = samples.read(str(job))
+    for h in logged:
+        step = h["train/global_step"]
+        table = json.loads((run_dir / "files" / h["samples/table.path"]).read_text(encoding="utf-8"))
+        assert table["columns"] == list(samples.COLUMNS)
+        mine = [r for r in rows if r["step"] == step]
+        assert table["data"] == [[r[k] for k in samples.COLUMNS] for r in mine]
+        assert h["samples/task_score"] == pytest.approx(samples.means(mine)["task_score"])
+        assert h["samples/repetition"] == pytest.approx(samples.means(mine)["repetition"])
+        assert h["samples/seconds"] > 0 and "samples/ref_nll" in h and "samples/distinct_2" in h
+    summary = _inspect(run_dir, "--summary")
+    summary = summary.get("summary", summary)
+    result = json.loads((job / "result.json").read_text())
+    assert summary["best_checkpoint_step"] == result["best_checkpoint_step"]
+    assert summary["samples/task_score"] == pytest.approx(result["samples/task_score"])
+
+
+def test_samples_command_prints_side_by_side(full_ft_job):
+    _, job = full_ft_job
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "3", "--width", "120"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    rows = [r for r in samples.read(str(job)) if r["step"] == 3]
+    assert "policy" in out and "reference" in out and "ground truth" in out and "best checkpoint: step" in out
+    assert out.count("step 3  prompt") == 3
+    assert rows[0]["prompt"].split()[0] in out
+    assert max(samples._width(line) for line in out.splitlines()) <= 120
+    bad = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "4"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "sampled steps: 0, 3, 6" in bad.stderr
+
+
+def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
+    tmp, _ = full_ft_job
+    (done,) = (tmp / "cache").glob("sft-*/DONE")
+    built = done.stat().st_mtime_ns
+    job = _run(tmp, "lora", "peft=lora", "samples=greedy", "samples.count=2", "samples.max_new_tokens=16",
+               "samples.keep_best=true", "wandb.mode=disabled")  # fmt: skip
+    assert [p.stat().st_mtime_ns for p in (tmp / "cache").glob("sft-*/DONE")] == [built]  # the warm-up came from cache
+    rows = samples.read(str(job))
+    by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
+    assert list(by_step) == [0, 3, 6]
+    assert [r["policy"] for r in by_step[0]] == [r["reference"] for r in by_step[0]]  # adapter off == adapter at init
+    assert all(r["ref_nll"] is not None and r["reference"] for r in rows)
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "completed" and result["best_checkpoint_step"] in (0, 3, 6)

@@ -1,0 +1,65 @@
+"""The supervised warm-up of the tiny model: its data, its cache, and that it gives DPO something to improve."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpo_lab.sft import ensure_sft, warmup_rows
+from dpo_lab.toy import ensure_toy, generate_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOY = dict(n_train=48, n_eval=16, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def test_warmup_rows_mix_chosen_and_rejected():
+    rows = generate_pairs(400, seed=0)
+    mixed = warmup_rows(rows, 0.5, seed=0)
+    assert mixed == warmup_rows(rows, 0.5, seed=0) and len(mixed) == 400
+    rejected = sum(m["completion"] == r["rejected"] for m, r in zip(mixed, rows))
+    assert 160 < rejected < 240
+    assert all(m["prompt"] == r["prompt"] for m, r in zip(mixed, rows))
+    assert all(m["completion"] == r["chosen"] for m, r in zip(warmup_rows(rows, 0.0, 0), rows))
+
+
+def _nll(model_dir: str, rows) -> float:
+    """Mean per-token NLL of the chosen answers given their prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_lab.samples import mean_nll, prompt_ids
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = [prompt_ids(tok, r["prompt"]) for r in rows]
+    answers = [tok(r["chosen"])["input_ids"] + [tok.eos_token_id] for r in rows]
+    values = mean_nll(model, prompts, answers)
+    return sum(values) / len(values)
+
+
+def test_ensure_sft_builds_once_and_learns(tmp_path):
+    toy = ensure_toy(cache_dir=tmp_path, **TINY_TOY)
+    started = time.time()
+    path = ensure_sft(toy, steps=30, batch_size=8, lr=3e-3)
+    built_in = time.time() - started
+    out = Path(path).parent
+    assert out.parent == tmp_path and out.name.startswith("sft-") and Path(path).name == "model"
+    assert (Path(path) / "config.json").exists() and (Path(path) / "tokenizer.json").exists()
+    params = json.loads((tmp_path / f"{out.name}.json").read_text())
+    assert params["steps"] == 30 and params["toy"] == Path(toy["model"]).parent.name
+
+    mtime = (out / "DONE").stat().st_mtime_ns
+    started = time.time()
+    assert ensure_sft(toy, steps=30, batch_size=8, lr=3e-3) == path  # cached: no second build
+    assert (out / "DONE").stat().st_mtime_ns == mtime and time.time() - started < min(1.0, built_in)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp dir left behind
+
+    # The warm-up learned the toy answers: they became far likelier than under the random initialisation.
+    rows = json.loads(Path(toy["eval_file"]).read_text(encoding="utf-8"))[:8]
+    assert _nll(path, rows) < _nll(toy["model"], rows) - 1.0
+
+    # Other parameters (here: the chat template, which trains on conversational rows) are another artifact.
+    chat = ensure_sft(toy, steps=4, batch_size=8, lr=3e-3, prompt_format="chat")
+    assert chat != path and Path(chat).exists()

@@ -1,0 +1,136 @@
+"""Real multiruns in a temporary directory: one job dir and one offline wandb run per combination."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, leet_records, leet_summary, run_py
+
+
+def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    assert "4/4 jobs completed" in proc.stdout and "| loss=ipo,beta=0.5 " in proc.stdout
+
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    run_ids, groups, names = set(), set(), set()
+    for job in jobs:
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{job} should hold exactly one wandb run"
+        records = leet_records(runs[0])
+        run = next(r["run"] for r in records if r["type"] == "run")
+        run_ids.add(run["run_id"])
+        groups.add(run["run_group"])
+        names.add(run["display_name"])
+        summary = leet_summary(runs[0])
+        assert summary["state"] == "finished"
+        # the full resolved config plus the chosen group options, so dashboards can group by them
+        config = summary["config"]
+        assert config["choices"]["loss"] in ("sigmoid", "ipo") and config["beta"] in (0.1, 0.5)
+        assert config["loss"]["loss_type"] == [config["choices"]["loss"]]
+        margins = [r["history"]["item"]["eval/rewards/margins"] for r in records
+                   if r["type"] == "history" and "eval/rewards/margins" in r["history"]["item"]]  # fmt: skip
+        assert len(margins) >= 2  # step 0 and the end, at least
+        assert "max" in summary["summary"]["eval/rewards/margins"]  # define_metric summary
+    assert len(run_ids) == 4 and len(groups) == 1
+    assert names == {"loss=sigmoid,beta=0.1", "loss=sigmoid,beta=0.5", "loss=ipo,beta=0.1", "loss=ipo,beta=0.5"}
+
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [r["status"] for r in rows] == ["completed"] * 4
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    # max_length=4 passes preflight but leaves no pair to train on once prompts are tokenized: the job fails.
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", *TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "1/2 jobs completed" in proc.stdout
+    rows = {r["name"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+    assert rows["trainer.max_length=4"]["status"] == "failed"
+    assert "every prompt is at least trainer.max_length=4 tokens" in rows["trainer.max_length=4"]["error"]
+    assert rows["trainer.max_length=256"]["status"] == "completed"
+
+
+def test_preflight_rejects_a_bad_job_before_any_training(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", *TINY, "loss=robust", "loss.label_smoothing=0.1,0.7", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert "2 of 4 jobs would fail; nothing was started" in proc.stdout
+    assert "loss.label_smoothing=0.7 beta=0.1" in proc.stdout and "out of range for the robust loss" in proc.stdout
+    assert not sweep.exists() or not any(p.is_dir() for p in sweep.iterdir())
+
+
+def test_named_sweep_file_and_preflight_only(tmp_path):
+    proc = run_py("-m", "+sweep=loss_beta_grid", *TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "all 4 jobs check out" in proc.stdout and "#3: loss=ipo beta=0.5" in proc.stdout
+    assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").rglob("result.json"))
+
+
+def test_killed_sweep_resumes_where_it_stopped(tmp_path):
+    """SIGKILL the whole sweep mid-job, relaunch: the finished job is skipped, the interrupted one resumes from its
+    checkpoint and continues the same (offline) wandb run."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "seed=1,2", "max_steps=80", "trainer.save_steps=5", "trainer.eval_steps=80",
+            "trainer.logging_steps=10", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 600
+    while not list((sweep / "1" / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "sweep ended before job 1 saved a checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = json.loads((sweep / "0" / "result.json").read_text())
+    assert first["status"] == "completed"
+    assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "running"  # it never got to finish
+    run_id = json.loads((sweep / "1" / "job.json").read_text())["wandb_id"]
+
+    again = run_py(*args, cwd=tmp_path, check=True)
+    assert "2/2 jobs completed" in again.stdout
+    assert json.loads((sweep / "0" / "result.json").read_text()) == first  # skipped, untouched
+    log = (sweep / "1" / "train.log").read_text()
+    assert "Resuming from" in log and "checkpoint-" in log
+    second = json.loads((sweep / "1" / "result.json").read_text())
+    assert second["status"] == "completed" and second["steps"] == 80 and second["wandb_run_id"] == run_id
+    assert {p.name.rsplit("-", 1)[-1] for p in (sweep / "1" / "wandb").glob("offline-run-*")} == {run_id}
+
+
+def test_report_matches_logged_metrics(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_py("-m", "+sweep=loss_beta_grid", *TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
+    assert {"summary.csv", "report.md", "margins.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["loss"], r["beta"]) for r in rows] == [("sigmoid", "0.1"), ("sigmoid", "0.5"), ("ipo", "0.1"), ("ipo", "0.5")]
+    for row in rows:
+        result = json.loads((sweep / row["job"] / "result.json").read_text())
+        assert float(row["eval/rewards/margins"]) == pytest.approx(result["eval/rewards/margins"])
+        assert float(row["best_eval/rewards/margins"]) == pytest.approx(max(h["eval/rewards/margins"] for h in result["eval_history"]))
+    assert "## Leaderboard" in (out / "report.md").read_text()
+
+    # Regenerated on demand, also for a partial sweep (a job dir without a result).
+    (sweep / "3" / "result.json").unlink()
+    again = subprocess.run([sys.executable, "-m", "dpo_lab", "report", str(sweep), "--out", str(tmp_path / "r2")],
+                           cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    assert "pending" in again.stdout and (tmp_path / "r2" / "report.md").is_file()
+
+
+def test_wandb_sweep_file_drives_run_py(tmp_path):
+    """The wandb sweep file's parameters are valid run.py overrides (the agent passes them as key=value)."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "sweeps" / "wandb" / "loss_beta.yaml").read_text())
+    assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
+    grid = [f"{k}={','.join(map(str, v['values']))}" for k, v in spec["parameters"].items()]
+    proc = run_py("-m", *grid, *TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "all 4 jobs check out" in proc.stdout, proc.stdout[-2000:]
