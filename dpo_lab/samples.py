@@ -216,8 +216,22 @@ class Sampler:
         self.reference: Optional[List[str]] = None
         self.seconds = 0.0
         self.main = trainer.accelerator.is_main_process
-        if self.main and os.path.exists(self.path):
-            os.remove(self.path)  # one run's samples per job dir
+
+    def start(self, step: int) -> None:
+        """At train begin: keep what an interrupted run of this job sampled up to `step` (where it resumes; 0 for a
+        fresh run) with its reference answers, drop later rows (they are sampled again), then sample `step`."""
+        kept = [r for r in (read(os.path.dirname(self.path)) if os.path.isfile(self.path) else []) if r["step"] <= step]
+        for s in sorted({r["step"] for r in kept}):
+            self.history[s] = means([r for r in kept if r["step"] == s])
+        first = [r for r in kept if r["step"] == min(self.history, default=None)]
+        if [r["index"] for r in first] == self.index:
+            self.reference = [r["reference"] for r in first]
+        self.trainer.accelerator.wait_for_everyone()  # every rank has read the file before rank 0 rewrites it
+        if self.main:
+            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            os.replace(self.path + ".tmp", self.path)
+        self(step)
 
     def _models(self):
         """(policy, reference, context that turns the reference on); reference None when there is none to run."""
@@ -315,7 +329,7 @@ class Sampler:
 
         class SampleCallback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                sampler(state.global_step)  # the baseline, and the reference's answers
+                sampler.start(state.global_step)  # the baseline (step 0) and the reference's answers
 
             def on_save(self, args, state, control, **kwargs):
                 sampler(state.global_step)

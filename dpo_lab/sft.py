@@ -56,7 +56,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
             output_dir=str(tmp / "trainer"),
             max_steps=steps,
             learning_rate=lr,
-            lr_scheduler_type=os.environ.get("SFT_SCHED", "cosine"),
+            lr_scheduler_type="cosine",
             warmup_steps=0.1,
             per_device_train_batch_size=batch_size,
             max_length=256,  # toy prompt + answer is ~90 tokens

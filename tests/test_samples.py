@@ -187,6 +187,8 @@ def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
     assert list(by_step) == [0, 3, 6]
     assert [r["policy"] for r in by_step[0]] == [r["reference"] for r in by_step[0]]  # adapter off == adapter at init
-    assert all(r["ref_nll"] is not None and r["reference"] for r in rows)
+    # Every row has the reference's answer (greedy answers of a tiny model may be empty) and, where the policy
+    # said something, the reference's NLL of it.
+    assert all(r["reference"] is not None and (r["ref_nll"] is not None or not r["policy"]) for r in rows), rows
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "completed" and result["best_checkpoint_step"] in (0, 3, 6)

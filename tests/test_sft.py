@@ -42,7 +42,7 @@ def _nll(model_dir: str, rows) -> float:
 def test_ensure_sft_builds_once_and_learns(tmp_path):
     toy = ensure_toy(cache_dir=tmp_path, **TINY_TOY)
     started = time.time()
-    path = ensure_sft(toy, steps=30, batch_size=8, lr=3e-3)
+    path = ensure_sft(toy, steps=30, batch_size=8, lr=1e-2)
     built_in = time.time() - started
     out = Path(path).parent
     assert out.parent == tmp_path and out.name.startswith("sft-") and Path(path).name == "model"
@@ -52,7 +52,7 @@ def test_ensure_sft_builds_once_and_learns(tmp_path):
 
     mtime = (out / "DONE").stat().st_mtime_ns
     started = time.time()
-    assert ensure_sft(toy, steps=30, batch_size=8, lr=3e-3) == path  # cached: no second build
+    assert ensure_sft(toy, steps=30, batch_size=8, lr=1e-2) == path  # cached: no second build
     assert (out / "DONE").stat().st_mtime_ns == mtime and time.time() - started < min(1.0, built_in)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp dir left behind
 
@@ -61,5 +61,5 @@ def test_ensure_sft_builds_once_and_learns(tmp_path):
     assert _nll(path, rows) < _nll(toy["model"], rows) - 1.0
 
     # Other parameters (here: the chat template, which trains on conversational rows) are another artifact.
-    chat = ensure_sft(toy, steps=4, batch_size=8, lr=3e-3, prompt_format="chat")
+    chat = ensure_sft(toy, steps=4, batch_size=8, lr=1e-2, prompt_format="chat")
     assert chat != path and Path(chat).exists()
