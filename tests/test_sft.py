@@ -1,13 +1,8 @@
 """The supervised warm-up of the tiny model: its data, its cache, and that it gives DPO something to improve."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 
 from dpo_lab.sft import ensure_sft, warmup_rows
 from dpo_lab.toy import ensure_toy, generate_pairs
@@ -41,9 +36,7 @@ def _nll(model_dir: str, rows) -> float:
 
 def test_ensure_sft_builds_once_and_learns(tmp_path):
     toy = ensure_toy(cache_dir=tmp_path, **TINY_TOY)
-    started = time.time()
     path = ensure_sft(toy, steps=30, batch_size=8, lr=1e-2)
-    built_in = time.time() - started
     out = Path(path).parent
     assert out.parent == tmp_path and out.name.startswith("sft-") and Path(path).name == "model"
     assert (Path(path) / "config.json").exists() and (Path(path) / "tokenizer.json").exists()
@@ -51,9 +44,8 @@ def test_ensure_sft_builds_once_and_learns(tmp_path):
     assert params["steps"] == 30 and params["toy"] == Path(toy["model"]).parent.name
 
     mtime = (out / "DONE").stat().st_mtime_ns
-    started = time.time()
     assert ensure_sft(toy, steps=30, batch_size=8, lr=1e-2) == path  # cached: no second build
-    assert (out / "DONE").stat().st_mtime_ns == mtime and time.time() - started < min(1.0, built_in)
+    assert (out / "DONE").stat().st_mtime_ns == mtime  # DONE untouched: nothing was rebuilt
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp dir left behind
 
     # The warm-up learned the toy answers: they became far likelier than under the random initialisation.
