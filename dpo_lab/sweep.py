@@ -7,6 +7,7 @@ from typing import List
 
 from hydra.experimental.callback import Callback
 
+from dpo_lab.job import read_json
 from dpo_lab.report import leaderboard, write_report
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,7 @@ def sweep_name(name: str, sweep_dir: str) -> str:
 
 def swept_keys(sweep_dir: str) -> List[str]:
     """Keys the sweep varies (from sweep.json, written when the multirun starts)."""
-    try:
-        with open(os.path.join(sweep_dir, "sweep.json")) as f:
-            return json.load(f)["swept_keys"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return []
+    return (read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("swept_keys", [])
 
 
 def run_name(overrides: List[str], swept: List[str]) -> str:
