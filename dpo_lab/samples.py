@@ -11,10 +11,12 @@ names its best checkpoint by `samples.best_metric` and is flagged if its last ch
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
 import shutil
+import statistics
 import time
 import unicodedata
 from typing import Any, Dict, List, Optional
@@ -68,17 +70,25 @@ def means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
     return out
 
 
-def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float) -> Dict[str, Any]:
+def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,
+              values: Optional[Dict[int, List[Optional[float]]]] = None) -> Dict[str, Any]:  # fmt: skip
     """Best checkpoint by `metric` (the earliest on ties, as load_best_model_at_end) and whether the last checkpoint
-    is worse than it by more than `margin`: then the run "degraded after" the best step."""
+    is worse than it by more than `margin`: then the run "degraded after" the best step. With the per-prompt values
+    of each step (`values`, same prompt order), the drop must also exceed two standard errors of the per-prompt
+    differences: the best of several noisy checkpoints is optimistic, and eight samples are noisy."""
     steps = sorted(s for s, m in history.items() if m.get(metric) is not None)
     if not steps:
         return {}
     sign = BETTER[metric]
-    best = max(steps, key=lambda s: (sign * history[s][metric], -s))
-    drop = sign * (history[best][metric] - history[steps[-1]][metric])
+    best, last = max(steps, key=lambda s: (sign * history[s][metric], -s)), steps[-1]
+    drop = sign * (history[best][metric] - history[last][metric])
+    degraded = drop > margin
+    if degraded and values and best in values and last in values:
+        diffs = [sign * (a - b) for a, b in zip(values[best], values[last]) if a is not None and b is not None]
+        if len(diffs) > 1:
+            degraded = drop > 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return {"best_checkpoint_step": best, "best_checkpoint_metric": f"samples/{metric}",
-            "best_checkpoint_value": history[best][metric], "degraded_after_step": best if drop > margin else None}  # fmt: skip
+            "best_checkpoint_value": history[best][metric], "degraded_after_step": best if degraded else None}  # fmt: skip
 
 
 # --- config --------------------------------------------------------------------------------------------------------
@@ -213,6 +223,7 @@ class Sampler:
         self.gen = generation_kwargs(self.s)
         self.path = os.path.join(out_dir, FILE)
         self.history: Dict[int, Dict[str, float]] = {}
+        self.values: Dict[int, List[Optional[float]]] = {}  # per-prompt values of self.metric, for summarize()
         self.reference: Optional[List[str]] = None
         self.seconds = 0.0
         self.main = trainer.accelerator.is_main_process
@@ -222,7 +233,7 @@ class Sampler:
         fresh run) with its reference answers, drop later rows (they are sampled again), then sample `step`."""
         kept = [r for r in (read(os.path.dirname(self.path)) if os.path.isfile(self.path) else []) if r["step"] <= step]
         for s in sorted({r["step"] for r in kept}):
-            self.history[s] = means([r for r in kept if r["step"] == s])
+            self._record(s, [r for r in kept if r["step"] == s])
         first = [r for r in kept if r["step"] == min(self.history, default=None)]
         if [r["index"] for r in first] == self.index:
             self.reference = [r["reference"] for r in first]
@@ -291,10 +302,14 @@ class Sampler:
         rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
         seconds = time.time() - started
         self.seconds += seconds
-        self.history[step] = means(rows)
+        self._record(step, rows)
         if self.main:
             self._write(step, rows, seconds)
         return self.history[step]
+
+    def _record(self, step: int, rows: List[Dict[str, Any]]) -> None:
+        self.history[step] = means(rows)
+        self.values[step] = [r.get(self.metric) for r in rows]
 
     def _write(self, step: int, rows: List[Dict[str, Any]], seconds: float) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -311,7 +326,7 @@ class Sampler:
         """The run's sample summary (best checkpoint, degradation, last checkpoint's metrics), also in wandb's summary."""
         if not self.history:
             return {}
-        out = summarize(self.history, self.metric, self.s.degrade_margin)
+        out = summarize(self.history, self.metric, self.s.degrade_margin, self.values)
         last = max(self.history)
         out.update({f"samples/{k}": v for k, v in self.history[last].items()}, **{"samples/seconds": round(self.seconds, 2)})
         if out.get("degraded_after_step") is not None:

@@ -88,7 +88,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     return str(out_dir / "model")
 
 
-def ensure_sft(toy_paths: dict, steps: int = 300, lr: float = 2e-3, batch_size: int = 16,
+def ensure_sft(toy_paths: dict, steps: int = 400, lr: float = 4e-3, batch_size: int = 32,
                rejected_fraction: float = 0.5, seed: int = 0, prompt_format: str = "none", device: str = "cpu") -> str:  # fmt: skip
     """The warm-up of the toy model at toy_paths, built at most once into `sft-<hash>` beside the toy artifact.
     The device is not part of the key: the warm-up is fp32 and close enough on any device."""

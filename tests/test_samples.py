@@ -72,6 +72,15 @@ def test_summarize_best_and_degradation():
     assert summarize({0: {"repetition": 0.1}}, "task_score", 0.1) == {}
 
 
+def test_summarize_does_not_flag_sampling_noise():
+    """A 0.3 drop in the mean is degradation when every prompt fell, noise when one prompt swung from 1 to 0."""
+    history = {0: {"task_score": 0.5}, 3: {"task_score": 0.9}, 6: {"task_score": 0.6}}
+    steady = {0: [0.5] * 4, 3: [0.9] * 4, 6: [0.6] * 4}  # every prompt lost 0.3: standard error 0
+    assert summarize(history, "task_score", 0.1, steady)["degraded_after_step"] == 3
+    noisy = {0: [0.5] * 4, 3: [1.0, 1.0, 1.0, 0.6], 6: [1.0, 1.0, 0.0, 0.4]}  # means 0.9 -> 0.6, one prompt swung
+    assert summarize(history, "task_score", 0.1, noisy)["degraded_after_step"] is None
+
+
 def test_wrap_respects_display_width():
     lines = wrap("小猫在河边找到了一盏灯笼。" * 3 + " and then a rather long English sentence follows here", 20)
     assert all(samples._width(line) <= 20 for line in lines)
@@ -192,3 +201,46 @@ def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     assert all(r["reference"] is not None and (r["ref_nll"] is not None or not r["policy"]) for r in rows), rows
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "completed" and result["best_checkpoint_step"] in (0, 3, 6)
+
+
+# --- the default model: DPO helps, over-training hurts, and the numbers show both --------------------------------
+
+
+def _default_run(tmp_path: Path, name: str, *overrides: str):
+    """A run of the default tiny model (with its SFT warm-up, shared through the session cache) on the default toy
+    data; returns (per-step rows of samples.jsonl, result.json)."""
+    job = tmp_path / name
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "wandb.mode=disabled", *overrides, f"hydra.run.dir={job}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = samples.read(str(job))
+    by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
+    return by_step, json.loads((job / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_default_dpo_run_raises_task_score(tmp_path):
+    """The default run moves the toy task score the preferred way on 128 fixed eval prompts, and the repetition down.
+    Seeded and CPU-deterministic; seen on 2 cores: task score 0.832 -> 0.896, repetition 0.138 -> 0.063."""
+    by_step, result = _default_run(tmp_path, "default", "samples.count=128")
+    first, last = by_step[0], by_step[max(by_step)]
+    assert max(by_step) == result["steps"] == 128
+    before, after = samples.means(first), samples.means(last)
+    assert after["task_score"] > before["task_score"] + 0.03, (before, after)
+    assert after["repetition"] < before["repetition"] - 0.03, (before, after)
+    assert before["task_score"] > 0.7  # the warm-up writes stories that mostly use the required words
+    assert result["degraded_after_step"] is None
+
+
+@pytest.mark.slow
+def test_over_trained_run_is_flagged_as_degraded(tmp_path):
+    """lr 1e-3 (20x the default) wrecks the warmed-up model within 100 steps: the reference's NLL of its answers
+    rises, fewer answers stop at EOS, the task score falls, and the run says "degraded after step N".
+    Seen on 2 cores: ref_nll 0.18 -> 3.31, stopped 1.00 -> 0.23, task score 0.84 -> 0.59, degraded after step 0."""
+    by_step, result = _default_run(tmp_path, "over", "samples.count=64", "lr=1e-3", "max_steps=100",
+                                   "trainer.save_steps=25", "trainer.eval_steps=25")  # fmt: skip
+    before, after = samples.means(by_step[0]), samples.means(by_step[100])
+    assert after["ref_nll"] > before["ref_nll"] + 1.0, (before, after)
+    assert after["stopped"] < before["stopped"] - 0.3, (before, after)
+    assert after["task_score"] < before["task_score"] - 0.1, (before, after)
+    assert result["degraded_after_step"] == result["best_checkpoint_step"] < 100
