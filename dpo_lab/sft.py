@@ -9,13 +9,17 @@ preference data teaches DPO to avoid. Cached next to the toy artifact, keyed by 
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 VERSION = "sft-v1"  # bump when the recipe changes: it is part of the cache key
 
@@ -69,7 +73,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
             bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
             fp16=False,
             gradient_checkpointing=False,  # TRL's default; pure overhead for a model this small (~25x slower on CPU)
-            disable_tqdm=True,
+            disable_tqdm=False,  # a progress bar: this is the longest wait of a first run
         )
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
@@ -104,10 +108,14 @@ def ensure_sft(toy_paths: dict, steps: int = 400, lr: float = 4e-3, batch_size: 
             (toy_dir.parent / f"sft-{key}.json").write_text(json.dumps(params, sort_keys=True))  # what the hash means
             kwargs = dict(toy_paths=toy_paths, steps=steps, lr=lr, batch_size=batch_size,
                           rejected_fraction=rejected_fraction, seed=seed, prompt_format=prompt_format, device=device)  # fmt: skip
+            log.info("Warming up the tiny model: %d SFT steps into %s (once; later runs with this config reuse it).",
+                     steps, out_dir)  # fmt: skip
+            started = time.time()
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 _write_alone(out_dir, kwargs)
             else:
                 write_sft(out_dir, **kwargs)
+            log.info("Warm-up done in %.0fs.", time.time() - started)
     return str(out_dir / "model")
 
 
