@@ -111,17 +111,15 @@ def ensure_sft(toy_paths: dict, steps: int = 400, lr: float = 4e-3, batch_size: 
             log.info("Warming up the tiny model: %d SFT steps into %s (once; later runs with this config reuse it).",
                      steps, out_dir)  # fmt: skip
             started = time.time()
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                _write_alone(out_dir, kwargs)
-            else:
-                write_sft(out_dir, **kwargs)
+            _write_in_child(out_dir, kwargs)
             log.info("Warm-up done in %.0fs.", time.time() - started)
     return str(out_dir / "model")
 
 
-def _write_alone(out_dir: Path, kwargs: dict) -> None:
-    """Under torchrun / accelerate launch: train in a child process outside the process group. In-process, the
-    trainer would wait for the other ranks, which are waiting on our file lock."""
+def _write_in_child(out_dir: Path, kwargs: dict) -> None:
+    """Train in a child process, so the job's memory (and its peak-memory figures) stay the DPO run's own, and, under
+    torchrun / accelerate launch, outside the process group: in-process, the trainer would wait for the other ranks,
+    which are waiting on our file lock."""
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
     code = "import json, sys; from dpo_lab.sft import write_sft; write_sft(sys.argv[1], **json.loads(sys.argv[2]))"
     subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
