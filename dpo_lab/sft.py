@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -92,24 +93,25 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     return str(out_dir / "model")
 
 
-def ensure_sft(toy_paths: dict, steps: int = 400, lr: float = 4e-3, batch_size: int = 32,
-               rejected_fraction: float = 0.5, seed: int = 0, prompt_format: str = "none", device: str = "cpu") -> str:  # fmt: skip
+def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu", **recipe) -> str:
     """The warm-up of the toy model at toy_paths, built at most once into `sft-<hash>` beside the toy artifact.
+    `recipe`: SftConfig fields (steps, lr, batch_size, rejected_fraction, seed); unset ones take its defaults.
     The device is not part of the key: the warm-up is fp32 and close enough on any device."""
     from filelock import FileLock
 
+    from dpo_lab.config import SftConfig
+
+    recipe = asdict(SftConfig(**recipe))  # one place for the defaults; an unknown field fails here
     toy_dir = Path(toy_paths["model"]).parent
-    params = {"version": VERSION, "toy": toy_dir.name, "steps": steps, "lr": lr, "batch_size": batch_size,
-              "rejected_fraction": rejected_fraction, "seed": seed, "prompt_format": prompt_format}  # fmt: skip
+    params = {"version": VERSION, "toy": toy_dir.name, "prompt_format": prompt_format, **recipe}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     out_dir = toy_dir.parent / f"sft-{key}"
     with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
         if not (out_dir / "DONE").exists():
             (toy_dir.parent / f"sft-{key}.json").write_text(json.dumps(params, sort_keys=True))  # what the hash means
-            kwargs = dict(toy_paths=toy_paths, steps=steps, lr=lr, batch_size=batch_size,
-                          rejected_fraction=rejected_fraction, seed=seed, prompt_format=prompt_format, device=device)  # fmt: skip
+            kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
             log.info("Warming up the tiny model: %d SFT steps into %s (once; later runs with this config reuse it).",
-                     steps, out_dir)  # fmt: skip
+                     recipe["steps"], out_dir)  # fmt: skip
             started = time.time()
             _write_in_child(out_dir, kwargs)
             log.info("Warm-up done in %.0fs.", time.time() - started)
@@ -126,9 +128,7 @@ def _write_in_child(out_dir: Path, kwargs: dict) -> None:
 
 
 if __name__ == "__main__":
-    from dataclasses import asdict
-
-    from dpo_lab.config import SftConfig, ToyConfig
+    from dpo_lab.config import ToyConfig
     from dpo_lab.toy import ensure_toy
 
-    print(ensure_sft(ensure_toy(**asdict(ToyConfig())), **asdict(SftConfig())))
+    print(ensure_sft(ensure_toy(**asdict(ToyConfig()))))
