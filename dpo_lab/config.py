@@ -57,7 +57,7 @@ class ToyConfig:
 class SftConfig:
     """Supervised warm-up of the tiny model (model=tiny) on the toy prompts and answers; cached. steps=0: none."""
 
-    steps: int = 400  # ~2 min on 2 CPU cores, paid once per cache; 0: DPO starts from the random initialisation
+    steps: int = 400  # 2-3 min on 2 CPU cores, paid once per cache; 0: DPO starts from the random initialisation
     lr: float = 4e-3
     batch_size: int = 32
     rejected_fraction: float = 0.5  # share of warm-up answers that are the rejected text: mistakes for DPO to fix
