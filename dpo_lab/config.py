@@ -121,7 +121,7 @@ class TrainerConfig:
     """Training-loop settings passed to trl.DPOConfig; `extra` takes any other DPOConfig field."""
 
     device: str = "auto"  # auto (cuda if present) | cuda | cpu
-    precision: str = "auto"  # auto (bf16 on cuda when supported, fp32 on cpu) | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto | fp32 | bf16-mixed | fp16-mixed | bf16-pure: see dpo_lab/precision.py
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -135,7 +135,7 @@ class TrainerConfig:
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    activation_checkpointing: bool = False  # trade compute for memory on long sequences
+    activation_checkpointing: str = "auto"  # auto: on only if the memory estimate does not fit (memory.py) | true | false
     precompute_ref_log_probs: bool = False
     dataloader_num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -1,8 +1,8 @@
-"""Model side: which device and precision, which checkpoint, and the LoRA adapter config."""
+"""Model side: which device, which checkpoint and tokenizer, and the LoRA adapter config."""
 
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 from dpo_lab.errors import UserError
 
@@ -17,19 +17,6 @@ def pick_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device=cuda but no CUDA device is visible. Use trainer.device=auto (or cpu).")
     return device
-
-
-def pick_precision(precision: str, device: str) -> str:
-    """auto: bf16 on a GPU that supports it, fp32 elsewhere (CPU fp16/bf16 training is slow or unsupported)."""
-    import torch
-
-    if precision != "auto":
-        if device == "cpu" and precision == "fp16":
-            raise UserError("trainer.precision=fp16 needs CUDA; on CPU use fp32 (or auto).")
-        return precision
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
@@ -55,20 +42,20 @@ def check_model_path(path: Optional[str]) -> str:
     return expanded
 
 
-def load_model_and_tokenizer(path: str, cfg) -> Tuple[object, object]:
-    """Load a causal LM and its tokenizer from a local dir or hub id, with a clear error when that fails."""
+def load_model(path: str, cfg, dtype: str):
+    """Load a causal LM in `dtype` (precision.py's choice, whatever the checkpoint was saved in), with a clear error
+    when that fails."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, dtype))
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
-        tokenizer = load_tokenizer(path, cfg.revision, cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"Cannot load model {path!r}: {e}. For a hub id this needs internet access; otherwise "
                         "point model.path at a local checkpoint directory.") from None  # fmt: skip
-    return model, tokenizer
 
 
 def lora_config(cfg):

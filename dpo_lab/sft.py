@@ -47,6 +47,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from dpo_lab.compat import checkpointing_arg
     from dpo_lab.data import format_prompts
 
     out_dir = Path(out_dir)
@@ -73,7 +74,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
             use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
             bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
             fp16=False,
-            gradient_checkpointing=False,  # TRL's default; pure overhead for a model this small (~25x slower on CPU)
+            **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
             disable_tqdm=False,  # a progress bar: this is the longest wait of a first run
         )
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,

@@ -12,7 +12,9 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import data, modeling, samples, tracking
+from dpo_lab import data, memory, modeling, samples, tracking
+from dpo_lab.compat import checkpointing_arg
+from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def _nan_guard():
     return NanGuard()
 
 
-def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: str, report_to: str):
+def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool, report_to: str):
     """Map our config onto trl.DPOConfig (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
     from trl import DPOConfig
 
@@ -71,12 +73,11 @@ def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: str, report_
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        activation_checkpointing=t.activation_checkpointing,
+        **checkpointing_arg(checkpointing),
         precompute_ref_log_probs=t.precompute_ref_log_probs,
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=device == "cpu",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        **precision.trainer_args(),
         report_to=report_to,
         run_name=os.path.basename(out_dir),
         disable_tqdm=False,
@@ -112,7 +113,7 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
         toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
     model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
     device = modeling.pick_device(cfg.trainer.device)
-    precision = modeling.pick_precision(cfg.trainer.precision, device)
+    precision = resolve(cfg.trainer.precision, device)
 
     from transformers import set_seed
 
@@ -120,13 +121,17 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
     # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
     tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
     prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, toy)
-    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision)
-    args = dpo_args(cfg, out_dir, device, precision, report_to="none")  # fails on bad DPOConfig values, pre-load
+    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
         from dpo_lab.sft import ensure_sft
 
         model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
-    model, tokenizer = modeling.load_model_and_tokenizer(model_path, cfg.model)
+    mem = memory.plan(model_path, cfg, precision, device)
+    args = dpo_args(cfg, out_dir, device, precision, mem.checkpointing, report_to="none")  # bad values fail pre-load
+    model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
+    ref_model = None  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
+    if not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy, in the frozen dtype
+        ref_model = modeling.load_model(model_path, cfg.model, precision.frozen)
 
     from datasets import Dataset
     from trl import DPOTrainer
@@ -138,14 +143,15 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
     resume_from = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
     if resume_from:
         log.info("Resuming from %s", resume_from)
-    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, wandb_config, wandb_id)
+    resolved = {"device": device, "precision": precision.mode, **mem.summary()}  # what `auto` settings became
+    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, {**wandb_config, "resolved": resolved}, wandb_id)
     args.report_to = ["wandb"] if run is not None else []
     failed = True
     started = time.time()
     try:
         trainer = DPOTrainer(
             model=model,
-            ref_model=None,  # TRL builds it: the adapter-disabled base with LoRA, a frozen copy otherwise
+            ref_model=ref_model,
             args=args,
             train_dataset=columns(prefs.train),
             eval_dataset=columns(prefs.eval),
@@ -153,6 +159,8 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
             peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
             callbacks=[_nan_guard()],
         )
+        dtypes = DtypeReport(trainer, run)
+        trainer.add_callback(dtypes.callback())
         sampler = samples.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
         if sampler:
             trainer.add_callback(sampler.callback())
@@ -163,6 +171,7 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
             evals = [h for h in trainer.state.log_history if "eval_loss" in h]
         trainer.save_model(os.path.join(out_dir, "final"))
         sample_summary = sampler.finish() if sampler else {}
+        used_dtypes = dtypes.dtypes or dtypes.read()  # read after the first step; a resumed, finished run: now
         failed = False
     finally:
         tracking.finish_run(run, failed)
@@ -182,7 +191,9 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
         steps=trainer.state.global_step,
         train_seconds=round(time.time() - started, 1),
         device=device,
-        precision=precision,
+        precision=precision.mode,
+        **used_dtypes,
+        **mem.summary(),
         world_size=trainer.args.world_size,
         wandb_run_id=run.id if run is not None else None,
         wandb_dir=run.settings.sync_dir if run is not None else None,

@@ -2,6 +2,7 @@
 
 from omegaconf import DictConfig
 
+from dpo_lab import precision
 from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
 from dpo_lab.errors import UserError
 
@@ -61,7 +62,10 @@ def validate(cfg: DictConfig) -> None:
 
     t = cfg.trainer
     _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r}: use auto, cpu or cuda.")
-    _check(t.precision in ("auto", "bf16", "fp16", "fp32"), f"trainer.precision={t.precision!r}: use auto, bf16, fp16 or fp32.")
+    reason = precision.check(t.precision, t.extra)
+    _check(reason is None, reason)
+    _check(str(t.activation_checkpointing).lower() in ("auto", "true", "false"),
+           f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.")  # fmt: skip
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "eval_steps", "save_steps", "logging_steps", "max_length"):  # fmt: skip
         _check(t[key] > 0, f"trainer.{key}={t[key]} must be > 0.")
@@ -104,6 +108,11 @@ def validate(cfg: DictConfig) -> None:
 def _check_extra_trainer_keys(extra) -> None:
     from trl import DPOConfig
 
+    owned = {"bf16": "trainer.precision", "fp16": "trainer.precision", "gradient_checkpointing":
+             "trainer.activation_checkpointing", "activation_checkpointing": "trainer.activation_checkpointing"}  # fmt: skip
+    for key in extra:
+        _check(key not in owned, f"trainer.extra.{key} is set by {owned.get(key)}: use that instead (see the README's "
+                                 "'Precision and memory').")  # fmt: skip
     valid = DPOConfig.__dataclass_fields__
     unknown = [k for k in extra if k not in valid]
     _check(

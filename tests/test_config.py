@@ -25,6 +25,7 @@ def test_every_trl_loss_type_has_its_own_file():
     assert combos and all(OmegaConf.load(CONF / "loss" / f"{c}.yaml").loss_weights for c in combos)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("loss", LOSS_FILES)
 def test_every_loss_composes_and_validates(loss):
     cfg = compose_cfg([f"loss={loss}"])
@@ -60,6 +61,11 @@ def test_peft_groups():
         (["data.prompt_format='Q: {question}'"], "data.prompt_format"),
         (["+trainer.extra.lerning_rate=1"], "lerning_rate"),
         (["loss=aot", "loss.use_weighting=true"], "use_weighting"),
+        (["trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch"], "round away"),
+        (["trainer.precision=half"], "trainer.precision='half'"),
+        (["trainer.activation_checkpointing=sometimes"], "trainer.activation_checkpointing"),
+        (["+trainer.extra.bf16=true"], "trainer.extra.bf16 is set by trainer.precision"),
+        (["+trainer.extra.gradient_checkpointing=true"], "set by trainer.activation_checkpointing"),
     ],
 )
 def test_semantic_checks_name_the_key(overrides, message):
