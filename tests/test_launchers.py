@@ -12,6 +12,7 @@ from conftest import ROOT, TINY, run_py
 from dpo_lab.gpus import claim_slot
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("launcher", ["gpus", "local"])  # joblib, submitit's local executor
 def test_sweep_runs_under_launcher(tmp_path, launcher):
     sweep = tmp_path / "sweep"

@@ -25,6 +25,7 @@ def test_every_loss_trains(tmp_path, loss):
     assert math.isfinite(result["eval/loss"]) and "eval/rewards/margins" in result
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("peft", ["lora", "none"])
 def test_lora_and_full_finetuning(tmp_path, peft):
     result = train_job(tmp_path, [f"peft={peft}", "wandb.mode=disabled"])
