@@ -154,6 +154,9 @@ def launch(job_dir: str, isolate: bool, cfg: Optional[DictConfig] = None, meta: 
 
     cmd = [sys.executable, "-m", "dpo_lab", "execute", job_dir]
     with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks")) as env:
+        # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
+        # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
+        env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
         proc = subprocess.Popen(cmd, env=env)
         try:
             code = proc.wait()
