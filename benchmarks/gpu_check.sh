@@ -10,6 +10,10 @@
 #    activation checkpointing forced on (trainer=gpu leaves it to the memory estimate).
 # Prints versions and device, then per job: precision and the dtypes it really used, checkpointing, time,
 # tokens/s, peak GPU memory, eval margin and accuracy. wandb is off (GPU machines may not have it).
+#
+# On a GPU machine without package access (../shared/gpu/README.md): fetch the wheels into .whl/ here, then there
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+#   bash benchmarks/gpu_check.sh
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$(mktemp -d)/gpu-check}

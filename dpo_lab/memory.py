@@ -28,6 +28,7 @@ from dpo_lab.precision import BYTES, PURE_OPTIM, Precision
 
 log = logging.getLogger(__name__)
 
+SETTINGS = ("auto", "true", "false")  # trainer.activation_checkpointing, compared lower-case (Hydra writes True)
 HEADROOM = 0.8  # share of free memory a plan may use: CUDA context, allocator fragmentation, eval and sampling
 GB = 1e9
 
@@ -125,7 +126,7 @@ def decide(setting: str, parts: Dict[str, float], free: float) -> MemoryPlan:
     checkpointed = parts.pop("activations_checkpointed")
     total = sum(parts.values())
     setting = str(setting).lower()
-    if setting in ("true", "false"):
+    if setting != "auto":
         on, why = setting == "true", "forced by trainer.activation_checkpointing"
     else:
         on = total > HEADROOM * free

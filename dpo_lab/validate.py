@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from dpo_lab import precision
+from dpo_lab import memory, precision
 from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
 from dpo_lab.errors import UserError
 
@@ -64,7 +64,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r}: use auto, cpu or cuda.")
     reason = precision.check(t.precision, t.extra)
     _check(reason is None, reason)
-    _check(str(t.activation_checkpointing).lower() in ("auto", "true", "false"),
+    _check(str(t.activation_checkpointing).lower() in memory.SETTINGS,
            f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.")  # fmt: skip
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "eval_steps", "save_steps", "logging_steps", "max_length"):  # fmt: skip
