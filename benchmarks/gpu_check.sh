@@ -7,7 +7,7 @@
 # 1. The README's default sweep (tiny model, loss {sigmoid, ipo} x beta {0.1, 0.5}).
 # 2. model=hf on a random Qwen2-shaped checkpoint saved in bf16 and on its exact fp32 upcast (full fine-tuning,
 #    trainer=gpu, lr 1e-5): the two must train alike. Then LoRA on the bf16 checkpoint, and the bf16 job with
-#    activation checkpointing forced on (trainer=gpu leaves it to the memory estimate).
+#    activation checkpointing forced on (trainer=gpu leaves it to the memory estimate), and bf16-pure where torchao is.
 # Prints versions and device, then per job: precision and the dtypes it really used, checkpointing, time,
 # tokens/s, peak GPU memory, eval margin and accuracy. wandb is off (GPU machines may not have it).
 #
@@ -22,6 +22,7 @@ STEPS=${STEPS:-40}
 SWEEP=${SWEEP:-1}
 TRAINER=${TRAINER:-gpu}
 mkdir -p "$OUT" && cd "$OUT" || exit 1
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # benchmarks/ scripts import dpo_lab from this checkout
 export DPO_LAB_CACHE=${DPO_LAB_CACHE:-$OUT/cache} WANDB_MODE=disabled
 python - <<'PY'
 import importlib.metadata as md, torch
@@ -38,6 +39,7 @@ HF=(model=hf data=toy trainer="$TRAINER" lr=1e-5 max_steps="$STEPS" samples.coun
 run hf_full "${HF[@]}" model.path="$OUT/ckpt/bf16","$OUT/ckpt/fp32"
 run hf_lora "${HF[@]}" model.path="$OUT/ckpt/bf16" peft=lora lr=1e-4
 run hf_checkpointing "${HF[@]}" model.path="$OUT/ckpt/bf16" trainer.activation_checkpointing=true
+python -c "import torchao" 2>/dev/null && run hf_pure "${HF[@]}" model.path="$OUT/ckpt/bf16" trainer.precision=bf16-pure
 
 python - "$OUT" <<'PY'
 import json, pathlib, sys
