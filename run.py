@@ -16,6 +16,7 @@ from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
 from dpo_lab.job import completed_result, launch, prepare
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
+from dpo_lab.train import train
 
 register_configs()
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def main(cfg: DictConfig) -> float:
         log.info("Job %s already completed; skipping it.", job_dir)
         return objective(done, cfg.objective)
     name = run_name(overrides, swept_keys(hc.sweep.dir) if multirun else [])
-    meta = prepare(cfg, job_dir, name=name, group=group, overrides=overrides, choices=choices)
+    meta = prepare(cfg, job_dir, name=name, group=group, overrides=overrides, choices=choices,
+                   sweep_dir=hc.sweep.dir if multirun else None)  # fmt: skip
     # A fresh process per job keeps a sweep's jobs from leaking memory or state into each other.
-    result = launch(job_dir, isolate=cfg.isolate == "always" or (cfg.isolate == "auto" and multirun), cfg=cfg, meta=meta)
+    isolate = cfg.isolate == "always" or (cfg.isolate == "auto" and multirun)
+    result = launch(job_dir, train, isolate, cfg=cfg, meta=meta)
     if not multirun and result["status"] != "completed":
         sys.exit(1)
     return objective(result, cfg.objective)

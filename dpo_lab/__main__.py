@@ -9,7 +9,7 @@
 import argparse
 import sys
 
-from dpo_lab import job
+from dpo_lab import console
 
 
 def main(argv=None) -> int:
@@ -31,16 +31,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "execute":
-        job.setup_logging(args.job_dir)
-        return 0 if job.execute(args.job_dir)["status"] == "completed" else 1
+        from dpo_lab.job import execute
+        from dpo_lab.train import train
+
+        console.setup_logging(args.job_dir)
+        return 0 if execute(args.job_dir, train)["status"] == "completed" else 1
     if args.command == "rerun":
         from dpo_lab.rerun import rerun
 
-        job.setup_logging()
+        console.setup_logging()
         return rerun(args.job_dir, args.overrides, args.out)
     if args.command == "samples":
         from dpo_lab.errors import UserError
-        from dpo_lab.samples import show
+        from dpo_lab.viewer import show
 
         try:
             print(show(args.job_dir, args.step, args.width))

@@ -123,16 +123,16 @@ def format_prompts(rows: List[Dict[str, Any]], prompt_format: str) -> List[Dict[
     return out
 
 
-def prompt_length(tokenizer, prompt: Any) -> int:
-    """Token count of the prompt as TRL will tokenize it."""
+def prompt_ids(tokenizer, prompt: Any) -> List[int]:
+    """Token ids of a prompt as TRL's DPOTrainer builds them (chat template with generation prompt for messages)."""
     if isinstance(prompt, list):
-        return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
-    return len(tokenizer(prompt)["input_ids"])
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])  # fmt: skip
+    return tokenizer(text=prompt)["input_ids"]
 
 
 def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
     """Drop rows whose prompt alone reaches max_length: TRL would silently drop them anyway."""
-    kept = [r for r in rows if prompt_length(tokenizer, r["prompt"]) < max_length]
+    kept = [r for r in rows if len(prompt_ids(tokenizer, r["prompt"])) < max_length]
     dropped = len(rows) - len(kept)
     if dropped:
         log.warning("%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "

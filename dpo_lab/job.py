@@ -1,54 +1,30 @@
-"""A job directory is the unit of work: what it saves is enough to run it, rerun it, and report on it.
+"""A job directory is the unit of work: what it saves (files.py) is enough to run it, rerun it, and report on it.
 
-    <job dir>/config.yaml     the fully resolved config (what `python -m dpo_lab rerun` reads)
-    <job dir>/job.json        run name, wandb group, overrides, chosen group options
-    <job dir>/run_info.json   seed, package versions, git commit, command line
-    <job dir>/result.json     status, error, final eval metrics, timings, wandb run id
-    <job dir>/train.log       the job's log; wandb/ and checkpoints/ and final/ beside it
-
-`launch` runs a prepared job in this process or in a fresh one. A fresh process per job is how a
-sweep stays clean: no memory, CUDA context, wandb run or cache survives from one job to the next.
+`prepare` writes a job's files, `execute` runs it under one wrapper that owns its status, timing, result.json and
+wandb run (lightning-hydra-template's task_wrapper), and `launch` does that in this process or in a fresh one. A
+fresh process per job is how a sweep stays clean: no memory, CUDA context, wandb run or cache survives from one job
+to the next. The task itself (train.train) is handed in by the entry point, so this module never imports it.
 """
 
-import json
 import logging
 import os
+import secrets
+import string
 import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_lab import files, provenance, tracking
 from dpo_lab.config import Config
 from dpo_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "wandb", "hydra-core", "omegaconf", "dpo-lab")
-
-
-def _git_commit() -> Optional[Dict[str, Any]]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": commit, "dirty": bool(dirty.strip())}
-
-
-def _versions() -> Dict[str, Optional[str]]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+Task = Callable[[DictConfig, str, Any], Dict[str, Any]]  # (config, job dir, wandb run or None) -> result
 
 
 def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
@@ -62,74 +38,45 @@ def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
 
 def completed_result(cfg: DictConfig, job_dir: str) -> Optional[Dict[str, Any]]:
     """The saved result if `job_dir` already completed this exact config; UserError if it holds another config."""
-    saved = os.path.join(job_dir, "config.yaml")
+    saved = os.path.join(job_dir, files.CONFIG)
     if not os.path.isfile(saved):
         return None
     if OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg, resolve=True):
         raise UserError(f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
                         "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...).")  # fmt: skip
-    result = read_json(os.path.join(job_dir, "result.json")) or {}
+    result = files.read_json(os.path.join(job_dir, files.RESULT)) or {}
     return result if result.get("status") == "completed" else None
 
 
-def _is_main_rank() -> bool:
-    """Under `accelerate launch` every rank runs the job; only rank 0 writes its files and logs to wandb."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], overrides: List[str], choices: Dict[str, str]) -> Dict[str, Any]:
+def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], overrides: List[str], choices: Dict[str, str],
+            sweep_dir: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
     """Write what runs and reruns this job into `job_dir`. A relaunched job keeps its wandb run id."""
     os.makedirs(job_dir, exist_ok=True)
-    if _is_main_rank():
-        OmegaConf.save(cfg, os.path.join(job_dir, "config.yaml"), resolve=True)
-    previous = read_json(os.path.join(job_dir, "job.json")) or {}
-    wandb_id = previous.get("wandb_id") or _new_run_id()
-    meta = {"name": name, "group": group, "overrides": list(overrides), "choices": dict(choices), "wandb_id": wandb_id}
-    _write_json(os.path.join(job_dir, "job.json"), meta)
-    info = {"seed": cfg.seed, "versions": _versions(), "git": _git_commit(), "argv": sys.argv, "cwd": os.getcwd(),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-    _write_json(os.path.join(job_dir, "run_info.json"), info)
+    if files.is_main_rank():
+        OmegaConf.save(cfg, os.path.join(job_dir, files.CONFIG), resolve=True)
+    previous = files.read_json(os.path.join(job_dir, files.JOB)) or {}
+    wandb_id = previous.get("wandb_id") or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    meta = {"name": name, "group": group, "overrides": list(overrides), "choices": dict(choices), "wandb_id": wandb_id,
+            "sweep_dir": sweep_dir}  # fmt: skip
+    files.write_json(os.path.join(job_dir, files.JOB), meta)
+    info = {"seed": cfg.seed, "versions": provenance.versions(), "git": provenance.git_commit(), "argv": sys.argv,
+            "cwd": os.getcwd(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    files.write_json(os.path.join(job_dir, files.RUN_INFO), info)
     return meta
 
 
-def _new_run_id() -> str:
-    import secrets
-    import string
-
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    if not _is_main_rank():
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)  # a killed job never leaves half a file
-
-
-def read_json(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def execute(job_dir: str, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Run a prepared job in this process; always writes result.json, never raises for a failed run.
-
-    `cfg` and `meta` default to what prepare() saved in `job_dir`."""
-    from dpo_lab.train import train
-
-    meta = meta or read_json(os.path.join(job_dir, "job.json"))
+def execute(job_dir: str, task: Task, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run a prepared job in this process; always writes result.json and closes the wandb run, never raises for a
+    failed run. `cfg` and `meta` default to what prepare() saved in `job_dir`."""
+    meta = meta or files.read_json(os.path.join(job_dir, files.JOB))
+    path = os.path.join(job_dir, files.RESULT)
     result: Dict[str, Any] = {"status": "running", "name": meta["name"], "job_dir": job_dir, "overrides": meta["overrides"]}
-    _write_json(os.path.join(job_dir, "result.json"), result)
-    started = time.time()
+    files.write_json(path, result)
+    started, run = time.time(), None
     try:
-        cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, "config.yaml"))
-        wandb_config = {**OmegaConf.to_container(cfg), "overrides": meta["overrides"], "choices": meta["choices"]}
-        result.update(train(cfg, job_dir, meta["name"], meta["group"], wandb_config, meta.get("wandb_id")))
+        cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, files.CONFIG))
+        run = tracking.start_run(cfg, job_dir, meta)
+        result.update(task(cfg, job_dir, run))
         result["status"] = "completed"
     except UserError as e:
         log.error("%s", e)
@@ -142,14 +89,16 @@ def execute(job_dir: str, cfg: Optional[DictConfig] = None, meta: Optional[Dict[
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
     finally:
         result["seconds"] = round(time.time() - started, 1)
-        _write_json(os.path.join(job_dir, "result.json"), result)
+        tracking.finish_run(run, failed=result["status"] != "completed", in_sweep=bool(meta.get("sweep_dir")))
+        files.write_json(path, result)
     return result
 
 
-def launch(job_dir: str, isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Run a prepared job, in a child process if `isolate` (from its saved files), and return its result."""
+def launch(job_dir: str, task: Task, isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run a prepared job and return its result: here, or (`isolate`) in a child process that runs
+    `python -m dpo_lab execute JOB_DIR` from the saved files."""
     if not isolate:
-        return execute(job_dir, cfg, meta)
+        return execute(job_dir, task, cfg, meta)
     from dpo_lab.gpus import gpu_env
 
     cmd = [sys.executable, "-m", "dpo_lab", "execute", job_dir]
@@ -164,15 +113,9 @@ def launch(job_dir: str, isolate: bool, cfg: Optional[DictConfig] = None, meta: 
             proc.terminate()
             proc.wait()
             raise
-    result = read_json(os.path.join(job_dir, "result.json")) or {}
+    path = os.path.join(job_dir, files.RESULT)
+    result = files.read_json(path) or {}
     if result.get("status") in (None, "running"):  # killed (OOM, signal) before it could record anything
         result.update(status="failed", error=f"worker process exited with code {code} without a result", job_dir=job_dir)
-        _write_json(os.path.join(job_dir, "result.json"), result)
+        files.write_json(path, result)
     return result
-
-
-def setup_logging(job_dir: Optional[str] = None) -> None:
-    handlers: List[logging.Handler] = [logging.StreamHandler()]
-    if job_dir:
-        handlers.append(logging.FileHandler(os.path.join(job_dir, "train.log")))
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers, force=True)

@@ -5,6 +5,7 @@ launcher will compose it, then checked: types (by composition), ranges and combi
 readable and well-formed, model path present.
 """
 
+import itertools
 from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
@@ -13,15 +14,22 @@ from dpo_lab.errors import UserError
 
 
 def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
-    """The override list of every job, as Hydra's basic sweeper will run them (None for other sweepers)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job, in the order Hydra's basic sweeper runs them (None for other sweepers):
+    the cross product of the sweep overrides, sweeper `params` first, parsed by Hydra's public override parser."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    choices = []
+    for o in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+        key = o.get_key_element()
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            raise UserError(f"{o.input_line}: the basic sweeper takes lists (a,b,c or choice(a,b)); a range or interval "
+                            "needs a sweeper that samples, e.g. hydra/sweeper=optuna.")  # fmt: skip
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" for v in values])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def check_job(cfg: DictConfig, seen_files: Dict[str, Optional[str]]) -> None:

@@ -8,12 +8,12 @@ partial and failed sweeps, and without wandb:
 
 import csv
 import glob
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional
 
-from dpo_lab.job import read_json
+from dpo_lab import files
+from dpo_lab.metrics import means_by_step
 
 HEADLINE = [("eval/rewards/margins", "margin"), ("best_eval/rewards/margins", "best margin"),
             ("eval/rewards/accuracies", "accuracy"), ("best_eval/rewards/accuracies", "best accuracy")]  # fmt: skip
@@ -22,13 +22,13 @@ RUN_STATS = ["steps", "train_seconds", "tokens_per_second", "peak_rss_mb", "peak
 
 def collect(sweep_dir: str) -> List[Dict[str, Any]]:
     """One row per job dir (numbered subdirs of the sweep), in job order, with its swept values."""
-    sweep = read_json(os.path.join(sweep_dir, "sweep.json")) or {}
+    sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
     swept = sweep.get("swept_keys", [])
     rows = []
-    for path in glob.glob(os.path.join(sweep_dir, "*", "job.json")):
+    for path in glob.glob(os.path.join(sweep_dir, "*", files.JOB)):
         job_dir = os.path.dirname(path)
-        meta = read_json(path) or {}
-        result = read_json(os.path.join(job_dir, "result.json")) or {"status": "pending"}
+        meta = files.read_json(path) or {}
+        result = files.read_json(os.path.join(job_dir, files.RESULT)) or {"status": "pending"}
         values = dict(o.lstrip("+").split("=", 1) for o in meta.get("overrides", []) if "=" in o)
         row = {"job": os.path.basename(job_dir), "name": meta.get("name"), **{k: values.get(k) for k in swept}}
         row.update(result)
@@ -39,23 +39,8 @@ def collect(sweep_dir: str) -> List[Dict[str, Any]]:
 
 def _sample_history(job_dir: str) -> List[Dict[str, float]]:
     """Mean sample metrics per checkpoint step, from samples.jsonl (empty when the run logged no samples)."""
-    per_step: Dict[int, List[Dict[str, Any]]] = {}
-    path = os.path.join(job_dir, "samples.jsonl")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    per_step.setdefault(row["step"], []).append(row)
-    history = []
-    for step, rows in sorted(per_step.items()):
-        means = {"step": step}
-        for key, value in rows[0].items():
-            if isinstance(value, (int, float)) and key not in ("step", "index"):
-                vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-                means[key] = sum(vals) / len(vals)
-        history.append(means)
-    return history
+    rows = files.read_jsonl(os.path.join(job_dir, files.SAMPLES))
+    return [{"step": step, **m} for step, m in means_by_step(rows).items()]
 
 
 def _fmt(value: Any) -> str:
@@ -171,7 +156,7 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
 
 def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     """Write summary.csv, report.md and plots for `sweep_dir` into `out_dir` (also a summary into the sweep dir)."""
-    sweep = read_json(os.path.join(sweep_dir, "sweep.json")) or {}
+    sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
     out_dir = out_dir or sweep.get("results_dir") or os.path.join(sweep_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     rows = collect(sweep_dir)

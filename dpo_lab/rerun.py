@@ -9,13 +9,14 @@ import logging
 import math
 import os
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
 from dpo_lab.config import Config
 from dpo_lab.errors import UserError
-from dpo_lab.job import launch, load_config, prepare, read_json
+from dpo_lab.files import read_json
+from dpo_lab.job import launch, load_config, prepare
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,17 @@ def _from_wandb(ref: str, out: Optional[str]) -> str:
     import wandb
 
     run = wandb.Api().run(ref)
-    schema_keys = Config.__dataclass_fields__
-    saved = {k: v for k, v in run.config.items() if k in schema_keys}  # WandbCallback adds TrainingArguments beside ours
     job_dir = out or os.path.join("outputs", "from-wandb", run.id)
+    write_logged_config(dict(run.config), job_dir)
+    return job_dir
+
+
+def write_logged_config(logged: Dict[str, Any], job_dir: str) -> None:
+    """The dpo-lab config inside a run's wandb config (beside it: overrides, choices, resolved, dtypes, trl) as
+    `job_dir`/config.yaml."""
+    saved = {k: v for k, v in logged.items() if k in Config.__dataclass_fields__}
     os.makedirs(job_dir, exist_ok=True)
     OmegaConf.save(OmegaConf.create(saved), os.path.join(job_dir, "config.yaml"))
-    return job_dir
 
 
 def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
@@ -50,7 +56,9 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     prepare(cfg, out, name=f"{meta['name']} (rerun)", group=meta["group"], overrides=meta["overrides"] + list(overrides),
             choices=meta["choices"])  # fmt: skip
     _warn_on_version_drift(job_dir, out)
-    result = launch(out, isolate=False)
+    from dpo_lab.train import train
+
+    result = launch(out, train, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
     return 0 if result["status"] == "completed" else 1
 

@@ -7,18 +7,17 @@ preference data teaches DPO to avoid. Cached next to the toy artifact, keyed by 
     python -m dpo_lab.sft            # build (or find) the warm-up for the default toy config; prints its path
 """
 
-import hashlib
 import json
 import logging
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
+
+from dpo_lab import cache
+from dpo_lab.config import SftConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ def warmup_rows(rows: list[dict], rejected_fraction: float, seed: int) -> list[d
 
 
 def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, rejected_fraction: float, seed: int,
-              prompt_format: str = "none", device: str = "cpu") -> str:  # fmt: skip
-    """Warm up toy_paths["model"] on toy_paths["train_file"] into out_dir (temp dir + rename); returns the model dir."""
+              prompt_format: str = "none", device: str = "cpu") -> None:  # fmt: skip
+    """Warm up toy_paths["model"] on toy_paths["train_file"]; the result goes to out_dir/model."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -55,67 +54,43 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     rows = format_prompts(rows, prompt_format)  # the same prompts (and chat template) the DPO run will see
     tokenizer = AutoTokenizer.from_pretrained(toy_paths["model"])
     model = AutoModelForCausalLM.from_pretrained(toy_paths["model"])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        args = SFTConfig(
-            output_dir=str(tmp / "trainer"),
-            max_steps=steps,
-            learning_rate=lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.1,
-            per_device_train_batch_size=batch_size,
-            max_length=256,  # toy prompt + answer is ~90 tokens
-            seed=seed,
-            data_seed=seed,
-            save_strategy="no",
-            logging_steps=max(1, steps // 10),
-            report_to="none",
-            use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
-            bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
-            fp16=False,
-            **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
-            disable_tqdm=False,  # a progress bar: this is the longest wait of a first run
-        )
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
-        trainer.train()
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        (tmp / "DONE").write_text(json.dumps({"final_loss": losses[-1] if losses else None}))
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process finished first: use theirs
-            if not (out_dir / "DONE").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(out_dir / "model")
+    args = SFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        per_device_train_batch_size=batch_size,
+        max_length=256,  # toy prompt + answer is ~90 tokens
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        logging_steps=max(1, steps // 10),
+        report_to="none",
+        use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
+        bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
+        fp16=False,
+        **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
+        disable_tqdm=False,  # a progress bar: this is the longest wait of a first run
+    )
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
+    trainer.train()
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    log.info("Warm-up final loss: %s", losses[-1] if losses else None)
 
 
 def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu", **recipe) -> str:
     """The warm-up of the toy model at toy_paths, built at most once into `sft-<hash>` beside the toy artifact.
     `recipe`: SftConfig fields (steps, lr, batch_size, rejected_fraction, seed); unset ones take its defaults.
     The device is not part of the key: the warm-up is fp32 and close enough on any device."""
-    from filelock import FileLock
-
-    from dpo_lab.config import SftConfig
-
     recipe = asdict(SftConfig(**recipe))  # one place for the defaults; an unknown field fails here
     toy_dir = Path(toy_paths["model"]).parent
     params = {"version": VERSION, "toy": toy_dir.name, "prompt_format": prompt_format, **recipe}
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    out_dir = toy_dir.parent / f"sft-{key}"
-    with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
-        if not (out_dir / "DONE").exists():
-            (toy_dir.parent / f"sft-{key}.json").write_text(json.dumps(params, sort_keys=True))  # what the hash means
-            kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
-            log.info("Warming up the tiny model: %d SFT steps into %s (once; later runs with this config reuse it).",
-                     recipe["steps"], out_dir)  # fmt: skip
-            started = time.time()
-            _write_in_child(out_dir, kwargs)
-            log.info("Warm-up done in %.0fs.", time.time() - started)
+    kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
+    out_dir = cache.ensure("sft", params, lambda tmp: _write_in_child(tmp, kwargs), cache_dir=toy_dir.parent)
     return str(out_dir / "model")
 
 
@@ -124,12 +99,12 @@ def _write_in_child(out_dir: Path, kwargs: dict) -> None:
     torchrun / accelerate launch, outside the process group: in-process, the trainer would wait for the other ranks,
     which are waiting on our file lock."""
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
-    code = "import json, sys; from dpo_lab.sft import write_sft; write_sft(sys.argv[1], **json.loads(sys.argv[2]))"
+    code = ("import json, logging, sys; from dpo_lab.sft import write_sft; logging.basicConfig(level=logging.INFO); "
+            "write_sft(sys.argv[1], **json.loads(sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
 
 
 if __name__ == "__main__":
-    from dpo_lab.config import ToyConfig
     from dpo_lab.toy import ensure_toy
 
-    print(ensure_sft(ensure_toy(**asdict(ToyConfig()))))
+    print(ensure_sft(ensure_toy()))

@@ -7,8 +7,10 @@ from typing import List
 
 from hydra.experimental.callback import Callback
 
-from dpo_lab.job import read_json
+from dpo_lab.errors import UserError
+from dpo_lab.files import read_json
 from dpo_lab.report import leaderboard, write_report
+from dpo_lab.tracking import sweep_commands
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,19 @@ class SweepCallback(Callback):
 
         from dpo_lab.preflight import preflight
 
-        jobs, failures = preflight(config)
+        try:
+            jobs, failures = preflight(config)
+        except UserError as e:
+            print(f"Preflight: {e}")
+            raise SystemExit(2) from None
         if failures:
             lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
             print(f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines))
             raise SystemExit(2)
         if config.get("preflight_only"):
-            print(f"Preflight: all {len(jobs)} jobs check out. They would run as:")
-            print("\n".join(f"  #{i}: {' '.join(o)}" for i, o in enumerate(jobs)))
+            print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
+            for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
+                print(f"  #{i}: python run.py " + " ".join(o for o in job if o.split("=", 1)[0] != "preflight_only"))
             raise SystemExit(0)
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)
@@ -71,7 +78,8 @@ class SweepCallback(Callback):
         out = write_report(sweep_dir)
         rows = collect(sweep_dir)
         failed = [r for r in rows if r.get("status") != "completed"]
+        browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
         print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed (report: {out}/report.md)\n"
-              f"{leaderboard(rows)}\n", flush=True)  # fmt: skip
+              f"{leaderboard(rows)}\n{browse}", flush=True)  # fmt: skip
         if failed:
             raise SystemExit(1)

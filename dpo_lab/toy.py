@@ -4,20 +4,21 @@ The task: the prompt names 2-3 required words and a one-line summary; `chosen` i
 required word, `rejected` is the same story with some required words swapped out, or a text that degenerates into
 repetition. `task_score` measures the property DPO should improve, so a run can be checked end to end without the hub.
 
-    python -m dpo_lab.toy --out /tmp/toy --n-train 2000
+    python -m dpo_lab.toy --out /tmp/toy        # what the default run uses (ToyConfig); --help lists the knobs
 """
 
 import argparse
-import hashlib
-import inspect
 import json
-import os
 import random
-import shutil
-import tempfile
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Optional
+
+from dpo_lab import cache
+from dpo_lab.config import ToyConfig
 
 VERSION = "toy-v1"  # bump when the data, tokenizer or model recipe changes: it is part of the cache key
+MAX_POSITIONS = 1024
 
 BOS, EOS, PAD, USER, ASSISTANT = "<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT]
@@ -211,12 +212,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     )
 
 
-def build_model(tokenizer, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                max_position_embeddings=1024, seed=0):  # fmt: skip
-    """A tiny fp32 Llama sized to the tokenizer, initialised deterministically from seed."""
+def build_model(tokenizer, cfg: Optional[ToyConfig] = None):
+    """A tiny fp32 Llama sized to the tokenizer (cfg: default ToyConfig), initialised deterministically from cfg.seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    cfg = cfg or ToyConfig()
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -224,111 +225,67 @@ def build_model(tokenizer, hidden_size=128, num_layers=2, num_heads=4, intermedi
     }
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         **ids,
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     for k, v in ids.items():
         setattr(model.generation_config, k, v)
     return model
 
 
-def _params(**kwargs) -> dict:
-    """All parameters of write_toy, defaults filled in: what identifies one artifact (written to DONE, hashed)."""
-    bound = inspect.signature(write_toy).bind(None, **kwargs)
-    bound.apply_defaults()
-    params = {k: v for k, v in bound.arguments.items() if k not in ("out_dir", "model_kwargs")}
-    model_defaults = {
-        k: p.default for k, p in inspect.signature(build_model).parameters.items() if k not in ("tokenizer", "seed")
-    }
-    model_kwargs = bound.arguments["model_kwargs"]
-    unknown = sorted(set(model_kwargs) - set(model_defaults))
-    if unknown:
-        raise TypeError(f"unknown toy model parameter(s) {unknown}; known: {sorted(model_defaults)}")
-    return {"version": VERSION, **params, "model": {**model_defaults, **model_kwargs}}
-
-
 def _paths(out_dir: Path) -> dict:
-    return {
-        k: str(out_dir / name)
-        for k, name in (("model", "model"), ("train_file", "train.json"), ("eval_file", "eval.json"))
-    }
+    return {"model": str(out_dir / "model"), "train_file": str(out_dir / "train.json"), "eval_file": str(out_dir / "eval.json")}
 
 
-def _done_params(out_dir: Path):
-    try:
-        return json.loads((out_dir / "DONE").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def _params(cfg: ToyConfig) -> dict:
+    """What identifies one artifact (written to DONE, hashed for the cache)."""
+    return {"version": VERSION, **asdict(cfg)}
 
 
-def write_toy(out_dir, n_train=2000, n_eval=200, seed=0, zh_fraction=0.5, vocab_size=2048, **model_kwargs) -> dict:
+def _writer(cfg: ToyConfig):
+    def write(out: Path) -> None:
+        train = generate_pairs(cfg.n_train, cfg.seed, cfg.zh_fraction)
+        eval_ = generate_pairs(cfg.n_eval, cfg.seed + 1, cfg.zh_fraction, exclude_prompts={r["prompt"] for r in train})
+        tokenizer = build_tokenizer([r[k] for r in train for k in ("prompt", "chosen", "rejected")], cfg.vocab_size)
+        for name, rows in (("train.json", train), ("eval.json", eval_)):
+            (out / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+        build_model(tokenizer, cfg).save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+
+    return write
+
+
+def write_toy(out_dir, **params) -> dict:
     """Write train.json, eval.json and model/ (tokenizer + tiny model) to out_dir; returns their paths.
 
-    Built in a temp dir next to out_dir and renamed into place, so out_dir is either absent or complete.
-    Returns at once if out_dir already holds the artifact for these parameters (its DONE marker)."""
-    out_dir = Path(out_dir).absolute()
-    params = _params(n_train=n_train, n_eval=n_eval, seed=seed, zh_fraction=zh_fraction, vocab_size=vocab_size,
-                     **model_kwargs)  # fmt: skip
-    done = _done_params(out_dir)
-    if done == params:
-        return _paths(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):  # never overwrite what we did not write
-        raise FileExistsError(f"{out_dir} exists but does not hold a toy artifact built with {params} "
-                              f"(DONE holds {done}); remove it or choose another directory.")  # fmt: skip
-
-    train = generate_pairs(n_train, seed, zh_fraction)
-    eval_ = generate_pairs(n_eval, seed + 1, zh_fraction, exclude_prompts={r["prompt"] for r in train})
-    tokenizer = build_tokenizer([r[k] for r in train for k in ("prompt", "chosen", "rejected")], vocab_size)
-    model = build_model(tokenizer, seed=seed, **model_kwargs)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result may live in a shared cache
-    try:
-        for name, rows in (("train.json", train), ("eval.json", eval_)):
-            (tmp / name).write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-        model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        (tmp / "DONE").write_text(json.dumps(params, sort_keys=True))
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process finished the same artifact first: use theirs
-            if _done_params(out_dir) != params:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _paths(out_dir)
+    `params`: ToyConfig fields; unset ones take its defaults (what the default run uses). Returns at once if out_dir
+    already holds this artifact; never overwrites a directory that holds something else."""
+    cfg = ToyConfig(**params)
+    return _paths(cache.build(out_dir, _params(cfg), _writer(cfg)))
 
 
-def ensure_toy(cache_dir: str | None = None, **params) -> dict:
-    """write_toy into `<cache_dir>/toy-<hash>` (cache_dir: $DPO_LAB_CACHE or ~/.cache/dpo-lab), building at most once."""
-    from filelock import FileLock
-
-    cache_dir = Path(cache_dir or os.environ.get("DPO_LAB_CACHE") or Path.home() / ".cache" / "dpo-lab")
-    key = hashlib.sha256((json.dumps(_params(**params), sort_keys=True) + VERSION).encode()).hexdigest()[:12]
-    out_dir = cache_dir / f"toy-{key}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
-        return write_toy(out_dir, **params)
+def ensure_toy(cache_dir=None, **params) -> dict:
+    """write_toy into the cache (`<cache>/toy-<hash>`), building at most once; `params`: ToyConfig fields."""
+    cfg = ToyConfig(**params)
+    return _paths(cache.ensure("toy", _params(cfg), _writer(cfg), cache_dir))
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Write the offline toy preference dataset and tiny model.")
+    ap = argparse.ArgumentParser(description="Write the offline toy preference dataset and tiny model (defaults: the "
+                                             "default run's, from dpo_lab.config.ToyConfig).")  # fmt: skip
     ap.add_argument("--out", required=True, help="output directory (must not exist, or hold the same artifact)")
-    ap.add_argument("--n-train", type=int, default=2000)
-    ap.add_argument("--n-eval", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--zh-fraction", type=float, default=0.5)
-    args = ap.parse_args(argv)
-    paths = write_toy(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, zh_fraction=args.zh_fraction)
+    for f in fields(ToyConfig):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default: {f.default})")
+    args = vars(ap.parse_args(argv))
+    paths = write_toy(args.pop("out"), **args)
     for name, path in paths.items():
         print(f"{name}: {path}")
 

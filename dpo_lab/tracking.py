@@ -1,14 +1,22 @@
 """Weights & Biases: one run per job, offline unless credentials exist, always finished.
 
-transformers' WandbCallback (report_to="wandb") does the metric logging; it reuses the run started
-here, so the run carries our directory, group, name and the full resolved config.
+job.execute starts the run before the task and finishes it after, whatever happened. The run's config is ours (the
+resolved dpo-lab config, overrides, choices; train.py adds `resolved` and `dtypes`); `TrainerLogger`, transformers'
+WandbCallback with one change, logs the metrics and puts TRL's ~180 DPOConfig fields under `trl`.
+
+A sweep's jobs each keep their run in `<job>/wandb/`; `<sweep>/wandb/` links to all of them, so one `wandb leet` and
+one `wandb sync` on that folder browse and upload the whole sweep.
 """
 
 import logging
 import netrc
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List
 from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lab import files
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +50,40 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
-def start_run(cfg, out_dir: str, name: str, group: Optional[str], config: Dict[str, Any], run_id: Optional[str] = None):
-    """Start (or, given the id of an interrupted one, continue) this job's wandb run in `out_dir`; None if disabled."""
-    mode = resolve_mode(cfg.mode)
-    if mode == "disabled" or int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`, rank 0 logs
+def default_tags(cfg: DictConfig) -> List[str]:
+    """Tags to filter a project's runs by, before the user's own: the loss types and full fine-tuning or LoRA."""
+    return [f"loss:{t}" for t in cfg.loss.loss_type] + ["peft:lora" if cfg.peft.enabled else "peft:none"]
+
+
+def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
+    """Start (or, with the id of an interrupted one, continue) this job's wandb run in `job_dir`; None if disabled."""
+    w = cfg.wandb
+    mode = resolve_mode(w.mode)
+    if mode == "disabled" or not files.is_main_rank():  # under `accelerate launch`, rank 0 logs
         return None
     import wandb
 
     if wandb.run is not None:  # never merge two jobs into one run
         wandb.run.finish()
-    if os.environ.get("WANDB_SWEEP_ID"):  # a `wandb agent` assigns the run id
-        run_id = None
+    run_id = None if os.environ.get("WANDB_SWEEP_ID") else meta.get("wandb_id")  # a `wandb agent` assigns the id
+    config = {**OmegaConf.to_container(cfg), "overrides": meta["overrides"], "choices": meta["choices"]}
     run = wandb.init(
-        project=cfg.project,
-        entity=cfg.entity,
+        project=w.project,
+        entity=w.entity,
         mode=mode,
-        dir=out_dir,
-        name=name,
-        group=group,
-        tags=list(cfg.tags) or None,
+        dir=job_dir,
+        name=meta["name"],
+        group=meta["group"],
+        job_type="dpo",
+        tags=default_tags(cfg) + list(w.tags),
         config=config,
         id=run_id,
         resume="allow" if run_id else None,
         reinit="finish_previous",
         settings=wandb.Settings(quiet=True, console="wrap"),
     )
+    if meta.get("sweep_dir"):
+        _link_into_sweep_view(run.settings.sync_dir, meta["sweep_dir"])
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)
     for key, summary in EVAL_SUMMARIES.items():
@@ -74,15 +91,53 @@ def start_run(cfg, out_dir: str, name: str, group: Optional[str], config: Dict[s
     return run
 
 
-def finish_run(run, failed: bool) -> None:
-    """Finish the run (exit code 1 if the job failed) and tell offline users how to sync and browse."""
+def finish_run(run, failed: bool, in_sweep: bool = False) -> None:
+    """Finish the run (exit code 1 if the job failed); tell offline users of a single run how to sync and browse it
+    (a sweep says it once for all its runs)."""
     if run is None:
         return
     offline = run.settings.mode == "offline"
     run_dir = run.settings.sync_dir
     run.finish(exit_code=1 if failed else 0)
-    if offline:
-        log.info(
-            "wandb ran offline; the run is in %s\n  upload it:     wandb sync %s\n  browse locally: wandb leet %s",
-            run_dir, run_dir, run_dir,
-        )  # fmt: skip
+    if offline and not in_sweep:
+        log.info("wandb ran offline; the run is in %s\n  browse it:  wandb leet %s\n  upload it:  wandb sync %s",
+                 run_dir, run_dir, run_dir)  # fmt: skip
+
+
+def sweep_view(sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, "wandb")
+
+
+def _link_into_sweep_view(run_dir: str, sweep_dir: str) -> None:
+    """Link the job's run folder into <sweep>/wandb/ (relative, so the sweep folder can move); a resumed job's new
+    run folder gets a link of its own."""
+    view = sweep_view(sweep_dir)
+    os.makedirs(view, exist_ok=True)
+    run_dir = os.path.abspath(run_dir)
+    link = os.path.join(view, os.path.basename(run_dir))
+    if not os.path.lexists(link):
+        os.symlink(os.path.relpath(run_dir, view), link)
+
+
+def sweep_commands(sweep_dir: str) -> List[str]:
+    """The lines that browse and upload all of a sweep's runs (none if it logged none)."""
+    view = sweep_view(sweep_dir)
+    if not os.path.isdir(view) or not os.listdir(view):
+        return []
+    return [f"browse all runs:  wandb leet {view}", f"upload them all:  wandb sync {view}"]
+
+
+def trainer_logger():
+    """transformers' WandbCallback, except that the TrainingArguments it logs go under `trl` in the run's config:
+    merged flat (its default) they would bury ours and overwrite keys such as `max_steps` (null -> -1) or
+    `run_name`, and a config read back from wandb would no longer rerun. Metrics, summaries and WANDB_LOG_MODEL
+    artifacts are the parent's; WANDB_WATCH is not supported."""
+    from transformers.integrations import WandbCallback
+
+    class TrainerLogger(WandbCallback):
+        def setup(self, args, state, model, **kwargs):
+            self._initialized = True
+            if state.is_world_process_zero and self._wandb.run is not None:
+                self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True)
+
+    return TrainerLogger()

@@ -1,20 +1,24 @@
-"""The DPO recipe: composed config -> data + model -> trl.DPOTrainer -> logged results.
+"""The DPO recipe: composed config -> data + model -> trl.DPOTrainer -> results.
 
-One readable function, `train`, in the order things happen. Everything a user can get wrong is
-checked before the model's weights load.
+`train` reads in the order things happen, as TRL's scripts/dpo.py and torchtune's recipes do: `setup` (device,
+precision, data, weights, trainer), `fit` (train or resume, end on an eval, save), `summarize` (the result dict).
+Everything a user can get wrong is checked before the weights load. `job.execute` wraps it: status, timing and the
+wandb run are the wrapper's.
 """
 
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import data, memory, modeling, samples, tracking
+from dpo_lab import data, memory, modeling, sampling, tracking
 from dpo_lab.compat import checkpointing_arg
 from dpo_lab.precision import DtypeReport, Precision, resolve
+from dpo_lab.memory import MemoryPlan
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,7 @@ def _nan_guard():
     return NanGuard()
 
 
-def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool, report_to: str):
+def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool):
     """Map our config onto trl.DPOConfig (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
     from trl import DPOConfig
 
@@ -78,10 +82,10 @@ def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, c
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=device == "cpu",
         **precision.trainer_args(),
-        report_to=report_to,
+        report_to=[],  # wandb logging is tracking.trainer_logger(), added when the job has a run
         run_name=os.path.basename(out_dir),
         disable_tqdm=False,
-        **samples.trainer_args(cfg),
+        **sampling.trainer_args(cfg),
         **OmegaConf.to_container(t.extra),
     )
 
@@ -97,15 +101,21 @@ def _peak_memory_mb(device: str) -> Dict[str, float]:
     return peak
 
 
-def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wandb_config: Dict[str, Any],
-          wandb_id: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
-    """Train one DPO run into `out_dir` and return its headline results.
+@dataclass
+class Setup:
+    """Everything `setup` decided and built, for `fit` and `summarize`."""
 
-    A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
-    scheduler and RNG state, and continues the same wandb run (`wandb_id`).
-    """
-    validate(cfg)
-    samples.validate(cfg)
+    trainer: Any  # trl.DPOTrainer
+    device: str
+    precision: Precision
+    memory: MemoryPlan
+    dtypes: DtypeReport
+    sampler: Optional[sampling.Sampler]
+    run: Any  # the wandb run, or None
+
+
+def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
+    """Resolve device and precision, read and check the data, load weights, build the trainer."""
     toy = None
     if cfg.model.source == "tiny" or cfg.data.source == "toy":
         from dpo_lab.toy import ensure_toy
@@ -126,8 +136,10 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
         from dpo_lab.sft import ensure_sft
 
         model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
-    mem = memory.plan(model_path, cfg, precision, device)
-    args = dpo_args(cfg, out_dir, device, precision, mem.checkpointing, report_to="none")  # bad values fail pre-load
+    plan = memory.plan(model_path, cfg, precision, device)
+    if run is not None:  # what the `auto` settings became
+        run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}})
+    args = dpo_args(cfg, out_dir, device, precision, plan.checkpointing)
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
     ref_model = None  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
     if not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy, in the frozen dtype
@@ -137,66 +149,75 @@ def train(cfg: DictConfig, out_dir: str, run_name: str, group: Optional[str], wa
     from trl import DPOTrainer
 
     columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=columns(prefs.train),
+        eval_dataset=columns(prefs.eval),
+        processing_class=tokenizer,
+        peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
+        callbacks=[_nan_guard()] + ([tracking.trainer_logger()] if run is not None else []),
+    )
+    dtypes = DtypeReport(trainer, run)
+    trainer.add_callback(dtypes.callback())
+    sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
+    if sampler:
+        trainer.add_callback(sampler.callback())
+    return Setup(trainer, device, precision, plan, dtypes, sampler, run)
+
+
+def fit(s: Setup, out_dir: str) -> None:
+    """Train (resuming from the job's last checkpoint, if any), end on an eval, save the final model."""
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = os.path.join(out_dir, "checkpoints")
     resume_from = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
     if resume_from:
         log.info("Resuming from %s", resume_from)
-    resolved = {"device": device, "precision": precision.mode, **mem.summary()}  # what `auto` settings became
-    run = tracking.start_run(cfg.wandb, out_dir, run_name, group, {**wandb_config, "resolved": resolved}, wandb_id)
-    args.report_to = ["wandb"] if run is not None else []
-    failed = True
-    started = time.time()
-    try:
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            train_dataset=columns(prefs.train),
-            eval_dataset=columns(prefs.eval),
-            processing_class=tokenizer,
-            peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
-            callbacks=[_nan_guard()],
-        )
-        dtypes = DtypeReport(trainer, run)
-        trainer.add_callback(dtypes.callback())
-        sampler = samples.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
-        if sampler:
-            trainer.add_callback(sampler.callback())
-        trainer.train(resume_from_checkpoint=resume_from)
-        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-        if not evals or evals[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
-            evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-        trainer.save_model(os.path.join(out_dir, "final"))
-        sample_summary = sampler.finish() if sampler else {}
-        used_dtypes = dtypes.dtypes or dtypes.read()  # read after the first step; a resumed, finished run: now
-        failed = False
-    finally:
-        tracking.finish_run(run, failed)
+    s.trainer.train(resume_from_checkpoint=resume_from)
+    last = [h for h in s.trainer.state.log_history if "eval_loss" in h][-1:]
+    if not last or last[0]["step"] != s.trainer.state.global_step:
+        s.trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
+    s.trainer.save_model(os.path.join(out_dir, "final"))
 
-    final = evals[-1]
-    result = {k.replace("eval_", "eval/"): final[k] for k in EVAL_KEYS if k in final}
+
+def summarize(s: Setup) -> Dict[str, Any]:
+    """The run's result: final and best eval metrics, eval history, sample summary, what ran how, and its cost."""
+    history = s.trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    metrics = lambda h: {k.replace("eval_", "eval/"): h[k] for k in EVAL_KEYS if k in h}  # noqa: E731
+    result = metrics(evals[-1])
     result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
     result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)
-    result["eval_history"] = [{"step": h["step"], **{k.replace("eval_", "eval/"): h[k] for k in EVAL_KEYS if k in h}}
-                              for h in evals]  # fmt: skip
-    train_logs = [h for h in trainer.state.log_history if "train_runtime" in h]
-    tokens = max((h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h and "eval_loss" not in h), default=0)
+    result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
+    train_logs = [h for h in history if "train_runtime" in h]
+    tokens = max((h["num_tokens"] for h in history if "num_tokens" in h and "eval_loss" not in h), default=0)
     if train_logs and tokens:
         result["tokens_per_second"] = round(tokens / train_logs[-1]["train_runtime"], 1)
-    result.update(sample_summary)
+    result.update(s.sampler.finish() if s.sampler else {})
     result.update(
-        steps=trainer.state.global_step,
-        train_seconds=round(time.time() - started, 1),
-        device=device,
-        precision=precision.mode,
-        **used_dtypes,
-        **mem.summary(),
-        world_size=trainer.args.world_size,
-        wandb_run_id=run.id if run is not None else None,
-        wandb_dir=run.settings.sync_dir if run is not None else None,
-        **_peak_memory_mb(device),
+        steps=s.trainer.state.global_step,
+        device=s.device,
+        precision=s.precision.mode,
+        **(s.dtypes.dtypes or s.dtypes.read()),  # read after the first step; a resumed, finished run: now
+        **s.memory.summary(),
+        world_size=s.trainer.args.world_size,
+        wandb_run_id=s.run.id if s.run is not None else None,
+        wandb_dir=s.run.settings.sync_dir if s.run is not None else None,
+        **_peak_memory_mb(s.device),
     )
     return result
+
+
+def train(cfg: DictConfig, out_dir: str, run=None) -> Dict[str, Any]:
+    """Train one DPO run into `out_dir` and return its headline results; `run`: the job's wandb run, or None.
+
+    A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
+    scheduler and RNG state.
+    """
+    validate(cfg)  # preflight ran the same checks for a sweep; a rerun or a single run gets them here
+    s = setup(cfg, out_dir, run)
+    started = time.time()
+    fit(s, out_dir)
+    return {**summarize(s), "train_seconds": round(time.time() - started, 1)}

@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 from dpo_lab import memory, precision
 from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
 from dpo_lab.errors import UserError
+from dpo_lab.metrics import BETTER
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -93,6 +94,7 @@ def validate(cfg: DictConfig) -> None:
            f"wandb.mode={cfg.wandb.mode!r}: use auto, online, offline or disabled.")  # fmt: skip
     _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
     _check_extra_trainer_keys(t.extra)
+    _check_samples(cfg)
     _check(
         not (t.extra.get("sync_ref_model", False) and t.precompute_ref_log_probs),
         "trainer.extra.sync_ref_model=true with trainer.precompute_ref_log_probs=true: precomputed reference "
@@ -103,6 +105,23 @@ def validate(cfg: DictConfig) -> None:
         "trainer.extra.liger_kernel_config.fused_linear_cross_entropy=true is rejected by TRL's DPOTrainer (it "
         "drops the fused LM head DPO needs); leave it unset.",
     )
+
+
+def _check_samples(cfg: DictConfig) -> None:
+    s, t = cfg.samples, cfg.trainer
+    _check(s.count >= 0, f"samples.count={s.count} must be >= 0 (0 turns samples off).")
+    _check(s.max_new_tokens > 0, f"samples.max_new_tokens={s.max_new_tokens} must be > 0.")
+    _check(s.temperature > 0, f"samples.temperature={s.temperature} must be > 0 (greedy: samples=greedy).")
+    _check(s.top_p is None or 0 < s.top_p <= 1, f"samples.top_p={s.top_p} must lie in (0, 1] or be null.")
+    _check(s.top_k is None or s.top_k >= 0, f"samples.top_k={s.top_k} must be >= 0 or null.")
+    _check(s.best_metric == "auto" or s.best_metric in BETTER,
+           f"samples.best_metric={s.best_metric!r}: use auto or one of {', '.join(BETTER)}.")  # fmt: skip
+    _check(s.best_metric != "task_score" or cfg.data.source == "toy",
+           "samples.best_metric=task_score needs the toy data (it scores required words); use repetition or distinct_2.")  # fmt: skip
+    _check(not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0).")
+    _check(not s.keep_best or t.save_steps % t.eval_steps == 0,
+           f"samples.keep_best=true loads the best checkpoint, so every save must follow an eval: trainer.save_steps="
+           f"{t.save_steps} must be a multiple of trainer.eval_steps={t.eval_steps}.")  # fmt: skip
 
 
 def _check_extra_trainer_keys(extra) -> None:

@@ -1,4 +1,9 @@
-"""Shared test setup: an isolated cache and offline wandb, and a tiny model/data size so real runs take seconds."""
+"""Shared test setup: an isolated cache and offline wandb, the `slow` marker, and helpers every test file uses.
+
+Fast tests run on `experiment=tiny` (conf/experiment/tiny.yaml): real TRL training, a few seconds per run.
+Tests marked `slow` train the default model; they are deselected unless `--run-slow` is given or CI is set
+(.ci/run sets it), so a local `python -m pytest -q` stays quick and CI runs everything.
+"""
 
 import json
 import os
@@ -10,14 +15,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+TINY = "experiment=tiny"
 
-# A 1-layer, 32-wide Llama on 48 toy pairs: real TRL training, a few seconds per run on 2 CPU cores.
-TINY = [
-    "toy.n_train=48", "toy.n_eval=16", "toy.hidden_size=32", "toy.num_layers=1", "toy.num_heads=2",
-    "toy.intermediate_size=64", "max_steps=4", "trainer.eval_steps=2", "trainer.save_steps=2",
-    "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8",
-    "trainer.max_length=256", "sft.steps=0", "samples.count=0",
-]  # fmt: skip
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (CI always does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("CI"):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,10 +44,40 @@ def _isolated_env(tmp_path_factory):
     os.environ.update(saved)
 
 
-def run_py(*args, cwd, check=False, timeout=600):
+def compose_cfg(overrides=()):
+    """The config run.py would compose from these overrides (Hydra's compose API, no job started)."""
+    from hydra import compose, initialize_config_dir
+
+    from dpo_lab.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def tiny_toy(cache_dir=None) -> dict:
+    """Paths of the toy data and model `experiment=tiny` trains on (built once per cache)."""
+    from omegaconf import OmegaConf
+
+    from dpo_lab.toy import ensure_toy
+
+    return ensure_toy(cache_dir=cache_dir, **OmegaConf.to_container(compose_cfg([TINY]).toy))
+
+
+def train_job(job_dir, overrides) -> dict:
+    """Prepare and execute one `experiment=tiny` job in this process, as run.py does; returns its result."""
+    from dpo_lab.job import execute, prepare
+    from dpo_lab.train import train
+
+    cfg = compose_cfg([TINY, *overrides])
+    prepare(cfg, str(job_dir), name="test", group="tests", overrides=list(overrides), choices={})
+    return execute(str(job_dir), train)
+
+
+def run_py(*args, cwd, check=False, timeout=600, env=None):
     """Run `python run.py ARGS` as a user would; returns the CompletedProcess (stdout+stderr merged)."""
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     return proc

@@ -1,21 +1,14 @@
 """Configs compose, validate, and fail early with messages that name the bad key."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, run_py
-from dpo_lab.config import LOSS_TYPES, register_configs
+from conftest import CONF, compose_cfg, run_py
+from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
 from dpo_lab.validate import validate
 
-register_configs()
 LOSS_FILES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
-
-
-def compose_cfg(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def test_every_trl_loss_type_has_its_own_file():
@@ -66,6 +59,8 @@ def test_peft_groups():
         (["trainer.activation_checkpointing=sometimes"], "trainer.activation_checkpointing"),
         (["+trainer.extra.bf16=true"], "trainer.extra.bf16 is set by trainer.precision"),
         (["+trainer.extra.gradient_checkpointing=true"], "set by trainer.activation_checkpointing"),
+        (["samples.keep_best=true", "trainer.save_steps=3", "trainer.eval_steps=2"], "multiple of trainer.eval_steps"),
+        (["data=json", "samples.best_metric=task_score"], "needs the toy data"),
     ],
 )
 def test_semantic_checks_name_the_key(overrides, message):

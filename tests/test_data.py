@@ -7,21 +7,18 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_py
+from conftest import TINY, run_py, tiny_toy
 from dpo_lab.config import DataConfig
 from dpo_lab.data import check_rows, drop_long_prompts, format_prompts, load_preferences, read_rows
 from dpo_lab.errors import UserError
 from dpo_lab.modeling import load_tokenizer
-from dpo_lab.toy import ensure_toy
 
 ROWS = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    params = {o.split("=")[0][4:]: float(o.split("=")[1]) if "." in o.split("=")[1] else int(o.split("=")[1])
-              for o in TINY if o.startswith("toy.")}  # fmt: skip
-    return load_tokenizer(ensure_toy(**params)["model"])
+    return load_tokenizer(tiny_toy()["model"])
 
 
 def data_cfg(**kw):
@@ -79,6 +76,9 @@ def test_prompts_that_fill_max_length_are_dropped_and_counted(tokenizer, caplog)
     assert len(kept) == 3 and "dropped 1 of 4 rows whose prompt alone is >= trainer.max_length=64" in caplog.text
     with pytest.raises(UserError, match="every prompt"):
         drop_long_prompts(rows[3:], tokenizer, 64, "f.json")
+    # Conversational prompts are counted through the chat template, as TRL tokenizes them.
+    chat = format_prompts(rows, "chat")
+    assert len(drop_long_prompts(chat, tokenizer, 64, "f.json")) == 3
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_bad_files_name_line_row_and_field(tmp_path, content, message):
 )
 def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, args, message):
     (tmp_path / "bad.json").write_text('[{"prompt": "a", "chosen": "b"}]')
-    proc = run_py(*args, *TINY, "wandb.mode=disabled", cwd=tmp_path, timeout=300)
+    proc = run_py(*args, TINY, "wandb.mode=disabled", cwd=tmp_path, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stdout, proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout

@@ -16,7 +16,7 @@ from dpo_lab.gpus import claim_slot
 @pytest.mark.parametrize("launcher", ["gpus", "local"])  # joblib, submitit's local executor
 def test_sweep_runs_under_launcher(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", f"hydra/launcher={launcher}", "loss=sigmoid,ipo", *TINY, "wandb.mode=disabled",
+    proc = run_py("-m", f"hydra/launcher={launcher}", "loss=sigmoid,ipo", TINY, "wandb.mode=disabled",
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)  # fmt: skip
     assert "2/2 jobs completed" in proc.stdout
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
@@ -51,9 +51,8 @@ def test_two_process_accelerate_launch(tmp_path):
     """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0. The warm-up is built once
     (outside the process group) and the checkpoint samples are answered by both ranks, gathered and written once."""
     job = tmp_path / "job"
-    tiny = [o for o in TINY if not o.startswith(("sft.", "samples."))]
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", *tiny, "sft.steps=8",
+           "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", TINY, "sft.steps=8",
            "sft.batch_size=8", "samples.count=3", "samples.max_new_tokens=16"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]

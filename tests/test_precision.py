@@ -6,14 +6,11 @@ import importlib.util
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import TINY, leet_summary, run_py
+from conftest import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
 from dpo_lab import memory
 from dpo_lab.precision import resolve
-from test_config import compose_cfg
-from test_train import train_job
 
 EVAL = ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies", "eval/logps/chosen", "eval/logps/rejected")
 
@@ -23,9 +20,7 @@ def bf16_and_fp32_twins(tmp_path_factory):
     """The tiny toy model saved in bf16 (as hub models ship), and the exact fp32 upcast of those bf16 weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_lab.toy import ensure_toy
-
-    toy = ensure_toy(**OmegaConf.to_container(compose_cfg(TINY).toy))
+    toy = tiny_toy()
     out = tmp_path_factory.mktemp("twins")
     tokenizer = AutoTokenizer.from_pretrained(toy["model"])
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
@@ -88,7 +83,7 @@ def test_lora_adapters_are_fp32_over_a_bf16_base(tmp_path):
 
 
 def test_bf16_pure_without_stochastic_rounding_is_refused_at_preflight(tmp_path):
-    proc = run_py("-m", *TINY, "trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch", "beta=0.1,0.2",
+    proc = run_py("-m", TINY, "trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch", "beta=0.1,0.2",
                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "2 of 2 jobs would fail" in proc.stdout and "round away" in proc.stdout and "bf16-mixed" in proc.stdout
@@ -96,7 +91,7 @@ def test_bf16_pure_without_stochastic_rounding_is_refused_at_preflight(tmp_path)
 
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is not None, reason="torchao is installed: bf16-pure can run")
 def test_bf16_pure_without_torchao_is_refused(tmp_path):
-    proc = run_py(*TINY, "trainer.precision=bf16-pure", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, timeout=120)
+    proc = run_py(TINY, "trainer.precision=bf16-pure", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "torchao is not installed" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "job" / "checkpoints").exists()
@@ -132,10 +127,8 @@ def test_model_shape_counts_what_peft_and_transformers_build():
     from transformers import AutoModelForCausalLM
 
     from dpo_lab.modeling import lora_config
-    from dpo_lab.toy import ensure_toy
-
-    cfg = compose_cfg([*TINY, "peft=lora"])
-    toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
+    cfg = compose_cfg([TINY, "peft=lora"])
+    toy = tiny_toy()
     shape = memory.model_shape(toy["model"], cfg.model, cfg.peft)
     model = AutoModelForCausalLM.from_pretrained(toy["model"])
     assert shape.params == sum(p.numel() for p in model.parameters())

@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab import samples
-from dpo_lab.samples import distinct, summarize, text_metrics, units, wrap
+from conftest import ROOT, TINY, leet_records, leet_summary, run_py
+from dpo_lab import files, sampling, viewer
+from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
+from dpo_lab.viewer import wrap
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["toy.n_train=48", "toy.n_eval=16", "toy.hidden_size=32", "toy.num_layers=1", "toy.num_heads=2",
-        "toy.intermediate_size=64", "sft.steps=40", "sft.batch_size=8", "trainer.per_device_train_batch_size=4",
-        "trainer.per_device_eval_batch_size=8", "trainer.logging_steps=1", "max_steps=6", "trainer.save_steps=3",
-        "trainer.eval_steps=3", "samples.count=3", "samples.max_new_tokens=24"]  # fmt: skip
+# On top of experiment=tiny: a short warm-up, so the tiny model's answers are stories, and 3 prompts per checkpoint.
+SAMPLED = [TINY, "sft.steps=40", "sft.batch_size=8", "max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
+           "samples.count=3", "samples.max_new_tokens=24"]  # fmt: skip
+
+
+def read_samples(job) -> list:
+    return files.read_jsonl(os.path.join(job, files.SAMPLES))
 
 
 def test_units_split_cjk_by_character():
@@ -56,7 +60,7 @@ def test_toy_answers_separate_by_repetition():
 
 def test_means_skip_metrics_missing_anywhere():
     rows = [{"length": 4, "repetition": 0.5, "ref_nll": None}, {"length": 6, "repetition": 0.0, "ref_nll": 1.0}]
-    assert samples.means(rows) == {"mean_length": 5.0, "repetition": 0.25}
+    assert means(rows) == {"mean_length": 5.0, "repetition": 0.25}
 
 
 def test_summarize_best_and_degradation():
@@ -83,36 +87,26 @@ def test_summarize_does_not_flag_sampling_noise():
 
 def test_wrap_respects_display_width():
     lines = wrap("小猫在河边找到了一盏灯笼。" * 3 + " and then a rather long English sentence follows here", 20)
-    assert all(samples._width(line) <= 20 for line in lines)
+    assert all(viewer._width(line) <= 20 for line in lines)
     assert "".join(lines).replace(" ", "") == ("小猫在河边找到了一盏灯笼。" * 3 + "andthenaratherlongEnglishsentencefollowshere")
     assert wrap("", 10) == [""]
 
 
 def test_pick_is_fixed_and_sorted():
-    assert samples.pick(list(range(100)), 8, 0) == samples.pick(list(range(100)), 8, 0)
-    assert samples.pick(list(range(100)), 8, 0) == sorted(samples.pick(list(range(100)), 8, 0))
-    assert samples.pick(list(range(5)), 8, 0) == [0, 1, 2, 3, 4]
+    assert sampling.pick(list(range(100)), 8, 0) == sampling.pick(list(range(100)), 8, 0)
+    assert sampling.pick(list(range(100)), 8, 0) == sorted(sampling.pick(list(range(100)), 8, 0))
+    assert sampling.pick(list(range(5)), 8, 0) == [0, 1, 2, 3, 4]
 
 
 # --- real runs ------------------------------------------------------------------------------------------------------
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """A SAMPLED job with its own cache (the warm-up is built here and reused by the next job of the module)."""
     job = tmp_path / name
-    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    cmd = [sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={job}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}
+    run_py(*SAMPLED, *overrides, f"hydra.run.dir={job}", cwd=tmp_path, env=env, check=True, timeout=300)
     return job
-
-
-def _inspect(run_dir: Path, *flags: str):
-    """`wandb leet inspect --json`: one record per line, or with --summary one JSON document."""
-    proc = subprocess.run(["wandb", "leet", "inspect", "--json", *flags, str(run_dir)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    if "--summary" in flags:
-        return json.loads(proc.stdout)
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +117,12 @@ def full_ft_job(tmp_path_factory):
 
 def test_jsonl_has_every_checkpoint(full_ft_job):
     _, job = full_ft_job
-    rows = samples.read(str(job))
+    rows = read_samples(job)
     assert sorted({r["step"] for r in rows}) == [0, 3, 6]
     by_step = {s: [r for r in rows if r["step"] == s] for s in (0, 3, 6)}
     assert all(len(v) == 3 for v in by_step.values())
     for r in rows:
-        assert set(r) == set(samples.COLUMNS)
+        assert set(r) == set(sampling.COLUMNS)
         assert all(isinstance(r[k], str) and r[k] for k in ("prompt", "policy", "reference", "ground_truth"))
         assert r["ref_nll"] > 0 and 0 <= r["task_score"] <= 1 and r["length"] > 0
     # The same prompts, and one reference answer per prompt for the whole run.
@@ -144,26 +138,26 @@ def test_jsonl_has_every_checkpoint(full_ft_job):
     assert result["status"] == "completed"
     assert result["best_checkpoint_step"] in (0, 3, 6) and result["best_checkpoint_metric"] == "samples/task_score"
     assert "degraded_after_step" in result and result["samples/seconds"] > 0
-    assert result["samples/task_score"] == pytest.approx(samples.means(by_step[6])["task_score"])
+    assert result["samples/task_score"] == pytest.approx(means(by_step[6])["task_score"])
 
 
 def test_wandb_table_matches_jsonl(full_ft_job):
     _, job = full_ft_job
     run_dir = next((job / "wandb").glob("offline-run-*"))
     # A logged Table is a history record holding a reference to the table file under the run's files/.
-    logged = [r["history"]["item"] for r in _inspect(run_dir) if r["type"] == "history" and "samples/table.path" in r["history"]["item"]]  # fmt: skip
+    logged = [r["history"]["item"] for r in leet_records(run_dir) if r["type"] == "history" and "samples/table.path" in r["history"]["item"]]  # fmt: skip
     assert [h["train/global_step"] for h in logged] == [0, 3, 6]
-    rows = samples.read(str(job))
+    rows = read_samples(job)
     for h in logged:
         step = h["train/global_step"]
         table = json.loads((run_dir / "files" / h["samples/table.path"]).read_text(encoding="utf-8"))
-        assert table["columns"] == list(samples.COLUMNS)
+        assert table["columns"] == list(sampling.COLUMNS)
         mine = [r for r in rows if r["step"] == step]
-        assert table["data"] == [[r[k] for k in samples.COLUMNS] for r in mine]
-        assert h["samples/task_score"] == pytest.approx(samples.means(mine)["task_score"])
-        assert h["samples/repetition"] == pytest.approx(samples.means(mine)["repetition"])
+        assert table["data"] == [[r[k] for k in sampling.COLUMNS] for r in mine]
+        assert h["samples/task_score"] == pytest.approx(means(mine)["task_score"])
+        assert h["samples/repetition"] == pytest.approx(means(mine)["repetition"])
         assert h["samples/seconds"] > 0 and "samples/ref_nll" in h and "samples/distinct_2" in h
-    summary = _inspect(run_dir, "--summary")
+    summary = leet_summary(run_dir)
     summary = summary.get("summary", summary)
     result = json.loads((job / "result.json").read_text())
     assert summary["best_checkpoint_step"] == result["best_checkpoint_step"]
@@ -176,11 +170,11 @@ def test_samples_command_prints_side_by_side(full_ft_job):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    rows = [r for r in samples.read(str(job)) if r["step"] == 3]
+    rows = [r for r in read_samples(job) if r["step"] == 3]
     assert "policy" in out and "reference" in out and "ground truth" in out and "best checkpoint: step" in out
     assert out.count("step 3  prompt") == 3
     assert rows[0]["prompt"].split()[0] in out
-    assert max(samples._width(line) for line in out.splitlines()) <= 120
+    assert max(viewer._width(line) for line in out.splitlines()) <= 120
     bad = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "4"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "sampled steps: 0, 3, 6" in bad.stderr
 
@@ -192,7 +186,7 @@ def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     job = _run(tmp, "lora", "peft=lora", "samples=greedy", "samples.count=2", "samples.max_new_tokens=16",
                "samples.keep_best=true", "wandb.mode=disabled")  # fmt: skip
     assert [p.stat().st_mtime_ns for p in (tmp / "cache").glob("sft-*/DONE")] == [built]  # the warm-up came from cache
-    rows = samples.read(str(job))
+    rows = read_samples(job)
     by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
     assert list(by_step) == [0, 3, 6]
     assert [r["policy"] for r in by_step[0]] == [r["reference"] for r in by_step[0]]  # adapter off == adapter at init
@@ -210,10 +204,8 @@ def _default_run(tmp_path: Path, name: str, *overrides: str):
     """A run of the default tiny model (with its SFT warm-up, shared through the session cache) on the default toy
     data; returns (per-step rows of samples.jsonl, result.json)."""
     job = tmp_path / name
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "wandb.mode=disabled", *overrides, f"hydra.run.dir={job}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = samples.read(str(job))
+    run_py("wandb.mode=disabled", *overrides, f"hydra.run.dir={job}", cwd=tmp_path, check=True, timeout=900)
+    rows = read_samples(job)
     by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
     return by_step, json.loads((job / "result.json").read_text())
 
@@ -225,7 +217,7 @@ def test_default_dpo_run_raises_task_score(tmp_path):
     by_step, result = _default_run(tmp_path, "default", "samples.count=128")
     first, last = by_step[0], by_step[max(by_step)]
     assert max(by_step) == result["steps"] == 128
-    before, after = samples.means(first), samples.means(last)
+    before, after = means(first), means(last)
     assert after["task_score"] > before["task_score"] + 0.03, (before, after)
     assert after["repetition"] < before["repetition"] - 0.03, (before, after)
     assert before["task_score"] > 0.7  # the warm-up writes stories that mostly use the required words
@@ -239,7 +231,7 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
     Seen on 2 cores: ref_nll 0.18 -> 3.31, stopped 1.00 -> 0.23, task score 0.84 -> 0.59, degraded after step 0."""
     by_step, result = _default_run(tmp_path, "over", "samples.count=64", "lr=1e-3", "max_steps=100",
                                    "trainer.save_steps=25", "trainer.eval_steps=25")  # fmt: skip
-    before, after = samples.means(by_step[0]), samples.means(by_step[100])
+    before, after = means(by_step[0]), means(by_step[100])
     assert after["ref_nll"] > before["ref_nll"] + 1.0, (before, after)
     assert after["stopped"] < before["stopped"] - 0.3, (before, after)
     assert after["task_score"] < before["task_score"] - 0.1, (before, after)

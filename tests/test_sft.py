@@ -3,12 +3,9 @@
 import json
 from pathlib import Path
 
-
+from conftest import tiny_toy
 from dpo_lab.sft import ensure_sft, warmup_rows
-from dpo_lab.toy import ensure_toy, generate_pairs
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_TOY = dict(n_train=48, n_eval=16, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+from dpo_lab.toy import generate_pairs
 
 
 def test_warmup_rows_mix_chosen_and_rejected():
@@ -25,7 +22,8 @@ def _nll(model_dir: str, rows) -> float:
     """Mean per-token NLL of the chosen answers given their prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_lab.samples import mean_nll, prompt_ids
+    from dpo_lab.data import prompt_ids
+    from dpo_lab.sampling import mean_nll
 
     tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [prompt_ids(tok, r["prompt"]) for r in rows]
@@ -35,12 +33,12 @@ def _nll(model_dir: str, rows) -> float:
 
 
 def test_ensure_sft_builds_once_and_learns(tmp_path):
-    toy = ensure_toy(cache_dir=tmp_path, **TINY_TOY)
+    toy = tiny_toy(cache_dir=tmp_path)
     path = ensure_sft(toy, steps=30, batch_size=8, lr=1e-2)
     out = Path(path).parent
     assert out.parent == tmp_path and out.name.startswith("sft-") and Path(path).name == "model"
     assert (Path(path) / "config.json").exists() and (Path(path) / "tokenizer.json").exists()
-    params = json.loads((tmp_path / f"{out.name}.json").read_text())
+    params = json.loads((out / "DONE").read_text())  # what the hash in its name stands for
     assert params["steps"] == 30 and params["toy"] == Path(toy["model"]).parent.name
 
     mtime = (out / "DONE").stat().st_mtime_ns

@@ -15,10 +15,10 @@ from conftest import ROOT, TINY, leet_records, leet_summary, run_py
 
 def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
     assert "4/4 jobs completed" in proc.stdout and "| loss=ipo,beta=0.5 " in proc.stdout
 
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p.parent for p in sweep.glob("*/job.json"))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     run_ids, groups, names = set(), set(), set()
     for job in jobs:
@@ -45,11 +45,18 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert [r["status"] for r in rows] == ["completed"] * 4
 
+    # The sweep ends with one command that browses and one that uploads all its runs; both see all four.
+    view = sweep / "wandb"
+    assert f"wandb leet {view}" in proc.stdout and f"wandb sync {view}" in proc.stdout
+    assert sorted(p.resolve() for p in view.iterdir()) == sorted(next((j / "wandb").glob("offline-run-*")).resolve() for j in jobs)
+    dry = subprocess.run(["wandb", "sync", "--dry-run", str(view)], capture_output=True, text=True, timeout=120)
+    assert "Would sync 4 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     # max_length=4 passes preflight but leaves no pair to train on once prompts are tokenized: the job fails.
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", *TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_py("-m", TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "1/2 jobs completed" in proc.stdout
     rows = {r["name"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
@@ -60,7 +67,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 
 def test_preflight_rejects_a_bad_job_before_any_training(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", *TINY, "loss=robust", "loss.label_smoothing=0.1,0.7", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
+    proc = run_py("-m", TINY, "loss=robust", "loss.label_smoothing=0.1,0.7", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
                   cwd=tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert "2 of 4 jobs would fail; nothing was started" in proc.stdout
@@ -69,9 +76,10 @@ def test_preflight_rejects_a_bad_job_before_any_training(tmp_path):
 
 
 def test_named_sweep_file_and_preflight_only(tmp_path):
-    proc = run_py("-m", "+sweep=loss_beta_grid", *TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
+    proc = run_py("-m", "+sweep=loss_beta_grid", TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "all 4 jobs check out" in proc.stdout and "#3: loss=ipo beta=0.5" in proc.stdout
+    assert "all 4 jobs check out" in proc.stdout and "#3: python run.py loss=ipo beta=0.5" in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.strip().startswith("#") and "preflight_only" in line]
     assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").rglob("result.json"))
 
 
@@ -79,7 +87,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     """SIGKILL the whole sweep mid-job, relaunch: the finished job is skipped, the interrupted one resumes from its
     checkpoint and continues the same (offline) wandb run."""
     sweep = tmp_path / "sweep"
-    args = ["-m", *TINY, "seed=1,2", "max_steps=80", "trainer.save_steps=5", "trainer.eval_steps=80",
+    args = ["-m", TINY, "seed=1,2", "max_steps=80", "trainer.save_steps=5", "trainer.eval_steps=80",
             "trainer.logging_steps=10", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -106,7 +114,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
 
 def test_report_matches_logged_metrics(tmp_path):
     sweep = tmp_path / "sweep"
-    run_py("-m", "+sweep=loss_beta_grid", *TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+    run_py("-m", "+sweep=loss_beta_grid", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
            "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
     out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
     assert {"summary.csv", "report.md", "margins.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
@@ -132,5 +140,5 @@ def test_wandb_sweep_file_drives_run_py(tmp_path):
     spec = yaml.safe_load((ROOT / "sweeps" / "wandb" / "loss_beta.yaml").read_text())
     assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
     grid = [f"{k}={','.join(map(str, v['values']))}" for k, v in spec["parameters"].items()]
-    proc = run_py("-m", *grid, *TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
+    proc = run_py("-m", *grid, TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "all 4 jobs check out" in proc.stdout, proc.stdout[-2000:]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dpo_lab import toy
+from dpo_lab.config import ToyConfig
 from dpo_lab.toy import build_model, build_tokenizer, ensure_toy, generate_pairs, task_score, write_toy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_chat_template(tokenizer):
 
 
 def test_build_model_deterministic(tokenizer):
-    a, b = build_model(tokenizer, seed=1), build_model(tokenizer, seed=1)
+    a, b = build_model(tokenizer, ToyConfig(seed=1)), build_model(tokenizer, ToyConfig(seed=1))
     assert a.config.vocab_size == len(tokenizer)
     assert a.config.pad_token_id == tokenizer.pad_token_id == a.generation_config.pad_token_id
     assert sum(p.numel() for p in a.parameters()) < 5_000_000

@@ -6,15 +6,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records
-from dpo_lab.job import execute, prepare, read_json
-from test_config import LOSS_FILES, compose_cfg
-
-
-def train_job(job_dir, overrides):
-    cfg = compose_cfg([*TINY, *overrides])
-    prepare(cfg, str(job_dir), name="test", group="tests", overrides=list(overrides), choices={})
-    return execute(str(job_dir))
+from conftest import ROOT, leet_records, leet_summary, train_job
+from dpo_lab.files import read_json
+from test_config import LOSS_FILES
 
 
 @pytest.mark.parametrize("loss", LOSS_FILES)
@@ -60,3 +54,28 @@ def test_rerun_reproduces_eval_metrics(tmp_path):
     # A rerun with an override is a changed run, recorded as such.
     saved = read_json(tmp_path / "again" / "job.json")
     assert saved["overrides"] == ["wandb.mode=disabled", "loss=ipo"]
+
+
+def test_wandb_config_is_ours_and_a_logged_config_reruns(tmp_path):
+    """The run's config is dpo-lab's (TRL's arguments under `trl`, not merged over ours), it carries job type and
+    default tags, and a config read back from wandb reruns to the same metrics: the `rerun wandb:...` path, fed the
+    config a real run logged."""
+    from dpo_lab.config import Config
+    from dpo_lab.rerun import write_logged_config
+
+    original = train_job(tmp_path / "job", ["max_steps=null", "epochs=0.34", "loss=ipo", "peft=lora"])
+    assert original["status"] == "completed", original.get("error")
+    config = leet_summary(original["wandb_dir"])["config"]
+    assert config["max_steps"] is None and config["trl"]["max_steps"] == -1  # TRL's -1 no longer overwrites our null
+    assert config["trl"]["beta"] == config["beta"] and "learning_rate" not in config and "run_name" not in config
+    assert set(config) <= set(Config.__dataclass_fields__) | {"overrides", "choices", "resolved", "dtypes", "trl"}
+    run = next(r["run"] for r in leet_records(original["wandb_dir"]) if r["type"] == "run")
+    assert run["job_type"] == "dpo" and {"loss:ipo", "peft:lora"} <= set(run["tags"]), run
+
+    write_logged_config(config, str(tmp_path / "from-wandb"))
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "from-wandb"), "wandb.mode=disabled",
+                           "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_json(tmp_path / "again" / "result.json")
+    assert again["steps"] == original["steps"] == 5  # ceil(0.34 epochs x 12 steps)
+    assert again["eval/loss"] == pytest.approx(original["eval/loss"], rel=1e-5, abs=1e-6)

@@ -1,133 +1,34 @@
-"""Checkpoint samples: what each checkpoint actually says, and numbers that catch degradation.
+"""Checkpoint samples: what each checkpoint actually says, written where a person and the report can read it.
 
 At step 0 and at every save (optionally every eval) a fixed, seeded set of eval prompts is answered by the policy;
 the reference answers them once per run. Each checkpoint's rows (prompt, policy, reference, ground truth, per-sample
-metrics) go to `<job>/samples.jsonl` and to a wandb Table; their means go to `samples/*` scalars. At the end the run
-names its best checkpoint by `samples.best_metric` and is flagged if its last checkpoint fell clearly below it.
-
-    python -m dpo_lab samples JOB_DIR [--step N]     policy / reference / ground truth side by side
+metrics from metrics.py) go to `<job>/samples.jsonl` and to a wandb Table; their means go to `samples/*` scalars. At
+the end the run names its best checkpoint by `samples.best_metric` and is flagged if its last checkpoint fell clearly
+below it. Settings are checked by validate.py; `python -m dpo_lab samples JOB_DIR` shows the rows (viewer.py).
 """
 
 import contextlib
 import json
 import logging
-import math
 import os
 import random
-import re
-import shutil
-import statistics
 import time
-import unicodedata
 from typing import Any, Dict, List, Optional
 
-from dpo_lab.errors import UserError
-from dpo_lab.job import read_json
-from dpo_lab.toy import CJK, task_score
+from dpo_lab import files
+from dpo_lab.data import prompt_ids
+from dpo_lab.metrics import BETTER, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
 
 log = logging.getLogger(__name__)
 
-UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
-REPETITION_N = 4  # toy chosen answers: ~0 repeated 4-grams; looping rejected ones: ~0.55
-# Metrics a run can be ranked by: +1 higher is better, -1 lower is better.
-BETTER = {"task_score": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
-SAMPLE_METRICS = ("length", "distinct_1", "distinct_2", "repetition", "stopped", "ref_nll", "task_score")
 COLUMNS = ("step", "index", "prompt", "policy", "reference", "ground_truth") + SAMPLE_METRICS
-FILE = "samples.jsonl"
-
-
-# --- metrics on text -------------------------------------------------------------------------------------------
-
-
-def units(text: str) -> List[str]:
-    """Words for metrics: each CJK character is one unit, other text splits on whitespace."""
-    return UNIT.findall(text)
-
-
-def distinct(tokens: List[str], n: int) -> float:
-    """Unique n-grams / all n-grams (0 for a text shorter than n)."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def text_metrics(text: str, required_words: Optional[List[str]] = None) -> Dict[str, float]:
-    """Per-sample metrics; repetition is the fraction of 4-grams that repeat an earlier one (rep-n)."""
-    u = units(text)
-    m = {"length": len(u), "distinct_1": distinct(u, 1), "distinct_2": distinct(u, 2),
-         "repetition": 1.0 - distinct(u, REPETITION_N) if len(u) >= REPETITION_N else 0.0}  # fmt: skip
-    if required_words is not None:
-        m["task_score"] = task_score(text, required_words)
-    return m
-
-
-def means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
-    """Scalar per checkpoint: the mean of each per-sample metric present in every row."""
-    out = {}
-    for k in SAMPLE_METRICS:
-        values = [r[k] for r in rows if r.get(k) is not None]
-        if values and len(values) == len(rows):
-            out["mean_length" if k == "length" else k] = sum(values) / len(values)
-    return out
-
-
-def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,
-              values: Optional[Dict[int, List[Optional[float]]]] = None) -> Dict[str, Any]:  # fmt: skip
-    """Best checkpoint by `metric` (the earliest on ties, as load_best_model_at_end) and whether the last checkpoint
-    is worse than it by more than `margin`: then the run "degraded after" the best step. With the per-prompt values
-    of each step (`values`, same prompt order), the drop must also exceed two standard errors of the per-prompt
-    differences: the best of several noisy checkpoints is optimistic, and eight samples are noisy."""
-    steps = sorted(s for s, m in history.items() if m.get(metric) is not None)
-    if not steps:
-        return {}
-    sign = BETTER[metric]
-    best, last = max(steps, key=lambda s: (sign * history[s][metric], -s)), steps[-1]
-    drop = sign * (history[best][metric] - history[last][metric])
-    degraded = drop > margin
-    if degraded and values and best in values and last in values:
-        diffs = [sign * (a - b) for a, b in zip(values[best], values[last]) if a is not None and b is not None]
-        if len(diffs) > 1:
-            degraded = drop > 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return {"best_checkpoint_step": best, "best_checkpoint_metric": f"samples/{metric}",
-            "best_checkpoint_value": history[best][metric], "degraded_after_step": best if degraded else None}  # fmt: skip
-
-
-# --- config --------------------------------------------------------------------------------------------------------
-
-
-def resolve_metric(cfg) -> str:
-    """auto: the toy task score where there is one, else repetition."""
-    if cfg.samples.best_metric != "auto":
-        return cfg.samples.best_metric
-    return "task_score" if cfg.data.source == "toy" else "repetition"
-
-
-def validate(cfg) -> None:
-    s = cfg.samples
-    problems = [
-        (s.count >= 0, f"samples.count={s.count} must be >= 0 (0 turns samples off)."),
-        (s.max_new_tokens > 0, f"samples.max_new_tokens={s.max_new_tokens} must be > 0."),
-        (s.temperature > 0, f"samples.temperature={s.temperature} must be > 0 (greedy: samples=greedy)."),
-        (s.top_p is None or 0 < s.top_p <= 1, f"samples.top_p={s.top_p} must lie in (0, 1] or be null."),
-        (s.top_k is None or s.top_k >= 0, f"samples.top_k={s.top_k} must be >= 0 or null."),
-        (s.best_metric == "auto" or s.best_metric in BETTER,
-         f"samples.best_metric={s.best_metric!r}: use auto or one of {', '.join(BETTER)}."),
-        (s.best_metric != "task_score" or cfg.data.source == "toy",
-         "samples.best_metric=task_score needs the toy data (it scores required words); use repetition or distinct_2."),
-        (not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0)."),
-        (not s.keep_best or cfg.trainer.save_steps % cfg.trainer.eval_steps == 0,
-         f"samples.keep_best=true loads the best checkpoint, so every save must follow an eval: trainer.save_steps="
-         f"{cfg.trainer.save_steps} must be a multiple of trainer.eval_steps={cfg.trainer.eval_steps}."),
-    ]  # fmt: skip
-    for ok, message in problems:
-        if not ok:
-            raise UserError(message)
 
 
 def trainer_args(cfg) -> Dict[str, Any]:
     """DPOConfig fields for samples.keep_best: the best checkpoint by the sample metric is the one kept."""
     if not (cfg.samples.count and cfg.samples.keep_best):
         return {}
-    metric = resolve_metric(cfg)
+    metric = resolve_metric(cfg.samples.best_metric, cfg.data.source)
     return {"load_best_model_at_end": True, "metric_for_best_model": f"samples_{metric}",
             "greater_is_better": BETTER[metric] > 0}  # fmt: skip
 
@@ -139,9 +40,6 @@ def generation_kwargs(s) -> Dict[str, Any]:
             "temperature": s.temperature}  # fmt: skip
 
 
-# --- generation ----------------------------------------------------------------------------------------------------
-
-
 def pick(rows: List[Dict[str, Any]], count: int, seed: int) -> List[int]:
     """Indices of the fixed prompts: the same for every run with the same eval data."""
     return sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))
@@ -150,13 +48,6 @@ def pick(rows: List[Dict[str, Any]], count: int, seed: int) -> List[int]:
 def as_text(value: Any) -> str:
     """A prompt or answer for display: plain text, or the contents of a list of chat messages."""
     return value if isinstance(value, str) else "\n".join(str(m["content"]) for m in value)
-
-
-def prompt_ids(tokenizer, prompt: Any) -> List[int]:
-    """Token ids of a prompt as TRL's DPOTrainer builds them (chat template with generation prompt for messages)."""
-    if isinstance(prompt, list):
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])  # fmt: skip
-    return tokenizer(text=prompt)["input_ids"]
 
 
 def eos_ids(model, tokenizer) -> set:
@@ -215,23 +106,23 @@ class Sampler:
 
     def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None):
         self.trainer, self.s, self.run = trainer, cfg.samples, run
-        self.metric = resolve_metric(cfg)
+        self.metric = resolve_metric(self.s.best_metric, cfg.data.source)
         self.index = pick(rows, self.s.count, self.s.seed)
         self.rows = [rows[i] for i in self.index]
         self.tokenizer = trainer.processing_class
         self.prompts = [prompt_ids(self.tokenizer, r["prompt"]) for r in self.rows]
         self.gen = generation_kwargs(self.s)
-        self.path = os.path.join(out_dir, FILE)
+        self.path = os.path.join(out_dir, files.SAMPLES)
         self.history: Dict[int, Dict[str, float]] = {}
         self.values: Dict[int, List[Optional[float]]] = {}  # per-prompt values of self.metric, for summarize()
         self.reference: Optional[List[str]] = None
         self.seconds = 0.0
-        self.main = trainer.accelerator.is_main_process
+        self.main = files.is_main_rank()
 
     def start(self, step: int) -> None:
         """At train begin: keep what an interrupted run of this job sampled up to `step` (where it resumes; 0 for a
         fresh run) with its reference answers, drop later rows (they are sampled again), then sample `step`."""
-        kept = [r for r in (read(os.path.dirname(self.path)) if os.path.isfile(self.path) else []) if r["step"] <= step]
+        kept = [r for r in files.read_jsonl(self.path) if r["step"] <= step]
         for s in sorted({r["step"] for r in kept}):
             self._record(s, [r for r in kept if r["step"] == s])
         first = [r for r in kept if r["step"] == min(self.history, default=None)]
@@ -356,71 +247,3 @@ class Sampler:
                         metrics[f"eval_samples_{sampler.metric}"] = value
 
         return SampleCallback()
-
-
-# --- terminal view -------------------------------------------------------------------------------------------------
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def wrap(text: str, width: int) -> List[str]:
-    """Lines of at most `width` terminal columns (CJK characters take two), broken at spaces where possible."""
-    lines = []
-    for para in text.splitlines() or [""]:
-        line = ""
-        for ch in para:
-            if _width(line + ch) > width:
-                cut = line.rfind(" ")
-                if cut > 0 and ch != " ":
-                    lines.append(line[:cut])
-                    line = line[cut + 1 :]
-                else:
-                    lines.append(line)
-                    line = ""
-            if ch != " " or line:
-                line += ch
-        lines.append(line)
-    return lines
-
-
-def read(job_dir: str) -> List[Dict[str, Any]]:
-    path = os.path.join(job_dir, FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{job_dir} has no {FILE}: not a job directory, or a run with samples.count=0.")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def show(job_dir: str, step: Optional[int] = None, width: Optional[int] = None) -> str:
-    """The metrics of every sampled checkpoint, then one checkpoint's answers side by side (default: the last)."""
-    rows = read(job_dir)
-    steps = sorted({r["step"] for r in rows})
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise UserError(f"{job_dir} has no samples at step {step}; sampled steps: {', '.join(map(str, steps))}.")
-    width = max(60, width or shutil.get_terminal_size((120, 24)).columns)
-    keys = [k for k in ("task_score", "repetition", "distinct_1", "distinct_2", "ref_nll", "mean_length")
-            if any(k in means([r for r in rows if r["step"] == s]) for s in steps)]  # fmt: skip
-    out = [f"{'step':>6}  " + "  ".join(f"{k:>11}" for k in keys)]
-    for s in steps:
-        m = means([r for r in rows if r["step"] == s])
-        out.append(f"{s:>6}  " + "  ".join(f"{m[k]:>11.3f}" if k in m else f"{'-':>11}" for k in keys))
-    result = read_json(os.path.join(job_dir, "result.json")) or {}
-    if result.get("best_checkpoint_step") is not None:
-        degraded = result.get("degraded_after_step")
-        out.append(f"best checkpoint: step {result['best_checkpoint_step']} by {result['best_checkpoint_metric']}"
-                   + (f"; degraded after step {degraded}" if degraded is not None else ""))  # fmt: skip
-    col = (width - 6) // 3
-    picked = [r for r in rows if r["step"] == step]
-    for n, r in enumerate(picked, start=1):
-        out += ["", "=" * width, f"step {step}  prompt {n}/{len(picked)} (eval row {r['index']})"]
-        out += wrap(r["prompt"], width) + ["-" * width]
-        cols = [wrap(r[k] or "", col) for k in ("policy", "reference", "ground_truth")]
-        out.append(" | ".join(h.ljust(col) for h in ("policy", "reference", "ground truth")))
-        for i in range(max(map(len, cols))):
-            out.append(" | ".join(c[i] + " " * (col - _width(c[i])) if i < len(c) else " " * col for c in cols).rstrip())
-        out.append("  ".join(f"{k} {r[k]:.3g}" for k in SAMPLE_METRICS if r.get(k) is not None))
-    return "\n".join(out)
-

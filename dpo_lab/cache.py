@@ -1,0 +1,76 @@
+"""Build-once artifacts: the toy data and model, and the tiny model's warm-up.
+
+An artifact is a directory whose DONE file holds the parameters it was built from. It is built in a temp dir beside
+its place and renamed into place, so it is either absent or complete; in the cache (`$DPO_LAB_CACHE`, default
+~/.cache/dpo-lab) it is named `<kind>-<hash of its parameters>` and built under a file lock, so the jobs of a sweep
+that all need it build it once.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+log = logging.getLogger(__name__)
+
+Params = Dict[str, Any]
+
+
+def root(cache_dir: Union[str, Path, None] = None) -> Path:
+    return Path(cache_dir or os.environ.get("DPO_LAB_CACHE") or Path.home() / ".cache" / "dpo-lab")
+
+
+def done_params(out_dir: Path) -> Optional[Params]:
+    """The parameters `out_dir` was built from, or None if it holds no finished artifact."""
+    try:
+        return json.loads((out_dir / "DONE").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def build(out_dir: Union[str, Path], params: Params, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` the artifact for `params` and move it to `out_dir`; at once if `out_dir` already holds it.
+
+    Never overwrites a directory that holds something else."""
+    out_dir = Path(out_dir).absolute()
+    done = done_params(out_dir)
+    if done == params:
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists but does not hold an artifact built with {params} (its DONE holds "
+                              f"{done}); remove it or choose another directory.")  # fmt: skip
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        write(tmp)
+        (tmp / "DONE").write_text(json.dumps(params, sort_keys=True))
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished the same artifact first: use theirs
+            if done_params(out_dir) != params:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: Union[str, Path, None] = None) -> Path:
+    """The cached artifact `<cache>/<kind>-<hash>` for `params`, built with `write` at most once."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    out_dir = root(cache_dir) / f"{kind}-{key}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
+        if done_params(out_dir) is None:
+            log.info("Building %s into %s (once: later runs with these parameters reuse it).", kind, out_dir)
+            started = time.time()
+            build(out_dir, params, write)
+            log.info("Built %s in %.0fs.", kind, time.time() - started)
+    return out_dir
