@@ -137,7 +137,7 @@ def test_wandb_sweep_file_drives_run_py(tmp_path):
     """The wandb sweep file's parameters are valid run.py overrides (the agent passes them as key=value)."""
     import yaml
 
-    spec = yaml.safe_load((ROOT / "sweeps" / "wandb" / "loss_beta.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "wandb_sweeps" / "loss_beta.yaml").read_text())
     assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
     grid = [f"{k}={','.join(map(str, v['values']))}" for k, v in spec["parameters"].items()]
     proc = run_py("-m", *grid, TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
