@@ -55,5 +55,15 @@ def objective(result: dict, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
+def refuse_multirun_cfg(argv: list) -> None:
+    """Hydra shows one composed config, so `-m ... --cfg job` ends in its ValueError traceback: say what works."""
+    if {"-m", "--multirun"} & set(argv) and any(a in ("-c", "--cfg") or a.startswith("--cfg=") for a in argv):
+        print("--cfg shows one job's config, and -m runs many. Drop -m (with one value per key) to see a job's config "
+              "(python run.py loss=ipo beta=0.5 --cfg job), or add preflight_only=true to the sweep to check every job "
+              "and list the command line of each.", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    refuse_multirun_cfg(sys.argv[1:])
     main()

@@ -10,3 +10,13 @@ def checkpointing_arg(on: bool) -> Dict[str, Any]:
 
     name = "activation_checkpointing" if "activation_checkpointing" in DPOConfig.__dataclass_fields__ else "gradient_checkpointing"
     return {name: on}
+
+
+def quiet_known_warnings() -> None:
+    """Silence a warning the user can do nothing about. transformers deprecates `model.is_gradient_checkpointing`
+    with a FutureWarning; TRL 1.16 reads it on every loss computation (trl/models/utils.py,
+    disable_gradient_checkpointing), PEFT once when it wraps a LoRA model. Python prints it once per location, but the
+    Trainer's checkpoint save enters warnings.catch_warnings, which resets that record: it came back every save."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

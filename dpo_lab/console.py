@@ -1,4 +1,5 @@
-"""What a person sees in the terminal: one log format (also into the job's train.log)."""
+"""What a person sees in the terminal: one log format (also into the job's train.log), and training progress as a
+bar plus one readable line per eval instead of transformers' raw metric dicts."""
 
 import logging
 import os
@@ -12,3 +13,27 @@ def setup_logging(job_dir: Optional[str] = None) -> None:
     if job_dir:
         handlers.append(logging.FileHandler(os.path.join(job_dir, files.LOG)))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers, force=True)
+
+
+def progress_callback():
+    """transformers' ProgressCallback without the raw metrics dict it writes at every log: the last train loss rides
+    on the bar, each eval prints one line (step, loss, margin, accuracy), the end of training one more."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class Progress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            nan = float("nan")
+            if "eval_loss" in logs:
+                tqdm.write(f"step {state.global_step}/{state.max_steps}  eval loss {logs['eval_loss']:.4g}  "
+                           f"margin {logs.get('eval_rewards/margins', nan):.4g}  "
+                           f"accuracy {logs.get('eval_rewards/accuracies', nan):.3g}")  # fmt: skip
+            elif "train_runtime" in logs:
+                tqdm.write(f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s, "
+                           f"mean loss {logs.get('train_loss', nan):.4g}")  # fmt: skip
+            elif "loss" in logs and self.training_bar is not None:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+    return Progress()

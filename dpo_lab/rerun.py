@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 
 from dpo_lab.config import Config
+from dpo_lab.console import setup_logging
 from dpo_lab.errors import UserError
 from dpo_lab.files import read_json
 from dpo_lab.job import launch, load_config, prepare
@@ -55,6 +56,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     out = out or os.path.join(job_dir, "reruns", time.strftime("%Y-%m-%d_%H-%M-%S"))
     prepare(cfg, out, name=f"{meta['name']} (rerun)", group=meta["group"], overrides=meta["overrides"] + list(overrides),
             choices=meta["choices"])  # fmt: skip
+    setup_logging(out)  # the rerun's log goes to its own train.log too
     _warn_on_version_drift(job_dir, out)
     from dpo_lab.train import train
 

@@ -42,8 +42,8 @@ class SweepCallback(Callback):
 
         try:
             jobs, failures = preflight(config)
-        except UserError as e:
-            print(f"Preflight: {e}")
+        except Exception as e:  # Hydra turns a callback's exception into a warning and starts the sweep anyway
+            print(f"Preflight: {e}" if isinstance(e, UserError) else f"Preflight could not run: {type(e).__name__}: {e}")
             raise SystemExit(2) from None
         if failures:
             lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]

@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import data, memory, modeling, sampling, tracking
-from dpo_lab.compat import checkpointing_arg
+from dpo_lab import console, data, memory, modeling, sampling, tracking
+from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.validate import validate
@@ -106,6 +106,7 @@ class Setup:
     """Everything `setup` decided and built, for `fit` and `summarize`."""
 
     trainer: Any  # trl.DPOTrainer
+    base_model: str  # the checkpoint the policy started from
     device: str
     precision: Precision
     memory: MemoryPlan
@@ -146,10 +147,11 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         ref_model = modeling.load_model(model_path, cfg.model, precision.frozen)
 
     from datasets import Dataset
-    from trl import DPOTrainer
+    from transformers.trainer_callback import ProgressCallback
 
     columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
-    trainer = DPOTrainer(
+    quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
+    trainer = _trainer_class()(
         model=model,
         ref_model=ref_model,
         args=args,
@@ -159,12 +161,46 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
         callbacks=[_nan_guard()] + ([tracking.trainer_logger()] if run is not None else []),
     )
+    if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
+        trainer.add_callback(console.progress_callback())
     dtypes = DtypeReport(trainer, run)
     trainer.add_callback(dtypes.callback())
     sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
     if sampler:
         trainer.add_callback(sampler.callback())
-    return Setup(trainer, device, precision, plan, dtypes, sampler, run)
+    return Setup(trainer, model_path, device, precision, plan, dtypes, sampler, run)
+
+
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class Trainer(DPOTrainer):
+        """TRL's DPOTrainer with one model card, written by `model_card` into final/. TRL writes its card into
+        checkpoints/ at every save, names no base model when that is a local checkpoint ("fine-tuned version of
+        [None]"), and reads the wandb run's URL, which warns at every save of an offline run."""
+
+        def create_model_card(self, *args, **kwargs):
+            pass  # the per-checkpoint card: see the class docstring
+
+        def model_card(self, out_dir: str, base_model: str, run) -> None:
+            from trl.trainer.utils import generate_model_card
+
+            if not self.is_world_process_zero():
+                return
+            card = generate_model_card(
+                base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
+                hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
+                wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
+                trainer_name=getattr(self, "_name", "DPO"), trainer_citation=getattr(self, "_paper", {}).get("citation"),
+                template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
+                paper_id=getattr(self, "_paper", {}).get("id"),
+            )  # fmt: skip
+            if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
+                card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
+                                              f"the local checkpoint `{base_model}`")  # fmt: skip
+            card.save(os.path.join(out_dir, "README.md"))
+
+    return Trainer
 
 
 def fit(s: Setup, out_dir: str) -> None:
@@ -179,7 +215,12 @@ def fit(s: Setup, out_dir: str) -> None:
     last = [h for h in s.trainer.state.log_history if "eval_loss" in h][-1:]
     if not last or last[0]["step"] != s.trainer.state.global_step:
         s.trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
-    s.trainer.save_model(os.path.join(out_dir, "final"))
+    final = os.path.join(out_dir, "final")
+    s.trainer.save_model(final)
+    from accelerate.utils import is_peft_model
+
+    if not is_peft_model(s.trainer.accelerator.unwrap_model(s.trainer.model)):  # LoRA: PEFT wrote the adapter's card
+        s.trainer.model_card(final, s.base_model, s.run)
 
 
 def summarize(s: Setup) -> Dict[str, Any]:

@@ -84,3 +84,9 @@ def test_bad_overrides_fail_before_anything_loads(tmp_path, args, expected):
         assert text in proc.stdout
     assert "Traceback" not in proc.stdout
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("result.json"))
+
+
+def test_multirun_cfg_points_to_preflight_only(tmp_path):
+    proc = run_py("-m", "loss=sigmoid,ipo", "--cfg", "job", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "preflight_only=true" in proc.stdout and "Traceback" not in proc.stdout
+    assert not (tmp_path / "multirun").exists()

@@ -117,6 +117,7 @@ def test_report_matches_logged_metrics(tmp_path):
     run_py("-m", "+sweep=loss_beta_grid", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
            "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
     out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
+    assert not list(sweep.rglob("run.log")) and all((sweep / str(i) / "train.log").read_text() for i in range(4))
     assert {"summary.csv", "report.md", "margins.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [(r["loss"], r["beta"]) for r in rows] == [("sigmoid", "0.1"), ("sigmoid", "0.5"), ("ipo", "0.1"), ("ipo", "0.5")]

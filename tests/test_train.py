@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, leet_records, leet_summary, train_job
+from conftest import ROOT, TINY, leet_records, leet_summary, run_py, train_job
 from dpo_lab.files import read_json
 from test_config import LOSS_FILES
 
@@ -54,6 +54,7 @@ def test_rerun_reproduces_eval_metrics(tmp_path):
     # A rerun with an override is a changed run, recorded as such.
     saved = read_json(tmp_path / "again" / "job.json")
     assert saved["overrides"] == ["wandb.mode=disabled", "loss=ipo"]
+    assert "Rerun vs original" in (tmp_path / "again" / "train.log").read_text()  # the rerun's log is in its dir
 
 
 def test_wandb_config_is_ours_and_a_logged_config_reruns(tmp_path):
@@ -79,3 +80,16 @@ def test_wandb_config_is_ours_and_a_logged_config_reruns(tmp_path):
     again = read_json(tmp_path / "again" / "result.json")
     assert again["steps"] == original["steps"] == 5  # ceil(0.34 epochs x 12 steps)
     assert again["eval/loss"] == pytest.approx(original["eval/loss"], rel=1e-5, abs=1e-6)
+
+
+def test_single_run_console_log_and_model_card(tmp_path):
+    """One log file per job (train.log, no empty Hydra run.log), one line per eval and no raw metric dicts,
+    deprecation or offline-URL noise on the console, the offline run's browse/upload lines, and a model card in
+    final/ that names the base model."""
+    job = tmp_path / "job"
+    proc = run_py(TINY, f"hydra.run.dir={job}", cwd=tmp_path, check=True, timeout=300)
+    assert not (job / "run.log").exists() and "Data: 48 train / 16 eval pairs" in (job / "train.log").read_text()
+    assert "step 4/4  eval loss" in proc.stdout and "{'loss'" not in proc.stdout and "FutureWarning" not in proc.stdout
+    assert "URL not available" not in proc.stdout and "wandb leet " in proc.stdout and "wandb sync " in proc.stdout
+    card = (job / "final" / "README.md").read_text()
+    assert "[None]" not in card and "fine-tuned version of the local checkpoint" in card and str(job / "final") in card
