@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +29,10 @@ def changed_fraction(start: Path, final: Path) -> float:
 def main() -> None:
     from make_checkpoint import make
 
-    from dpo_lab.config import SftConfig, ToyConfig
     from dpo_lab.sft import ensure_sft
     from dpo_lab.toy import ensure_toy
 
-    start = ensure_sft(ensure_toy(**asdict(ToyConfig())), **asdict(SftConfig()))  # what model=tiny trains (cached)
+    start = ensure_sft(ensure_toy())  # what model=tiny trains: the default toy model, warmed up (cached)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make(tmp / "ckpt", source=start)

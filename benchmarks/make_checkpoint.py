@@ -9,7 +9,6 @@ Random models use the toy tokenizer; its small vocabulary puts their parameters 
 """
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -25,14 +24,13 @@ def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from dpo_lab.config import ToyConfig
     from dpo_lab.toy import ensure_toy
 
     if source:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(ensure_toy(**asdict(ToyConfig()))["model"])  # the default run's
+        tokenizer = AutoTokenizer.from_pretrained(ensure_toy()["model"])  # the default run's
         config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, **SIZES[size])  # fmt: skip
