@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab import console, data, memory, modeling, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
-from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.memory import MemoryPlan
+from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
