@@ -165,11 +165,18 @@ def test_ensure_toy_caches(tmp_path):
         ensure_toy(cache_dir=tmp_path, n_train=32, hidden=64)
 
 
-def test_cli(tmp_path):
+def test_cli_writes_what_the_default_run_uses(tmp_path):
+    """`python -m dpo_lab.toy --out DIR` with no flags builds the artifact the default run trains on (ToyConfig)."""
+    from dataclasses import asdict
+
+    from dpo_lab.toy import VERSION
+
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "dpo_lab.toy", "--out", str(out), "--n-train", "32", "--n-eval", "8"]
+    cmd = [sys.executable, "-m", "dpo_lab.toy", "--out", str(out)]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for name in ("train.json", "eval.json", "model/config.json", "model/tokenizer.json", "DONE"):
         assert (out / name).exists(), name
     assert str(out / "train.json") in proc.stdout
+    assert json.loads((out / "DONE").read_text()) == {"version": VERSION, **asdict(ToyConfig())}
+    assert len(json.loads((out / "train.json").read_text(encoding="utf-8"))) == ToyConfig().n_train
