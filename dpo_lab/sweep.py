@@ -52,7 +52,7 @@ class SweepCallback(Callback):
         if config.get("preflight_only"):
             print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
             for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
-                print(f"  #{i}: python run.py " + " ".join(o for o in job if o.split("=", 1)[0] != "preflight_only"))
+                print(f"  #{i}: python run.py " + " ".join(o for o in job if o.split("=", 1)[0].lstrip("+~") != "preflight_only"))
             raise SystemExit(0)
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)
