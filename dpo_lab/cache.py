@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,10 @@ from typing import Any, Callable, Dict, Optional, Union
 log = logging.getLogger(__name__)
 
 Params = Dict[str, Any]
+
+# Set by torchrun / accelerate launch; a child process without them trains alone instead of joining the job's group.
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
 
 
 def root(cache_dir: Union[str, Path, None] = None) -> Path:
@@ -74,3 +80,15 @@ def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: 
             build(out_dir, params, write)
             log.info("Built %s in %.0fs.", kind, time.time() - started)
     return out_dir
+
+
+def write_in_child(function: str, out_dir: Path, kwargs: Params) -> None:
+    """Call `module:function(out_dir, **kwargs)` in a child process: a model trained for the cache (the warm-up, the
+    toy reward model) then leaves the job's memory (and its peak-memory figures) the DPO run's own, and, under
+    torchrun / accelerate launch, stays outside the process group: in-process, its trainer would wait for the other
+    ranks, which are waiting on our file lock."""
+    module, name = function.split(":")
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+    code = (f"import json, logging, sys; from {module} import {name}; logging.basicConfig(level=logging.INFO); "
+            f"{name}(sys.argv[1], **json.loads(sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)

@@ -9,10 +9,7 @@ preference data teaches DPO to avoid. Cached next to the toy artifact, keyed by 
 
 import json
 import logging
-import os
 import random
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,10 +19,6 @@ from dpo_lab.config import SftConfig
 log = logging.getLogger(__name__)
 
 VERSION = "sft-v1"  # bump when the recipe changes: it is part of the cache key
-
-# Set by torchrun / accelerate launch; a child process without them trains alone instead of joining the job's group.
-DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
 
 
 def warmup_rows(rows: list[dict], rejected_fraction: float, seed: int) -> list[dict]:
@@ -95,18 +88,8 @@ def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu"
     toy_dir = Path(toy_paths["model"]).parent
     params = {"version": VERSION, "toy": toy_dir.name, "prompt_format": prompt_format, **recipe}
     kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
-    out_dir = cache.ensure("sft", params, lambda tmp: _write_in_child(tmp, kwargs), cache_dir=toy_dir.parent)
+    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.sft:write_sft", tmp, kwargs), cache_dir=toy_dir.parent)
     return str(out_dir / "model")
-
-
-def _write_in_child(out_dir: Path, kwargs: dict) -> None:
-    """Train in a child process, so the job's memory (and its peak-memory figures) stay the DPO run's own, and, under
-    torchrun / accelerate launch, outside the process group: in-process, the trainer would wait for the other ranks,
-    which are waiting on our file lock."""
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
-    code = ("import json, logging, sys; from dpo_lab.sft import write_sft; logging.basicConfig(level=logging.INFO); "
-            "write_sft(sys.argv[1], **json.loads(sys.argv[2]))")
-    subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
 
 
 if __name__ == "__main__":
