@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
 from dpo_lab.job import completed_result, launch, prepare
+from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
 from dpo_lab.train import train
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Run one job; return its `objective` metric (NaN if it failed) for sweepers that optimise."""
+    """Run one job; return its `objective` (dpo_lab/quality.py; NaN if it failed) for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
@@ -48,11 +49,6 @@ def main(cfg: DictConfig) -> float:
     if not multirun and result["status"] != "completed":
         sys.exit(1)
     return objective(result, cfg.objective)
-
-
-def objective(result: dict, key: str) -> float:
-    value = result.get(key) if result.get("status") == "completed" else None
-    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def refuse_multirun_cfg(argv: list) -> None:

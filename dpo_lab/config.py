@@ -65,10 +65,21 @@ class SftConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """The toy reward model the `reward_model` judge uses on toy data when samples.judge_model is unset; cached."""
+
+    steps: int = 200  # ~2 min on 2 CPU cores, once per cache; held-out accuracy 0.83 (python -m dpo_lab.reward_model)
+    lr: float = 1e-3
+    batch_size: int = 32
+    garbled_fraction: float = 0.5  # extra pairs: chosen vs chosen spliced with another story (reward_model.py)
+    seed: int = 0
+
+
+@dataclass
 class SamplesConfig:
     """Checkpoint samples: fixed eval prompts answered by policy and reference at step 0 and every save."""
 
-    count: int = 8  # prompts per checkpoint; 0 turns samples off
+    count: int = 32  # prompts per checkpoint (the win rate's 95% interval is about ±0.15 at 32); 0: samples off
     seed: int = 0  # picks the prompts and seeds sampling; apart from `seed` so a seed sweep sees the same prompts
     do_sample: bool = True
     temperature: float = 1.0
@@ -76,10 +87,14 @@ class SamplesConfig:
     top_p: Optional[float] = 1.0
     max_new_tokens: int = 96  # toy answers are <= 80 tokens; generation stops at EOS
     on_eval: bool = False  # also sample at every eval
-    best_metric: str = "auto"  # task_score | repetition | distinct_1 | distinct_2 | ref_nll; auto: task_score on toy
+    best_metric: str = "auto"  # win_rate | task_score | repetition | distinct_1 | distinct_2 | ref_nll; auto: win_rate
+    # with a judge, else task_score on toy, else repetition
     degrade_margin: float = 0.1  # flag the run when its last checkpoint is this much worse than its best (and the
     # drop is more than two standard errors of the per-prompt differences, so sampling noise alone does not flag it)
     keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
+    judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm: who says whether the policy's answer beats
+    # the reference's (dpo_lab/judges.py); auto: reward_model with judge_model or on toy data (the toy reward model)
+    judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
 
 
 @dataclass
@@ -159,7 +174,7 @@ class Config:
     max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
     seed: int = 42
     isolate: str = "auto"  # run each job in its own process: auto (multirun only) | always | never
-    objective: str = "best_eval/rewards/margins"  # what run.py returns to a sweeper that optimises (Optuna)
+    objective: str = "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
     preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop
     loss: LossConfig = field(default_factory=LossConfig)
@@ -170,6 +185,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
 
 

@@ -13,8 +13,12 @@ from dpo_lab.toy import CJK, task_score
 UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
 REPETITION_N = 4  # toy chosen answers: ~0 repeated 4-grams; looping rejected ones: ~0.55
 # Metrics a run can be ranked by: +1 higher is better, -1 lower is better.
-BETTER = {"task_score": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
-SAMPLE_METRICS = ("length", "distinct_1", "distinct_2", "repetition", "stopped", "ref_nll", "task_score")
+BETTER = {"win_rate": 1, "task_score": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
+# Per-sample columns (samples.jsonl); a checkpoint's scalar is their mean, named as in MEAN_NAME where it differs.
+SAMPLE_METRICS = ("length", "distinct_1", "distinct_2", "repetition", "stopped", "ref_nll", "task_score",
+                  "judge_policy", "judge_reference", "win")  # fmt: skip
+MEAN_NAME = {"length": "mean_length", "win": "win_rate"}
+ROW_KEY = {v: k for k, v in MEAN_NAME.items()}  # a checkpoint metric's per-sample column
 
 
 def units(text: str) -> List[str]:
@@ -39,12 +43,15 @@ def text_metrics(text: str, required_words: Optional[List[str]] = None) -> Dict[
 
 
 def means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
-    """Scalar per checkpoint: the mean of each per-sample metric present in every row."""
+    """Scalars per checkpoint: the mean of each per-sample metric present in every row, and its standard error over
+    the prompts (`<name>_se`), so eight prompts read as the noisy estimate they are."""
     out = {}
     for k in SAMPLE_METRICS:
         values = [r[k] for r in rows if r.get(k) is not None]
         if values and len(values) == len(rows):
-            out["mean_length" if k == "length" else k] = sum(values) / len(values)
+            name = MEAN_NAME.get(k, k)
+            out[name] = statistics.fmean(values)
+            out[f"{name}_se"] = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return out
 
 
@@ -54,11 +61,12 @@ def means_by_step(rows: List[Dict[str, Any]]) -> Dict[int, Dict[str, float]]:
     return {s: means([r for r in rows if r["step"] == s]) for s in steps}
 
 
-def resolve_metric(best_metric: str, data_source: str) -> str:
-    """samples.best_metric=auto: the toy task score where there is one, else repetition."""
+def resolve_metric(best_metric: str, data_source: str, judged: bool = False) -> str:
+    """samples.best_metric=auto: the judge's win rate where a judge is on, else the toy task score where there is
+    one, else repetition."""
     if best_metric != "auto":
         return best_metric
-    return "task_score" if data_source == "toy" else "repetition"
+    return "win_rate" if judged else "task_score" if data_source == "toy" else "repetition"
 
 
 def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,

@@ -28,16 +28,17 @@ def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code:
     return tok
 
 
-def check_model_path(path: Optional[str]) -> str:
+def check_model_path(path: Optional[str], key: str = "model.path") -> str:
+    """`path` (the value of config key `key`) as a local directory or hub id, or a UserError saying what is wrong."""
     if not path:
         raise UserError("model=hf needs model.path: a local checkpoint directory or a hub id, "
                         "e.g. model=hf model.path=/ckpt/my-sft-model.")  # fmt: skip
     expanded = os.path.expanduser(path)
     if path.startswith(("/", ".", "~")) and not os.path.isdir(expanded):
-        raise UserError(f"model.path={path!r} does not exist. Point it at a directory holding config.json and the "
+        raise UserError(f"{key}={path!r} does not exist. Point it at a directory holding config.json and the "
                         "weights (a save_pretrained checkpoint), or at a hub id such as Qwen/Qwen2.5-0.5B.")  # fmt: skip
     if os.path.isdir(expanded) and not os.path.isfile(os.path.join(expanded, "config.json")):
-        raise UserError(f"model.path={path!r} is a directory without config.json, so it is not a Hugging Face "
+        raise UserError(f"{key}={path!r} is a directory without config.json, so it is not a Hugging Face "
                         "checkpoint. Point it at the directory that save_pretrained wrote.")  # fmt: skip
     return expanded
 

@@ -41,6 +41,8 @@ def check_job(cfg: DictConfig, seen_files: Dict[str, Optional[str]]) -> None:
     validate(cfg)
     if cfg.model.source == "hf":
         check_model_path(cfg.model.path)
+    if cfg.samples.count and cfg.samples.judge_model:
+        check_model_path(cfg.samples.judge_model, "samples.judge_model")
     if cfg.data.source == "files":
         for path in (cfg.data.train_file, cfg.data.eval_file):
             if path and path not in seen_files:  # 15k rows read once per sweep, not once per job

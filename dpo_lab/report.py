@@ -1,7 +1,10 @@
-"""Sweep results a person reads: summary.csv, report.md with a leaderboard and failures, and PNG plots.
+"""Sweep results a person reads: summary.csv, report.md and PNG plots.
 
-Built only from what job directories hold (result.json, job.json, samples.jsonl), so it works for running,
-partial and failed sweeps, and without wandb:
+report.md ranks the runs by the sweep's objective (quality.py: the judge's win rate over the reference, or the
+log-ratio margin; never the reward margin, which grows with β), with 95% intervals and which runs are within noise
+of the best; aggregates seeds into one row per configuration; and shows each run's checkpoints (win rate per
+checkpoint, best step, degradation). Built only from what job directories hold (result.json, job.json,
+samples.jsonl), so it works for running, partial and failed sweeps, and without wandb:
 
     python -m dpo_lab report multirun/loss_beta_grid/2026-11-24_10-00-00 [--out results/my_sweep]
 """
@@ -12,12 +15,20 @@ import math
 import os
 from typing import Any, Dict, List, Optional
 
-from dpo_lab import files
+from dpo_lab import files, quality
 from dpo_lab.metrics import means_by_step
 
-HEADLINE = [("eval/rewards/margins", "margin"), ("best_eval/rewards/margins", "best margin"),
-            ("eval/rewards/accuracies", "accuracy"), ("best_eval/rewards/accuracies", "best accuracy")]  # fmt: skip
+# Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
+HEADLINE = [("samples/win_rate", "win rate"), ("eval/logratios/margins", "log-ratio margin"),
+            ("eval/rewards/accuracies", "accuracy"), ("eval/rewards/margins", "reward margin"),
+            ("samples/task_score", "task score")]  # fmt: skip
+ERRORS = ["samples/win_rate_se", "eval/logratios/margins_se", "eval/rewards/accuracies_se", "samples/task_score_se"]
+CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "degraded after")]
+CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
+                      (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
+                       "degraded after")]  # fmt: skip
 RUN_STATS = ["steps", "train_seconds", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
 def collect(sweep_dir: str) -> List[Dict[str, Any]]:
@@ -50,72 +61,164 @@ def _fmt(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _pm(row: Dict[str, Any], key: str) -> str:
+    """`0.62 ± 0.18` (value and the half-width of its 95% interval), or the value alone where there is no interval."""
+    if not isinstance(row.get(key), (int, float)):
+        return ""
+    ci = row.get(f"{key}_ci")
+    return f"{row[key]:.3g} ± {ci:.2g}" if isinstance(ci, (int, float)) else f"{row[key]:.3g}"
+
+
 def table(rows: List[Dict[str, Any]], columns: List[tuple]) -> str:
-    """A Markdown table (also readable in a terminal)."""
+    """A Markdown table (also readable in a terminal); a column is (key, title) or (callable(row), title)."""
     header = [title for _, title in columns]
-    body = [[_fmt(r.get(key)) for key, _ in columns] for r in rows]
+    body = [[key(r) if callable(key) else _fmt(r.get(key)) for key, _ in columns] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
-def leaderboard(rows: List[Dict[str, Any]]) -> str:
-    """Jobs ranked by best eval reward margin, every status included (failed ones last)."""
-    ranked = sorted(rows, key=lambda r: (r.get("status") != "completed", -_num(r.get("best_eval/rewards/margins"))))
-    sample_cols = [(k, k.split("/")[-1]) for k in ("samples/task_score", "samples/repetition") if any(k in r for r in rows)]
-    cols = [("job", "job"), ("name", "run"), ("status", "status"), *HEADLINE, *sample_cols,
-            ("steps", "steps"), ("train_seconds", "seconds"), ("peak_rss_mb", "peak MB")]  # fmt: skip
+def sweep_objective(sweep_dir: str) -> str:
+    """The `objective` the sweep was started with (auto for sweeps from before it was recorded)."""
+    return (files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("objective", "auto")
+
+
+def objective_of(rows: List[Dict[str, Any]], name: str = "auto") -> str:
+    """The sweep's objective (after auto: win_rate if every completed run has a judge, else logratio_margin)."""
+    return quality.resolve(name, [r for r in rows if r.get("status") == "completed"])
+
+
+def _metric_columns(rows: List[Dict[str, Any]], objective: str) -> List[tuple]:
+    obj = quality.OBJECTIVES[objective]
+    title = lambda key, t: (lambda r: _pm(r, key), t)  # noqa: E731
+    cols = [title(obj.key, f"{objective} (95%)"), ("vs_best", "vs best")]
+    cols += [title(k, t) for k, t in HEADLINE if k != obj.key and any(k in r for r in rows)]
+    return cols
+
+
+def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
+    """Every job, best objective first (quality.aggregate by job: each with its own interval), then the jobs that
+    did not complete."""
+    objective = objective_of(rows, objective)
+    keys = [quality.OBJECTIVES[objective].key] + [k for k, _ in HEADLINE]
+    ranked = quality.aggregate(rows, ["job"], objective, keys)
+    by_job = {r["job"]: r for r in rows}
+    ranked = [{**by_job[a["job"]], **a} for a in ranked]
+    ranked += [r for r in rows if r.get("status") != "completed"]
+    cols = [("job", "job"), ("name", "run"), ("status", "status"), *_metric_columns(rows, objective), *CHECKPOINT_COLUMNS,
+            ("steps", "steps"), ("train_seconds", "seconds")]  # fmt: skip
     return table(ranked, cols)
+
+
+def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> List[Dict[str, Any]]:
+    """Seed replicates folded into one row per configuration (the swept keys other than `seed`), best first."""
+    keys = [quality.OBJECTIVES[objective].key] + [k for k, _ in HEADLINE]
+    return quality.aggregate(rows, [k for k in swept if k != "seed"], objective, keys)
+
+
+def config_table(configs: List[Dict[str, Any]], swept: List[str], objective: str) -> str:
+    cols = [(k, k) for k in swept if k != "seed"] + [("n", "seeds"), *_metric_columns(configs, objective), ("jobs", "jobs")]
+    return table(configs, cols)
+
+
+def checkpoint_table(rows: List[Dict[str, Any]]) -> str:
+    """Per run, its best-checkpoint metric (the win rate where a judge is on) at every sampled checkpoint, with the
+    95% interval over prompts, then the best step and where it degraded."""
+    runs = [r for r in rows if r.get("sample_history") and r.get("best_checkpoint_metric")]
+    if not runs:
+        return ""
+    steps = sorted({h["step"] for r in runs for h in r["sample_history"]})
+    cols = [("job", "job"), ("name", "run"), ("best_checkpoint_metric", "metric")]
+    for step in steps:
+        cols.append((lambda r, s=step: _checkpoint_cell(r, s), f"step {step}"))
+    return table(runs, cols + CHECKPOINT_COLUMNS)
+
+
+def _checkpoint_cell(row: Dict[str, Any], step: int) -> str:
+    name = row["best_checkpoint_metric"].split("/", 1)[1]
+    hist = {h["step"]: h for h in row["sample_history"]}.get(step)
+    if not hist or name not in hist:
+        return ""
+    se = hist.get(f"{name}_se")
+    return f"{hist[name]:.2f} ± {1.96 * se:.2f}" if se is not None else f"{hist[name]:.2f}"
 
 
 def _num(value: Any) -> float:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
 
 
-def plot_margins(rows: List[Dict[str, Any]], path: str) -> bool:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _lines(ax, runs: List[Dict[str, Any]], history: str, key: str, se_key: Optional[str]) -> None:
+    """One line per run: its own marker and line style, x nudged apart a little so equal values stay visible, and a
+    band of ±1.96 standard errors where there is one."""
+    span = max((h["step"] for r in runs for h in r[history]), default=1) or 1
+    for i, r in enumerate(runs):
+        hist = [h for h in r[history] if key in h]
+        if not hist:
+            continue
+        dx = (i - (len(runs) - 1) / 2) * span * 0.008
+        x = [h["step"] + dx for h in hist]
+        y = [h[key] for h in hist]
+        marker, style = STYLES[i % len(STYLES)]
+        (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=5, label=r.get("name"))
+        if se_key and all(se_key in h for h in hist):
+            half = [1.96 * h[se_key] for h in hist]
+            ax.fill_between(x, [a - b for a, b in zip(y, half)], [a + b for a, b in zip(y, half)],
+                            color=line.get_color(), alpha=0.12)  # fmt: skip
+
+
+def plot_eval(rows: List[Dict[str, Any]], path: str) -> bool:
+    """The β-free eval metrics per eval step: log-ratio margin and held-out accuracy, with their 95% bands."""
     runs = [r for r in rows if r.get("eval_history")]
-    if not runs:
+    panels = [(k, k + "_se", t) for k, t in (("eval/logratios/margins", "eval log-ratio margin (reward margin / beta)"),
+                                              ("eval/rewards/accuracies", "eval preference accuracy"))
+              if any(k in h for r in runs for h in r["eval_history"])]  # fmt: skip
+    if not runs or not panels:
         return False
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in runs:
-        hist = [h for h in r["eval_history"] if "eval/rewards/margins" in h]
-        ax.plot([h["step"] for h in hist], [h["eval/rewards/margins"] for h in hist], marker="o", label=r.get("name"))
-    ax.set(xlabel="step", ylabel="eval reward margin", title="Eval reward margin per run")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (key, se_key, title) in zip(axes[0], panels):
+        _lines(ax, runs, "eval_history", key, se_key)
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def plot_heatmap(rows: List[Dict[str, Any]], path: str, x: str = "beta", y: str = "loss") -> bool:
-    """Best margin over a loss x beta grid (only when both are swept)."""
-    cells = {(r.get(y), r.get(x)): _num(r.get("best_eval/rewards/margins")) for r in rows if r.get(x) and r.get(y)}
-    if len({k[0] for k in cells}) < 2 or len({k[1] for k in cells}) < 2:
+def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str = "beta", y: str = "loss") -> bool:
+    """The objective over a loss x beta grid (only when both are swept; seeds averaged)."""
+    key = quality.OBJECTIVES[objective].key
+    configs = quality.aggregate(rows, [y, x], objective, [key])
+    cells = {(c[y], c[x]): c for c in configs if c.get(x) and c.get(y)}
+    ys, xs = sorted({r.get(y) for r in rows if r.get(y)}), sorted({r.get(x) for r in rows if r.get(x)}, key=_sort_key)
+    if len(ys) < 2 or len(xs) < 2:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
-    ys, xs = sorted({k[0] for k in cells}), sorted({k[1] for k in cells}, key=_sort_key)
-    grid = np.array([[cells.get((yv, xv), -math.inf) for xv in xs] for yv in ys], dtype=float)
+    grid = np.array([[_num(cells.get((yv, xv), {}).get(key)) for xv in xs] for yv in ys], dtype=float)
     grid[~np.isfinite(grid)] = np.nan
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(xs), 1.2 + 0.5 * len(ys)))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(xs), 1.2 + 0.6 * len(ys)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(xs)), xs)
     ax.set_yticks(range(len(ys)), ys)
-    ax.set(xlabel=x, ylabel=y, title="Best eval reward margin")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            ax.text(j, i, "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3g}", ha="center", va="center", color="w")
+    ax.set(xlabel=x, ylabel=y, title=f"{objective} (95% interval)")
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            text = _pm(cells[(yv, xv)], key).replace(" ± ", "\n± ") if (yv, xv) in cells else "failed"
+            light = np.isfinite(grid[i, j]) and im.norm(grid[i, j]) > 0.6  # dark text on viridis' yellow end
+            ax.text(j, i, text, ha="center", va="center", color="k" if light else "w", fontsize=8)
     fig.colorbar(im)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -131,20 +234,18 @@ def _sort_key(value: str):
 
 
 def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
+    """Sample metrics per checkpoint (win rate first), with 95% bands over the prompts."""
     runs = [r for r in rows if r.get("sample_history")]
-    metrics = [m for m in ("task_score", "repetition", "distinct_2", "ref_nll") if any(m in h for r in runs for h in r["sample_history"])]
+    metrics = [m for m in ("win_rate", "task_score", "repetition", "ref_nll")
+               if any(m in h for r in runs for h in r["sample_history"])]  # fmt: skip
     if not runs or not metrics:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for r in runs:
-            hist = [h for h in r["sample_history"] if metric in h]
-            ax.plot([h["step"] for h in hist], [h[metric] for h in hist], marker="o", label=r.get("name"))
+        _lines(ax, runs, "sample_history", metric, f"{metric}_se")
+        if metric == "win_rate":
+            ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
         ax.set(xlabel="step", title=f"samples: {metric}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -161,26 +262,62 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     rows = collect(sweep_dir)
     swept = sweep.get("swept_keys", [])
+    objective = objective_of(rows, sweep_objective(sweep_dir))
     for target in (out_dir, sweep_dir):
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
-    plots = {name: fn(rows, os.path.join(out_dir, name))
-             for name, fn in (("margins.png", plot_margins), ("heatmap.png", plot_heatmap), ("samples.png", plot_samples))}  # fmt: skip
+    plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
+             "eval.png": plot_eval(rows, os.path.join(out_dir, "eval.png")),
+             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective)}  # fmt: skip
     done = sum(r.get("status") == "completed" for r in rows)
-    failures = [r for r in rows if r.get("status") == "failed"]
+    obj = quality.OBJECTIVES[objective]
     lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",
-             f"`{sweep_dir}`: {done}/{len(rows)} jobs completed.", "", "## Leaderboard", "", leaderboard(rows), ""]  # fmt: skip
+             f"`{sweep_dir}`: {done}/{len(rows)} jobs completed.", "",
+             f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
+             "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
+             "difference to the best lies inside the 95% interval of the difference.", ""]  # fmt: skip
+    configs = by_config(rows, swept, objective) if "seed" in swept else []
+    if configs:
+        best = configs[0]
+        lines += ["## Configurations (seeds aggregated)", "", config_table(configs, swept, objective), ""]
+    else:
+        best = next(iter(quality.aggregate(rows, ["job"], objective, [obj.key])), None)
+    if best and obj.key in best:
+        tied = sum(c.get("vs_best") == "within noise" for c in (configs or quality.aggregate(rows, ["job"], objective, [obj.key])))
+        lines += [f"**Best: {best.get('name') or best.get('jobs')}** ({objective} {_pm(best, obj.key)})"
+                  + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise."), ""]  # fmt: skip
+    lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]
+    checkpoints = checkpoint_table(rows)
+    if checkpoints:
+        lines += ["## Checkpoints", "", "Each sampled checkpoint's metric (± 95% over the prompts); *best step*: the "
+                  "best checkpoint by it; *degraded after*: the last checkpoint fell below the best by more than "
+                  "samples.degrade_margin and by more than the noise.", "", checkpoints, ""]  # fmt: skip
+    failures = [r for r in rows if r.get("status") == "failed"]
     if failures:
         lines += ["## Failures", ""] + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures] + [""]
     lines += [f"![{name}]({name})" for name, made in plots.items() if made]
     with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    if configs:
+        _write_configs_csv(configs, swept, os.path.join(out_dir, "summary_by_config.csv"))
     return out_dir
 
 
 def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> None:
-    samples = sorted({k for r in rows for k in r if k.startswith("samples/") or k in ("best_checkpoint_step", "degraded_after_step")})
-    keys = ["job", "name", *swept, "status", *(k for k, _ in HEADLINE), *samples, *RUN_STATS, "error"]
+    samples = sorted({k for r in rows for k in r if k.startswith("samples/")} - {k for k, _ in HEADLINE} - set(ERRORS))
+    keys = ["job", "name", *swept, "status", *(k for k, _ in HEADLINE), *ERRORS, "best_eval/logratios/margins",
+            "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
+            "error"]  # fmt: skip
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _write_configs_csv(configs: List[Dict[str, Any]], swept: List[str], path: str) -> None:
+    metric_keys = list(dict.fromkeys(k for c in configs for k in c if k.endswith("_ci")))
+    keys = [k for k in swept if k != "seed"] + ["n", "seeds", "jobs", "vs_best"]
+    keys += [x for k in metric_keys for x in (k[: -len("_ci")], k)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(configs)

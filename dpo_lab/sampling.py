@@ -2,9 +2,10 @@
 
 At step 0 and at every save (optionally every eval) a fixed, seeded set of eval prompts is answered by the policy;
 the reference answers them once per run. Each checkpoint's rows (prompt, policy, reference, ground truth, per-sample
-metrics from metrics.py) go to `<job>/samples.jsonl` and to a wandb Table; their means go to `samples/*` scalars. At
-the end the run names its best checkpoint by `samples.best_metric` and is flagged if its last checkpoint fell clearly
-below it. Settings are checked by validate.py; `python -m dpo_lab samples JOB_DIR` shows the rows (viewer.py).
+metrics from metrics.py, the judge's verdict from judges.py) go to `<job>/samples.jsonl` and to a wandb Table; their
+means and standard errors go to `samples/*` scalars (`samples/win_rate`: the policy's answers against the reference's).
+At the end the run names its best checkpoint by `samples.best_metric` and is flagged if its last checkpoint fell
+clearly below it. Settings are checked by validate.py; `python -m dpo_lab samples JOB_DIR` shows the rows (viewer.py).
 """
 
 import contextlib
@@ -17,18 +18,30 @@ from typing import Any, Dict, List, Optional
 
 from dpo_lab import files
 from dpo_lab.data import prompt_ids
-from dpo_lab.metrics import BETTER, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
+from dpo_lab.judges import resolve as resolve_judge
+from dpo_lab.tracking import EVAL_SUMMARIES
+from dpo_lab.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("step", "index", "prompt", "policy", "reference", "ground_truth") + SAMPLE_METRICS
 
 
+def judge_kind(cfg) -> str:
+    """The judge a run's samples get (judges.JUDGES, after auto); none when there are no samples."""
+    return resolve_judge(cfg.samples.judge, cfg.samples.judge_model, cfg.data.source) if cfg.samples.count else "none"
+
+
+def best_metric(cfg) -> str:
+    """The checkpoint metric that names a run's best checkpoint (samples.best_metric after auto)."""
+    return resolve_metric(cfg.samples.best_metric, cfg.data.source, judged=judge_kind(cfg) != "none")
+
+
 def trainer_args(cfg) -> Dict[str, Any]:
     """DPOConfig fields for samples.keep_best: the best checkpoint by the sample metric is the one kept."""
     if not (cfg.samples.count and cfg.samples.keep_best):
         return {}
-    metric = resolve_metric(cfg.samples.best_metric, cfg.data.source)
+    metric = best_metric(cfg)
     return {"load_best_model_at_end": True, "metric_for_best_model": f"samples_{metric}",
             "greater_is_better": BETTER[metric] > 0}  # fmt: skip
 
@@ -104,9 +117,9 @@ class Sampler:
     """Samples a trainer's policy at checkpoints and its reference once; every rank answers its share of the prompts,
     rank 0 writes and logs. `callback()` hooks it into the trainer; `finish()` returns the run summary."""
 
-    def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None):
-        self.trainer, self.s, self.run = trainer, cfg.samples, run
-        self.metric = resolve_metric(self.s.best_metric, cfg.data.source)
+    def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None, judge=None):
+        self.trainer, self.s, self.run, self.judge = trainer, cfg.samples, run, judge
+        self.metric = best_metric(cfg)
         self.index = pick(rows, self.s.count, self.s.seed)
         self.rows = [rows[i] for i in self.index]
         self.tokenizer = trainer.processing_class
@@ -167,12 +180,19 @@ class Sampler:
                     if self.reference is None and step == 0:  # before any update the policy is the reference
                         ref_answers = answers
             stop, out = eos_ids(policy, self.tokenizer), []
+            texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+            if ref_answers is not None:
+                ref_texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in ref_answers]
+            else:
+                ref_texts = [self.reference[i] for i in mine] if self.reference else [None] * len(mine)
+            verdicts = [{}] * len(mine)
+            if self.judge is not None and None not in ref_texts:
+                rows = [self.rows[i] for i in mine]
+                verdicts = self.judge.compare([r["prompt"] for r in rows], texts, ref_texts, rows)
             for k, i in enumerate(mine):
-                text = self.tokenizer.decode(answers[k], skip_special_tokens=True)
-                ref_text = None if ref_answers is None else self.tokenizer.decode(ref_answers[k], skip_special_tokens=True)
-                out.append({"index": self.index[i], "policy": text, "reference": ref_text, "ref_nll": nll[k],
-                            "stopped": float(bool(answers[k]) and answers[k][-1] in stop),
-                            **text_metrics(text, self.rows[i].get("required_words"))})  # fmt: skip
+                out.append({"index": self.index[i], "policy": texts[k], "reference": ref_texts[k], "ref_nll": nll[k],
+                            "stopped": float(bool(answers[k]) and answers[k][-1] in stop), **verdicts[k],
+                            **text_metrics(texts[k], self.rows[i].get("required_words"))})  # fmt: skip
             return out
 
     def __call__(self, step: int) -> Dict[str, float]:
@@ -200,13 +220,14 @@ class Sampler:
 
     def _record(self, step: int, rows: List[Dict[str, Any]]) -> None:
         self.history[step] = means(rows)
-        self.values[step] = [r.get(self.metric) for r in rows]
+        self.values[step] = [r.get(ROW_KEY.get(self.metric, self.metric)) for r in rows]
 
     def _write(self, step: int, rows: List[Dict[str, Any]], seconds: float) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         scalars = {f"samples/{k}": v for k, v in self.history[step].items()}
-        log.info("Samples at step %d (%.1fs): %s", step, seconds, ", ".join(f"{k} {v:.3f}" for k, v in scalars.items()))
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in self.history[step].items() if not k.endswith("_se"))
+        log.info("Samples at step %d (%.1fs): %s", step, seconds, shown)
         if self.run is not None:
             import wandb
 
@@ -220,12 +241,14 @@ class Sampler:
         out = summarize(self.history, self.metric, self.s.degrade_margin, self.values)
         last = max(self.history)
         out.update({f"samples/{k}": v for k, v in self.history[last].items()}, **{"samples/seconds": round(self.seconds, 2)})
+        out["samples/judge"] = self.judge.name if self.judge is not None else None
         if out.get("degraded_after_step") is not None:
             log.warning("Samples: %s fell from %.3f at step %d (best) to %.3f at step %d: degraded after step %d.",
                         out["best_checkpoint_metric"], out["best_checkpoint_value"], out["best_checkpoint_step"],
                         self.history[last][self.metric], last, out["degraded_after_step"])  # fmt: skip
         if self.main and self.run is not None:
-            self.run.summary.update({k: v for k, v in out.items() if v is not None})
+            # Keys with a define_metric summary (max, last) keep it rather than a plain last value.
+            self.run.summary.update({k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES})
         return out
 
     def callback(self):

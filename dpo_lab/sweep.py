@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 
 from dpo_lab.errors import UserError
 from dpo_lab.files import read_json
-from dpo_lab.report import leaderboard, write_report
+from dpo_lab.report import leaderboard, sweep_objective, write_report
 from dpo_lab.tracking import sweep_commands
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class SweepCallback(Callback):
         name = sweep_name(config.name, sweep_dir)
         with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
             json.dump({"name": name, "results_dir": os.path.join(config.results_dir, name), "overrides": args,
-                       "params": params, "swept_keys": swept, "jobs": jobs}, f, indent=2)  # fmt: skip
+                       "params": params, "swept_keys": swept, "objective": config.objective, "jobs": jobs}, f, indent=2)  # fmt: skip
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         try:  # the report is a convenience: it must never take a sweep down
@@ -80,6 +80,6 @@ class SweepCallback(Callback):
         failed = [r for r in rows if r.get("status") != "completed"]
         browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
         print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed (report: {out}/report.md)\n"
-              f"{leaderboard(rows)}\n{browse}", flush=True)  # fmt: skip
+              f"{leaderboard(rows, sweep_objective(sweep_dir))}\n{browse}", flush=True)  # fmt: skip
         if failed:
             raise SystemExit(1)

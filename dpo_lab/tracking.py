@@ -20,11 +20,13 @@ from dpo_lab import files
 
 log = logging.getLogger(__name__)
 
-# TRL's eval metrics as WandbCallback names them; summaries make the best value a run-table column.
+# Eval and sample metrics as WandbCallback / the sampler name them; summaries make the best value a run-table column.
 EVAL_SUMMARIES = {
     "eval/rewards/margins": "max,last",
+    "eval/logratios/margins": "max,last",
     "eval/rewards/accuracies": "max,last",
     "eval/loss": "min,last",
+    "samples/win_rate": "max,last",
 }
 
 

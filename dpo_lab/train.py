@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import console, data, memory, modeling, sampling, tracking
+from dpo_lab import console, data, judges, memory, modeling, quality, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.precision import DtypeReport, Precision, resolve
@@ -24,7 +24,8 @@ from dpo_lab.validate import validate
 log = logging.getLogger(__name__)
 
 EVAL_KEYS = ("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
-             "eval_logps/chosen", "eval_logps/rejected", "eval_loss")  # fmt: skip
+             "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logratios/margins",
+             "eval_logratios/margins_se", "eval_rewards/accuracies_se")  # fmt: skip
 
 
 class DivergedError(RuntimeError):
@@ -165,10 +166,22 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         trainer.add_callback(console.progress_callback())
     dtypes = DtypeReport(trainer, run)
     trainer.add_callback(dtypes.callback())
-    sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run) if cfg.samples.count else None
-    if sampler:
+    sampler = None
+    if cfg.samples.count:
+        judge = _judge(cfg, toy, str(trainer.accelerator.device))
+        sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge)
         trainer.add_callback(sampler.callback())
     return Setup(trainer, model_path, device, precision, plan, dtypes, sampler, run)
+
+
+def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges.Judge]:
+    """The samples' judge on `device`; on toy data without samples.judge_model, the toy reward model (cached)."""
+    kind, path = sampling.judge_kind(cfg), cfg.samples.judge_model
+    if kind == "reward_model" and path is None:  # validate() allows this on toy data only
+        from dpo_lab.reward_model import toy_reward_model
+
+        path = toy_reward_model(cfg, toy, device)
+    return judges.load(kind, path, device, cfg.model.trust_remote_code)
 
 
 def _trainer_class():
@@ -181,6 +194,19 @@ def _trainer_class():
 
         def create_model_card(self, *args, **kwargs):
             pass  # the per-checkpoint card: see the class docstring
+
+        def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+            """Add the β-free metrics to what TRL averages and logs: the log-ratio margin (reward margin / β, as TRL's
+            rewards are β × log-ratios) and, from the spread of the per-batch values, standard errors of it and of
+            the accuracy (the batch-means estimate: the eval pass keeps no per-pair values)."""
+            m = self._metrics["train" if self.model.training else "eval"]
+            if m.get("rewards/margins"):
+                m["logratios/margins"] = [v / self.beta for v in m["rewards/margins"]]
+                if not self.model.training:
+                    for key in ("logratios/margins", "rewards/accuracies"):
+                        se = quality.mean_se(m[key])["se"]
+                        m[f"{key}_se"] = [se] * len(m[key])  # TRL logs the mean of each list
+            super().log(logs, start_time)
 
         def model_card(self, out_dir: str, base_model: str, run) -> None:
             from trl.trainer.utils import generate_model_card
@@ -231,6 +257,7 @@ def summarize(s: Setup) -> Dict[str, Any]:
     result = metrics(evals[-1])
     result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
     result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)
+    result["best_eval/logratios/margins"] = max(h.get("eval_logratios/margins", -math.inf) for h in evals)
     result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
     train_logs = [h for h in history if "train_runtime" in h]
     tokens = max((h["num_tokens"] for h in history if "num_tokens" in h and "eval_loss" not in h), default=0)

@@ -2,10 +2,12 @@
 
 from omegaconf import DictConfig
 
-from dpo_lab import memory, precision
+from dpo_lab import memory, precision, quality
 from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
 from dpo_lab.errors import UserError
+from dpo_lab.judges import JUDGES
 from dpo_lab.metrics import BETTER
+from dpo_lab.sampling import judge_kind
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -95,6 +97,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
     _check_extra_trainer_keys(t.extra)
     _check_samples(cfg)
+    _check_objective(cfg)
     _check(
         not (t.extra.get("sync_ref_model", False) and t.precompute_ref_log_probs),
         "trainer.extra.sync_ref_model=true with trainer.precompute_ref_log_probs=true: precomputed reference "
@@ -119,9 +122,33 @@ def _check_samples(cfg: DictConfig) -> None:
     _check(s.best_metric != "task_score" or cfg.data.source == "toy",
            "samples.best_metric=task_score needs the toy data (it scores required words); use repetition or distinct_2.")  # fmt: skip
     _check(not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0).")
+    _check(s.judge in JUDGES, f"samples.judge={s.judge!r}: use one of {', '.join(JUDGES)} (see dpo_lab/judges.py).")
+    _check(s.judge != "task" or cfg.data.source == "toy",
+           "samples.judge=task needs the toy data (it scores required words); use samples.judge=reward_model with "
+           "samples.judge_model=<a reward model dir or hub id>.")  # fmt: skip
+    _check(s.judge != "reward_model" or s.judge_model or cfg.data.source == "toy",
+           "samples.judge=reward_model needs samples.judge_model (a sequence-classification reward model dir or hub "
+           "id) on data other than the toy data, which has its own.")  # fmt: skip
+    _check(s.judge != "pairwise_lm" or s.judge_model,
+           "samples.judge=pairwise_lm needs samples.judge_model: an instruction-tuned causal LM dir or hub id.")
+    _check(s.best_metric != "win_rate" or s.count == 0 or judge_kind(cfg) != "none",
+           "samples.best_metric=win_rate needs a judge: set samples.judge (and samples.judge_model off toy data).")
+    _check(cfg.reward_model.steps > 0, f"reward_model.steps={cfg.reward_model.steps} must be > 0.")
     _check(not s.keep_best or t.save_steps % t.eval_steps == 0,
            f"samples.keep_best=true loads the best checkpoint, so every save must follow an eval: trainer.save_steps="
            f"{t.save_steps} must be a multiple of trainer.eval_steps={t.eval_steps}.")  # fmt: skip
+
+
+def _check_objective(cfg: DictConfig) -> None:
+    name = cfg.objective
+    _check(name == "auto" or name in quality.OBJECTIVES,
+           f"objective={name!r} is not one of auto or:\n{quality.choices()}\n(auto: win_rate where a judge is on, "
+           "else logratio_margin).")  # fmt: skip
+    _check(name not in ("win_rate", "task_score") or cfg.samples.count > 0,
+           f"objective={name} is measured on checkpoint samples, and samples.count=0 turns them off.")
+    _check(name != "win_rate" or judge_kind(cfg) != "none",
+           "objective=win_rate needs a judge (samples.judge); without one use objective=logratio_margin or accuracy.")
+    _check(name != "task_score" or cfg.data.source == "toy", "objective=task_score needs the toy data.")
 
 
 def _check_extra_trainer_keys(extra) -> None:

@@ -46,7 +46,7 @@ def show(job_dir: str, step: Optional[int] = None, width: Optional[int] = None) 
     if step not in steps:
         raise UserError(f"{job_dir} has no samples at step {step}; sampled steps: {', '.join(map(str, steps))}.")
     width = max(60, width or shutil.get_terminal_size((120, 24)).columns)
-    keys = [k for k in ("task_score", "repetition", "distinct_1", "distinct_2", "ref_nll", "mean_length")
+    keys = [k for k in ("win_rate", "task_score", "repetition", "distinct_1", "distinct_2", "ref_nll", "mean_length")
             if any(k in m for m in history.values())]  # fmt: skip
     out = [f"{'step':>6}  " + "  ".join(f"{k:>11}" for k in keys)]
     for s, m in history.items():
@@ -65,6 +65,6 @@ def show(job_dir: str, step: Optional[int] = None, width: Optional[int] = None) 
         out.append(" | ".join(h.ljust(col) for h in ("policy", "reference", "ground truth")))
         for i in range(max(map(len, cols))):
             out.append(" | ".join(c[i] + " " * (col - _width(c[i])) if i < len(c) else " " * col for c in cols).rstrip())
-        out.append("  ".join(f"{k} {r[k]:.3g}" for k in SAMPLE_METRICS if r.get(k) is not None))
+        out += wrap("  ".join(f"{k} {r[k]:.3g}" for k in SAMPLE_METRICS if r.get(k) is not None), width)
     return "\n".join(out)
 

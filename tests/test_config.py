@@ -61,6 +61,12 @@ def test_peft_groups():
         (["+trainer.extra.gradient_checkpointing=true"], "set by trainer.activation_checkpointing"),
         (["samples.keep_best=true", "trainer.save_steps=3", "trainer.eval_steps=2"], "multiple of trainer.eval_steps"),
         (["data=json", "samples.best_metric=task_score"], "needs the toy data"),
+        (["objective=best_eval/rewards/margins"], "logratio_margin: the last eval's log-ratio margin"),  # lists them
+        (["samples.count=0", "objective=win_rate"], "samples.count=0 turns them off"),
+        (["samples.judge=none", "objective=win_rate"], "objective=win_rate needs a judge"),
+        (["data=json", "samples.judge=reward_model"], "needs samples.judge_model"),
+        (["samples.judge=pairwise_lm"], "pairwise_lm needs samples.judge_model"),
+        (["samples.judge=oracle"], "samples.judge='oracle'"),
     ],
 )
 def test_semantic_checks_name_the_key(overrides, message):

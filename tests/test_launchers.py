@@ -48,12 +48,13 @@ def test_no_two_jobs_share_a_gpu_slot(tmp_path):
 
 
 def test_two_process_accelerate_launch(tmp_path):
-    """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0. The warm-up is built once
-    (outside the process group) and the checkpoint samples are answered by both ranks, gathered and written once."""
+    """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0. The warm-up and the toy
+    reward model are built once (outside the process group) and the checkpoint samples are answered and judged by
+    both ranks, gathered and written once."""
     job = tmp_path / "job"
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", TINY, "sft.steps=8",
-           "sft.batch_size=8", "samples.count=3", "samples.max_new_tokens=16"]  # fmt: skip
+           "sft.batch_size=8", "samples.count=3", "samples.max_new_tokens=16", "reward_model.steps=8"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     result = json.loads((job / "result.json").read_text())
@@ -63,3 +64,4 @@ def test_two_process_accelerate_launch(tmp_path):
     # 3 prompts split 2 + 1(+1 padding) over the ranks: each step has each prompt exactly once, in order.
     assert [(r["step"], r["index"]) for r in rows] == [(s, i) for s in (0, 2, 4) for i in sorted({r["index"] for r in rows})]
     assert len({r["index"] for r in rows}) == 3 and all(r["reference"] is not None for r in rows)
+    assert all(r["win"] in (0.0, 0.5, 1.0) for r in rows)  # each rank judged its share with its own judge

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY, leet_records, leet_summary, run_py
-from dpo_lab import files, sampling, viewer
+from dpo_lab import files, judges, sampling, viewer
 from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
 from dpo_lab.viewer import wrap
 
-# On top of experiment=tiny: a short warm-up, so the tiny model's answers are stories, and 3 prompts per checkpoint.
+# On top of experiment=tiny: a short warm-up, so the tiny model's answers are stories, 3 prompts per checkpoint, and
+# a short toy reward model for the default judge.
 SAMPLED = [TINY, "sft.steps=40", "sft.batch_size=8", "max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
-           "samples.count=3", "samples.max_new_tokens=24"]  # fmt: skip
+           "samples.count=3", "samples.max_new_tokens=24", "reward_model.steps=40", "reward_model.batch_size=8"]  # fmt: skip
 
 
 def read_samples(job) -> list:
@@ -58,9 +59,33 @@ def test_toy_answers_separate_by_repetition():
     assert max(chosen) < 0.05 and min(looped) > 0.1 and len(looped) > 50
 
 
-def test_means_skip_metrics_missing_anywhere():
+def test_means_skip_metrics_missing_anywhere_and_carry_standard_errors():
     rows = [{"length": 4, "repetition": 0.5, "ref_nll": None}, {"length": 6, "repetition": 0.0, "ref_nll": 1.0}]
-    assert means(rows) == {"mean_length": 5.0, "repetition": 0.25}
+    assert means(rows) == {"mean_length": 5.0, "mean_length_se": 1.0, "repetition": 0.25, "repetition_se": 0.25}
+    wins = means([{"win": w} for w in (1.0, 0.5, 0.0, 1.0)])  # the judge's verdicts: win, tie, loss, win
+    assert wins["win_rate"] == 0.625 and wins["win_rate_se"] == pytest.approx(0.4787135 / 2)
+
+
+def test_reward_model_pairs_add_garbled_mixtures():
+    from dpo_lab.reward_model import training_pairs
+    from dpo_lab.toy import generate_pairs
+
+    rows = generate_pairs(200, seed=0)
+    pairs = training_pairs(rows, 0.5, seed=0)
+    extra = pairs[len(rows) :]
+    assert pairs[: len(rows)] == rows and 70 < len(extra) < 130
+    for p in extra:  # the chosen story against a splice of it with another: fragments of both, neither whole
+        assert p["rejected"] != p["chosen"] and p["chosen"] in {r["chosen"] for r in rows}
+    assert training_pairs(rows, 0.5, seed=0) == pairs  # seeded
+
+
+def test_task_judge_calls_ties_and_wins():
+    rows = [{"required_words": ["cat", "lamp"]}] * 3
+    verdicts = judges.TaskJudge().compare(["p"] * 3, ["a cat and a lamp", "a cat", "a cat"], ["a cat", "a cat", "a lamp and a cat"], rows)
+    assert [v["win"] for v in verdicts] == [1.0, 0.5, 0.0]
+    assert [v["judge_policy"] for v in verdicts] == [1.0, 0.5, 0.5]
+    assert judges.resolve("auto", None, "toy") == "reward_model" and judges.resolve("auto", None, "files") == "none"
+    assert judges.resolve("auto", "/rm", "files") == "reward_model" and judges.resolve("task", None, "toy") == "task"
 
 
 def test_summarize_best_and_degradation():
@@ -136,9 +161,15 @@ def test_jsonl_has_every_checkpoint(full_ft_job):
 
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "completed"
-    assert result["best_checkpoint_step"] in (0, 3, 6) and result["best_checkpoint_metric"] == "samples/task_score"
+    assert result["best_checkpoint_step"] in (0, 3, 6) and result["best_checkpoint_metric"] == "samples/win_rate"
     assert "degraded_after_step" in result and result["samples/seconds"] > 0
     assert result["samples/task_score"] == pytest.approx(means(by_step[6])["task_score"])
+    # The default judge on toy data is the toy reward model: equal answers tie, so step 0 is exactly 0.5.
+    assert result["samples/judge"] == "reward_model"
+    assert all(r["win"] == 0.5 and r["judge_policy"] == r["judge_reference"] for r in by_step[0])
+    assert all(r["win"] in (0.0, 0.5, 1.0) and r["win"] == 0.5 + 0.5 * ((r["judge_policy"] > r["judge_reference"]) -
+               (r["judge_policy"] < r["judge_reference"])) for r in rows if r["policy"] != r["reference"])  # fmt: skip
+    assert result["samples/win_rate"] == pytest.approx(means(by_step[6])["win_rate"]) and "samples/win_rate_se" in result
 
 
 def test_wandb_table_matches_jsonl(full_ft_job):
@@ -157,11 +188,13 @@ def test_wandb_table_matches_jsonl(full_ft_job):
         assert h["samples/task_score"] == pytest.approx(means(mine)["task_score"])
         assert h["samples/repetition"] == pytest.approx(means(mine)["repetition"])
         assert h["samples/seconds"] > 0 and "samples/ref_nll" in h and "samples/distinct_2" in h
+        assert h["samples/win_rate"] == pytest.approx(means(mine)["win_rate"]) and "samples/win_rate_se" in h
     summary = leet_summary(run_dir)
     summary = summary.get("summary", summary)
     result = json.loads((job / "result.json").read_text())
     assert summary["best_checkpoint_step"] == result["best_checkpoint_step"]
     assert summary["samples/task_score"] == pytest.approx(result["samples/task_score"])
+    assert "max" in summary["samples/win_rate"]  # define_metric summary: the best checkpoint's win rate
 
 
 def test_samples_command_prints_side_by_side(full_ft_job):
@@ -211,6 +244,18 @@ def _default_run(tmp_path: Path, name: str, *overrides: str):
 
 
 @pytest.mark.slow
+def test_toy_reward_model_prefers_chosen_on_heldout_pairs():
+    """The default judge's reward model (trained on the toy train pairs from the default warm-up, cached for the
+    session) scores chosen above rejected on the 128 held-out eval pairs far above chance (0.5). Seen on 2 cores: 0.828."""
+    from dpo_lab.reward_model import ensure_reward_model, heldout_accuracy
+    from dpo_lab.sft import ensure_sft
+    from dpo_lab.toy import ensure_toy
+
+    toy = ensure_toy()
+    assert heldout_accuracy(ensure_reward_model(toy, ensure_sft(toy)), toy["eval_file"]) > 0.75
+
+
+@pytest.mark.slow
 def test_default_dpo_run_raises_task_score(tmp_path):
     """The default run moves the toy task score the preferred way on 128 fixed eval prompts, and the repetition down.
     Seeded and CPU-deterministic; seen on 2 cores: task score 0.832 -> 0.896, repetition 0.138 -> 0.063."""
@@ -222,6 +267,9 @@ def test_default_dpo_run_raises_task_score(tmp_path):
     assert after["repetition"] < before["repetition"] - 0.03, (before, after)
     assert before["task_score"] > 0.7  # the warm-up writes stories that mostly use the required words
     assert result["degraded_after_step"] is None
+    # The judge (the toy reward model) prefers the trained policy's answers to the reference's: seen 0.5 -> 0.555
+    # (standard error 0.031 over the 128 prompts; a modest gain, and the report says so).
+    assert before["win_rate"] == 0.5 and after["win_rate"] > 0.5, after
 
 
 @pytest.mark.slow
@@ -235,4 +283,6 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
     assert after["ref_nll"] > before["ref_nll"] + 1.0, (before, after)
     assert after["stopped"] < before["stopped"] - 0.3, (before, after)
     assert after["task_score"] < before["task_score"] - 0.1, (before, after)
+    # The judge now prefers the reference's answers, well beyond the noise (seen: 0.5 -> 0.203, standard error 0.051).
+    assert after["win_rate"] < 0.5 - 1.96 * after["win_rate_se"], after
     assert result["degraded_after_step"] == result["best_checkpoint_step"] < 100

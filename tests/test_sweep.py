@@ -112,26 +112,70 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert {p.name.rsplit("-", 1)[-1] for p in (sweep / "1" / "wandb").glob("offline-run-*")} == {run_id}
 
 
+def _ranked_jobs(report_md: str) -> list:
+    """Job numbers in the order of report.md's leaderboard."""
+    board = report_md.split("## Leaderboard", 1)[1].split("\n\n")[1]
+    return [line.split("|")[1].strip() for line in board.splitlines()[2:]]
+
+
 def test_report_matches_logged_metrics(tmp_path):
     sweep = tmp_path / "sweep"
     run_py("-m", "+sweep=loss_beta_grid", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
            "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
     out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
     assert not list(sweep.rglob("run.log")) and all((sweep / str(i) / "train.log").read_text() for i in range(4))
-    assert {"summary.csv", "report.md", "margins.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
+    assert {"summary.csv", "report.md", "eval.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [(r["loss"], r["beta"]) for r in rows] == [("sigmoid", "0.1"), ("sigmoid", "0.5"), ("ipo", "0.1"), ("ipo", "0.5")]
     for row in rows:
         result = json.loads((sweep / row["job"] / "result.json").read_text())
         assert float(row["eval/rewards/margins"]) == pytest.approx(result["eval/rewards/margins"])
         assert float(row["best_eval/rewards/margins"]) == pytest.approx(max(h["eval/rewards/margins"] for h in result["eval_history"]))
-    assert "## Leaderboard" in (out / "report.md").read_text()
+        # The β-free margin is TRL's reward margin over β; it comes with standard errors, as does the accuracy.
+        assert float(row["eval/logratios/margins"]) == pytest.approx(result["eval/rewards/margins"] / float(row["beta"]))
+        assert float(row["eval/logratios/margins_se"]) >= 0 and float(row["eval/rewards/accuracies_se"]) >= 0
+    report = (out / "report.md").read_text()
+    assert "Ranked by **logratio_margin**" in report  # no samples in experiment=tiny, so no judge
+    by_logratio = sorted(rows, key=lambda r: -float(r["eval/logratios/margins"]))
+    assert _ranked_jobs(report) == [r["job"] for r in by_logratio]
 
     # Regenerated on demand, also for a partial sweep (a job dir without a result).
     (sweep / "3" / "result.json").unlink()
     again = subprocess.run([sys.executable, "-m", "dpo_lab", "report", str(sweep), "--out", str(tmp_path / "r2")],
                            cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     assert "pending" in again.stdout and (tmp_path / "r2" / "report.md").is_file()
+
+
+def test_default_ranking_is_not_the_reward_margin_order(tmp_path):
+    """A constructed disagreement: with Adam the log-ratio gap after 4 steps follows lr, not beta, so the beta=0.5 runs
+    lead by reward margin (beta x gap) while the lr=4e-4 runs lead by the gap itself. The leaderboard follows the
+    gap (the objective), and says so."""
+    sweep = tmp_path / "sweep"
+    run_py("-m", TINY, "beta=0.1,0.5", "lr=1e-4,4e-4", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    by = lambda key: sorted(results, key=lambda j: -results[j][key])  # noqa: E731
+    assert by("eval/logratios/margins") != by("eval/rewards/margins")
+    report = next((tmp_path / "results").glob("*/report.md")).read_text()
+    assert _ranked_jobs(report) == by("eval/logratios/margins")
+
+
+def test_seed_replicates_aggregate_into_configurations(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_py("-m", TINY, "beta=0.1,0.5", "seed=0,1", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    out = next((tmp_path / "results").glob("*/"))
+    configs = list(csv.DictReader(open(out / "summary_by_config.csv")))
+    assert sorted(c["beta"] for c in configs) == ["0.1", "0.5"] and all(c["n"] == "2" for c in configs)
+    for c in configs:
+        jobs = c["jobs"].split(",")
+        values = [json.loads((sweep / j / "result.json").read_text())["eval/logratios/margins"] for j in jobs]
+        assert float(c["eval/logratios/margins"]) == pytest.approx(sum(values) / 2)
+        # Two seeds: t with 1 degree of freedom, 12.706 x the standard error of the mean.
+        assert float(c["eval/logratios/margins_ci"]) == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)
+    assert configs[0]["vs_best"] == "best" and configs[1]["vs_best"] in ("within noise", "worse")
+    report = (out / "report.md").read_text()
+    assert "## Configurations (seeds aggregated)" in report and " ± " in report
 
 
 def test_wandb_sweep_file_drives_run_py(tmp_path):

@@ -1,0 +1,41 @@
+"""The ranking rules on hand-made results: objectives, intervals, seed aggregation, and what counts as noise."""
+
+import math
+
+import pytest
+
+from dpo_lab import quality
+
+
+def _run(job, beta, seed, win, se=0.05, margin=None):
+    return {"job": job, "status": "completed", "beta": beta, "seed": seed, "samples/win_rate": win,
+            "samples/win_rate_se": se, "eval/logratios/margins": 1.0, "eval/rewards/margins": margin or float(beta)}  # fmt: skip
+
+
+def test_auto_objective_is_the_win_rate_where_every_run_has_one():
+    assert quality.resolve("auto", [_run("0", "0.1", "0", 0.6)]) == "win_rate"
+    assert quality.resolve("auto", [{"eval/logratios/margins": 1.0}]) == "logratio_margin"
+    assert quality.resolve("accuracy", []) == "accuracy"
+    assert quality.value(_run("0", "0.1", "0", 0.6), "auto") == 0.6
+    assert math.isnan(quality.value({"status": "failed"}, "auto"))
+
+
+def test_single_runs_rank_by_objective_with_their_own_interval():
+    rows = [_run("0", "0.5", "0", 0.55, margin=2.0), _run("1", "0.1", "0", 0.80, margin=0.1),
+            _run("2", "0.1", "0", 0.70, se=0.05), {"job": "3", "status": "failed"}]  # fmt: skip
+    ranked = quality.aggregate(rows, ["job"], "win_rate", ["samples/win_rate"])
+    assert [a["job"] for a in ranked] == ["1", "2", "0"]  # not the reward margin's order (0 first)
+    assert ranked[0]["samples/win_rate_ci"] == pytest.approx(1.96 * 0.05)
+    # 0.80 vs 0.70: difference 0.10 < 1.96 * hypot(0.05, 0.05) = 0.139; 0.80 vs 0.55: 0.25 is beyond it.
+    assert [a["vs_best"] for a in ranked] == ["best", "within noise", "worse"]
+
+
+def test_seeds_fold_into_configurations_with_t_intervals():
+    rows = [_run("0", "0.1", "0", 0.6), _run("1", "0.1", "1", 0.7), _run("2", "0.5", "0", 0.5), _run("3", "0.5", "1", 0.5)]
+    configs = quality.aggregate(rows, ["beta"], "win_rate", ["samples/win_rate"])
+    assert [(c["beta"], c["n"], c["seeds"]) for c in configs] == [("0.1", 2, "0,1"), ("0.5", 2, "0,1")]
+    assert configs[0]["samples/win_rate"] == pytest.approx(0.65)
+    assert configs[0]["samples/win_rate_ci"] == pytest.approx(12.706 * 0.05)  # t(1 dof) x SE of the mean of 2
+    assert configs[1]["samples/win_rate_ci"] == 0.0
+    assert configs[1]["vs_best"] == "within noise"  # two seeds say little: 0.15 is inside 12.7 x 0.05
+    assert quality.t95(None) == 1.96 and quality.t95(4) == 2.776
