@@ -92,3 +92,28 @@ def write_in_child(function: str, out_dir: Path, kwargs: Params) -> None:
     code = (f"import json, logging, sys; from {module} import {name}; logging.basicConfig(level=logging.INFO); "
             f"{name}(sys.argv[1], **json.loads(sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
+
+
+def training_args(out_dir: Path, steps: int, lr: float, batch_size: int, seed: int, device: str) -> Params:
+    """The TrainingArguments fields the models trained into the cache share (the warm-up, the toy reward model)."""
+    from dpo_lab.compat import checkpointing_arg
+
+    return dict(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        per_device_train_batch_size=batch_size,
+        max_length=256,  # toy prompt + answer is ~90 tokens
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        logging_steps=max(1, steps // 10),
+        report_to="none",
+        use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
+        bf16=False,  # the tiny model trains in fp32 everywhere, so a cached model does not depend on the GPU
+        fp16=False,
+        **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
+        disable_tqdm=False,  # a progress bar: these are the longest waits of a first run
+    )

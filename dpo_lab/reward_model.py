@@ -56,7 +56,6 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     from transformers.trainer_callback import ProgressCallback
     from trl import RewardConfig, RewardTrainer
 
-    from dpo_lab.compat import checkpointing_arg
     from dpo_lab.console import progress_callback
     from dpo_lab.data import FIELDS, format_prompts
 
@@ -66,26 +65,8 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=steps,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
-        per_device_train_batch_size=batch_size,
-        max_length=256,  # toy prompt + answer is ~90 tokens
-        center_rewards_coefficient=0.01,  # keeps scores near 0, so a judge's scores read alike across runs
-        seed=seed,
-        data_seed=seed,
-        save_strategy="no",
-        logging_steps=max(1, steps // 10),
-        report_to="none",
-        use_cpu=device == "cpu",
-        bf16=False,  # fp32 everywhere, as the warm-up: the cached model does not depend on the GPU
-        fp16=False,
-        **checkpointing_arg(False),
-        disable_tqdm=False,
-    )
+    # center_rewards_coefficient keeps scores near 0, so a judge's scores read alike across runs
+    args = RewardConfig(**cache.training_args(out_dir, steps, lr, batch_size, seed, device), center_rewards_coefficient=0.01)
     trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in rows]))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):

@@ -41,7 +41,6 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
 
     from transformers.trainer_callback import ProgressCallback
 
-    from dpo_lab.compat import checkpointing_arg
     from dpo_lab.console import progress_callback
     from dpo_lab.data import format_prompts
 
@@ -50,25 +49,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     rows = format_prompts(rows, prompt_format)  # the same prompts (and chat template) the DPO run will see
     tokenizer = AutoTokenizer.from_pretrained(toy_paths["model"])
     model = AutoModelForCausalLM.from_pretrained(toy_paths["model"])
-    args = SFTConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=steps,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
-        per_device_train_batch_size=batch_size,
-        max_length=256,  # toy prompt + answer is ~90 tokens
-        seed=seed,
-        data_seed=seed,
-        save_strategy="no",
-        logging_steps=max(1, steps // 10),
-        report_to="none",
-        use_cpu=device == "cpu",  # the run's device: accelerate's process state is shared with the DPO trainer
-        bf16=False,  # the tiny model trains in fp32 everywhere, so the cached warm-up does not depend on the GPU
-        fp16=False,
-        **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
-        disable_tqdm=False,  # a progress bar: this is the longest wait of a first run
-    )
+    args = SFTConfig(**cache.training_args(out_dir, steps, lr, batch_size, seed, device))
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):  # the bar with the loss on it, not a metrics dict per log
