@@ -105,6 +105,11 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
     return kept
 
 
+def as_text(value: Any) -> str:
+    """A prompt or answer for display: plain text, or the contents of a list of chat messages."""
+    return value if isinstance(value, str) else "\n".join(str(m["content"]) for m in value)
+
+
 def format_prompts(rows: List[Dict[str, Any]], prompt_format: str) -> List[Dict[str, Any]]:
     """Apply the prompt format. 'chat' turns plain rows into messages so TRL applies the chat template."""
     out = []

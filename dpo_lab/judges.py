@@ -16,6 +16,7 @@ calls that a tie and the win rate starts at 0.5.
 import logging
 from typing import Any, Dict, List, Optional, Sequence
 
+from dpo_lab.data import as_text
 from dpo_lab.toy import task_score
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ def resolve(judge: str, judge_model: Optional[str], data_source: str) -> str:
     if judge != "auto":
         return judge
     return "reward_model" if judge_model or data_source == "toy" else "none"
-
-
-def _text(prompt: Any) -> str:
-    return prompt if isinstance(prompt, str) else "\n".join(str(m["content"]) for m in prompt)
 
 
 class Judge:
@@ -78,7 +75,7 @@ class RewardModelJudge(Judge):
         if not isinstance(prompt, str) and self.tokenizer.chat_template:
             messages = [*prompt, {"role": "assistant", "content": answer}]
             return self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        return self.tokenizer(_text(prompt) + answer + (self.tokenizer.eos_token or ""))["input_ids"]
+        return self.tokenizer(as_text(prompt) + answer + (self.tokenizer.eos_token or ""))["input_ids"]
 
     def scores(self, prompts, answers, rows):
         import torch
@@ -117,7 +114,7 @@ class PairwiseJudge(Judge):
         """P(the judge answers A) given answers a (as A) and b (as B)."""
         import torch
 
-        question = PAIRWISE_TEMPLATE.format(prompt=_text(prompt), a=a, b=b)
+        question = PAIRWISE_TEMPLATE.format(prompt=as_text(prompt), a=a, b=b)
         if self.tokenizer.chat_template:
             ids = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                      return_dict=False)  # fmt: skip

@@ -262,7 +262,7 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     rows = collect(sweep_dir)
     swept = sweep.get("swept_keys", [])
-    objective = objective_of(rows, sweep_objective(sweep_dir))
+    objective = objective_of(rows, sweep.get("objective", "auto"))
     for target in (out_dir, sweep_dir):
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
     plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
@@ -277,12 +277,10 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
              "difference to the best lies inside the 95% interval of the difference.", ""]  # fmt: skip
     configs = by_config(rows, swept, objective) if "seed" in swept else []
     if configs:
-        best = configs[0]
         lines += ["## Configurations (seeds aggregated)", "", config_table(configs, swept, objective), ""]
-    else:
-        best = next(iter(quality.aggregate(rows, ["job"], objective, [obj.key])), None)
-    if best and obj.key in best:
-        tied = sum(c.get("vs_best") == "within noise" for c in (configs or quality.aggregate(rows, ["job"], objective, [obj.key])))
+    ranked = configs or quality.aggregate(rows, ["job"], objective, [obj.key])
+    if ranked and obj.key in ranked[0]:
+        best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
         lines += [f"**Best: {best.get('name') or best.get('jobs')}** ({objective} {_pm(best, obj.key)})"
                   + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise."), ""]  # fmt: skip
     lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]

@@ -109,14 +109,14 @@ def toy_reward_model(cfg, toy_paths: dict, device: str) -> str:
 
 def heldout_accuracy(model_path: str, eval_file: str, prompt_format: str = "none") -> float:
     """The share of eval pairs whose chosen answer the reward model scores above the rejected one."""
-    from dpo_lab.data import format_prompts
-    from dpo_lab.judges import RewardModelJudge, _text
+    from dpo_lab.data import as_text, format_prompts
+    from dpo_lab.judges import RewardModelJudge
 
     rows = format_prompts(json.loads(Path(eval_file).read_text(encoding="utf-8")), prompt_format)
     judge = RewardModelJudge(model_path, "cpu")
     prompts = [r["prompt"] for r in rows]
-    chosen = judge.scores(prompts, [_text(r["chosen"]) for r in rows], rows)
-    rejected = judge.scores(prompts, [_text(r["rejected"]) for r in rows], rows)
+    chosen = judge.scores(prompts, [as_text(r["chosen"]) for r in rows], rows)
+    rejected = judge.scores(prompts, [as_text(r["rejected"]) for r in rows], rows)
     return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
 
 if __name__ == "__main__":

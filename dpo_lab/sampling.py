@@ -17,10 +17,10 @@ import time
 from typing import Any, Dict, List, Optional
 
 from dpo_lab import files
-from dpo_lab.data import prompt_ids
+from dpo_lab.data import as_text, prompt_ids
 from dpo_lab.judges import resolve as resolve_judge
-from dpo_lab.tracking import EVAL_SUMMARIES
 from dpo_lab.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
+from dpo_lab.tracking import EVAL_SUMMARIES
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ def generation_kwargs(s) -> Dict[str, Any]:
 def pick(rows: List[Dict[str, Any]], count: int, seed: int) -> List[int]:
     """Indices of the fixed prompts: the same for every run with the same eval data."""
     return sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))
-
-
-def as_text(value: Any) -> str:
-    """A prompt or answer for display: plain text, or the contents of a list of chat messages."""
-    return value if isinstance(value, str) else "\n".join(str(m["content"]) for m in value)
 
 
 def eos_ids(model, tokenizer) -> set:
