@@ -19,11 +19,12 @@ class Objective:
     key: str  # a result.json key
     se_key: Optional[str]  # its standard error's key, where the run measures one
     meaning: str
+    baseline: Optional[float] = None  # what the starting model scores (the reference against itself), if known
 
 
 OBJECTIVES = {
     "win_rate": Objective("samples/win_rate", "samples/win_rate_se",
-                          "the judge's win rate of the policy's answers over the reference's at the last checkpoint"),
+                          "the judge's win rate of the policy's answers over the reference's at the last checkpoint", 0.5),
     "task_score": Objective("samples/task_score", "samples/task_score_se", "the toy task score of the last answers"),
     "logratio_margin": Objective("eval/logratios/margins", "eval/logratios/margins_se",
                                  "the last eval's log-ratio margin: the reward margin / beta"),

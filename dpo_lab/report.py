@@ -255,6 +255,14 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
     return True
 
 
+def _vs_baseline(best: Dict[str, Any], obj: quality.Objective) -> str:
+    """Whether even the best run is distinguishable from the starting model, where the objective knows its score."""
+    ci = best.get(f"{obj.key}_ci")
+    if obj.baseline is None or ci is None or best[obj.key] - ci > obj.baseline:
+        return ""
+    return f" Its interval includes {obj.baseline}, the starting model's score: no run is shown to improve on it."
+
+
 def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     """Write summary.csv, report.md and plots for `sweep_dir` into `out_dir` (also a summary into the sweep dir)."""
     sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
@@ -282,7 +290,8 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     if ranked and obj.key in ranked[0]:
         best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
         lines += [f"**Best: {best.get('name') or best.get('jobs')}** ({objective} {_pm(best, obj.key)})"
-                  + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise."), ""]  # fmt: skip
+                  + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise.")
+                  + _vs_baseline(best, obj), ""]  # fmt: skip
     lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]
     checkpoints = checkpoint_table(rows)
     if checkpoints:

@@ -39,3 +39,13 @@ def test_seeds_fold_into_configurations_with_t_intervals():
     assert configs[1]["samples/win_rate_ci"] == 0.0
     assert configs[1]["vs_best"] == "within noise"  # two seeds say little: 0.15 is inside 12.7 x 0.05
     assert quality.t95(None) == 1.96 and quality.t95(4) == 2.776
+
+
+def test_report_says_when_even_the_best_run_is_not_above_the_starting_model():
+    from dpo_lab.report import _vs_baseline
+
+    win = quality.OBJECTIVES["win_rate"]
+    assert "includes 0.5" in _vs_baseline({"samples/win_rate": 0.5, "samples/win_rate_ci": 0.13}, win)
+    assert _vs_baseline({"samples/win_rate": 0.72, "samples/win_rate_ci": 0.12}, win) == ""
+    assert _vs_baseline({"eval/logratios/margins": 0.1, "eval/logratios/margins_ci": 1.0},
+                        quality.OBJECTIVES["logratio_margin"]) == ""  # fmt: skip
