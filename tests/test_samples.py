@@ -286,3 +286,17 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
     # The judge now prefers the reference's answers, well beyond the noise (seen: 0.5 -> 0.203, standard error 0.051).
     assert after["win_rate"] < 0.5 - 1.96 * after["win_rate_se"], after
     assert result["degraded_after_step"] == result["best_checkpoint_step"] < 100
+
+
+def test_pairwise_judge_asks_both_orders(tmp_path):
+    """pairwise_lm's mechanics with the tiny toy model standing in for an instruction model: equal answers tie,
+    and a win is the mean of the two orders' probabilities, so swapping the answers gives 1 - win."""
+    from conftest import tiny_toy
+
+    judge = judges.load("pairwise_lm", tiny_toy()["model"], "cpu")
+    rows = [{"prompt": "Write a story about a cat."}] * 2
+    a, b = "The cat found a lamp.", "the the the the"
+    forward = judge.compare([r["prompt"] for r in rows], [a, a], [b, a], rows)
+    backward = judge.compare([rows[0]["prompt"]], [b], [a], rows[:1])
+    assert forward[1]["win"] == 0.5 and 0.0 < forward[0]["win"] < 1.0
+    assert backward[0]["win"] == pytest.approx(1 - forward[0]["win"])
