@@ -5,6 +5,7 @@
 """
 
 import logging
+import os
 import sys
 
 import hydra
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
-from dpo_lab.job import completed_result, launch, prepare
+from dpo_lab.job import completed_result, cpu_threads, launch, prepare
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
 from dpo_lab.train import train
@@ -45,7 +46,10 @@ def main(cfg: DictConfig) -> float:
                    sweep_dir=hc.sweep.dir if multirun else None)  # fmt: skip
     # A fresh process per job keeps a sweep's jobs from leaking memory or state into each other.
     isolate = cfg.isolate == "always" or (cfg.isolate == "auto" and multirun)
-    result = launch(job_dir, train, isolate, cfg=cfg, meta=meta)
+    n_jobs = int(hc.launcher.get("n_jobs") or 1) if multirun else 1  # jobs running at once (joblib: n_jobs)
+    threads = cfg.cpu_threads or cpu_threads(n_jobs if n_jobs > 0 else len(os.sched_getaffinity(0)))
+    result = launch(job_dir, train, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
+                    threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)
     if not multirun and result["status"] != "completed":
         sys.exit(1)
     return objective(result, cfg.objective)

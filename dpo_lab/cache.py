@@ -1,4 +1,4 @@
-"""Build-once artifacts: the toy data and model, and the tiny model's warm-up.
+"""Build-once artifacts: the toy data and model, the tiny model's warm-up, and what a sweep's jobs share (reuse.py).
 
 An artifact is a directory whose DONE file holds the parameters it was built from. It is built in a temp dir beside
 its place and renamed into place, so it is either absent or complete; in the cache (`$DPO_LAB_CACHE`, default
@@ -66,12 +66,17 @@ def build(out_dir: Union[str, Path], params: Params, write: Callable[[Path], Non
     return out_dir
 
 
+def path(kind: str, params: Params, cache_dir: Union[str, Path, None] = None) -> Path:
+    """Where the artifact of `kind` built from `params` lives: `<cache>/<kind>-<hash of params>`."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return root(cache_dir) / f"{kind}-{key}"
+
+
 def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: Union[str, Path, None] = None) -> Path:
     """The cached artifact `<cache>/<kind>-<hash>` for `params`, built with `write` at most once."""
     from filelock import FileLock
 
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    out_dir = root(cache_dir) / f"{kind}-{key}"
+    out_dir = path(kind, params, cache_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
         if done_params(out_dir) is None:

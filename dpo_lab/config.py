@@ -16,6 +16,10 @@ LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
 
+# How a sweep starts each job's process (dpo_lab/job.py): forked from a server that preloaded the imports, or a fresh
+# interpreter (slower start; for a platform where forking misbehaves).
+START_METHODS = ("forkserver", "spawn")
+
 # Named prompt formats for plain-text data; "chat" uses the tokenizer's chat template instead.
 PROMPT_FORMATS = {
     "none": "{prompt}",
@@ -151,7 +155,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     activation_checkpointing: str = "auto"  # auto: on only if the memory estimate does not fit (memory.py) | true | false
-    precompute_ref_log_probs: bool = False
+    precompute_ref_log_probs: bool = True  # reference log-probs once per sweep (reuse.py), no reference in memory
     dataloader_num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -174,6 +178,9 @@ class Config:
     max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
     seed: int = 42
     isolate: str = "auto"  # run each job in its own process: auto (multirun only) | always | never
+    start_method: str = "forkserver"  # how an isolated job's process starts: forkserver | spawn (START_METHODS)
+    cpu_threads: Optional[int] = None  # torch CPU threads per job; unset: the cores shared by the jobs running at once
+    jobs_per_gpu: int = 1  # jobs sharing a GPU when several GPUs are visible (hydra/launcher=gpus; n_jobs = GPUs x this)
     objective: str = "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
     preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop

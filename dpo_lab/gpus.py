@@ -1,7 +1,9 @@
-"""One job per GPU when a launcher runs several jobs at once on one machine.
+"""GPUs for jobs a launcher runs at once on one machine: `jobs_per_gpu` jobs per GPU (1: a GPU each).
 
-A job claims the first GPU whose lock file it can take and keeps it until it ends; the launcher's other jobs
-wait for a free one. Schedulers that already pin GPUs (SLURM sets CUDA_VISIBLE_DEVICES) are left alone.
+A job claims the first slot whose lock file it can take and keeps it until it ends; slot i is GPU i mod the GPU
+count, so jobs spread over the GPUs before they share one. The launcher's other jobs wait for a free slot. With one
+GPU visible every job uses it (the launcher's n_jobs says how many at once). Schedulers that already pin GPUs (SLURM
+sets CUDA_VISIBLE_DEVICES) are left alone.
 """
 
 import os
@@ -44,11 +46,12 @@ def visible_gpu_count() -> int:
 
 
 @contextmanager
-def gpu_env(lock_dir: str) -> Iterator[Optional[dict]]:
-    """The environment for a job's process: pinned to one free GPU when several are visible, else unchanged."""
+def gpu_env(lock_dir: str, jobs_per_gpu: int = 1) -> Iterator[Optional[dict]]:
+    """The environment for a job's process: pinned to a GPU with a free slot when several are visible, else
+    unchanged."""
     count = visible_gpu_count()
     if count < 2:
         yield None
         return
-    with claim_slot(lock_dir, count) as index:
-        yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
+    with claim_slot(lock_dir, count * jobs_per_gpu) as index:
+        yield {**os.environ, "CUDA_VISIBLE_DEVICES": str(index % count)}

@@ -152,7 +152,8 @@ class DtypeReport:
         elif is_peft_model(model):  # the reference is the base model with the adapter off
             reference = {dtype_name(p.dtype) for p in model.parameters() if not p.requires_grad}
         else:
-            reference = set()  # precomputed reference log-probs: no reference weights kept
+            reference = trainable  # precomputed log-probs: TRL ran the policy before its first step (reuse.py's key
+            # includes the weights' dtype, so reused log-probs were computed in the same one)
         join = lambda names: "+".join(sorted(names)) or None  # noqa: E731
         self.dtypes = {"trainable_dtype": join(trainable), "optimizer_state_dtype": join(state),
                        "compute_dtype": self.compute, "reference_dtype": join(reference)}  # fmt: skip

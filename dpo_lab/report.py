@@ -27,7 +27,7 @@ CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "d
 CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
                        "degraded after")]  # fmt: skip
-RUN_STATS = ["steps", "train_seconds", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+RUN_STATS = ["steps", "train_seconds", "seconds_to_first_step", "reference_logps", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 

@@ -112,8 +112,11 @@ class Sampler:
     """Samples a trainer's policy at checkpoints and its reference once; every rank answers its share of the prompts,
     rank 0 writes and logs. `callback()` hooks it into the trainer; `finish()` returns the run summary."""
 
-    def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None, judge=None):
+    def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None, judge=None, load_reference=None):
+        """`load_reference()`: the reference model, for a run that keeps none (full fine-tuning with precomputed
+        log-probs); it is loaded for each checkpoint's samples and freed after."""
         self.trainer, self.s, self.run, self.judge = trainer, cfg.samples, run, judge
+        self.load_reference = load_reference
         self.metric = best_metric(cfg)
         self.index = pick(rows, self.s.count, self.s.seed)
         self.rows = [rows[i] for i in self.index]
@@ -144,7 +147,7 @@ class Sampler:
         self(step)
 
     def _models(self):
-        """(policy, reference, context that turns the reference on); reference None when there is none to run."""
+        """(policy, reference, context that turns the reference on)."""
         from accelerate.utils import is_peft_model
         from trl.trainer.utils import use_adapter
 
@@ -154,7 +157,8 @@ class Sampler:
             return policy, unwrap(self.trainer.ref_model), contextlib.nullcontext
         if is_peft_model(policy):  # LoRA: the base model with the adapter off (or TRL's "ref" adapter)
             return policy, policy, lambda: use_adapter(policy, "ref" if "ref" in policy.peft_config else None)
-        return policy, None, None  # full fine-tuning with precompute_ref_log_probs: no reference is kept
+        # Full fine-tuning with precomputed log-probs keeps no reference: load it for these samples.
+        return policy, self.load_reference().to(self.trainer.accelerator.device).eval(), contextlib.nullcontext
 
     def _answer(self, step: int) -> List[Dict[str, Any]]:
         """This rank's rows for `step`: policy answers, their metrics, the reference's NLL of them."""
@@ -165,15 +169,10 @@ class Sampler:
             with _eval_mode(policy), acc.autocast():
                 answers = generate(policy, self.tokenizer, prompts, self.gen, self.s.seed)
                 ref_answers = None
-                if ref is not None:
-                    with ref_on():
-                        nll = mean_nll(ref, prompts, answers)
-                        if self.reference is None:
-                            ref_answers = generate(ref, self.tokenizer, prompts, self.gen, self.s.seed)
-                else:
-                    nll = [None] * len(prompts)
-                    if self.reference is None and step == 0:  # before any update the policy is the reference
-                        ref_answers = answers
+                with ref_on():
+                    nll = mean_nll(ref, prompts, answers)
+                    if self.reference is None:
+                        ref_answers = generate(ref, self.tokenizer, prompts, self.gen, self.s.seed)
             stop, out = eos_ids(policy, self.tokenizer), []
             texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
             if ref_answers is not None:
@@ -200,9 +199,6 @@ class Sampler:
         answered = gather_object(self._answer(step))[: len(self.rows)]  # drop the padding of uneven splits
         if self.reference is None:  # the first call: the reference's answers, kept for the whole run
             self.reference = [a["reference"] for a in answered]
-            if self.reference[0] is None:
-                log.warning("No reference model to sample (full fine-tuning with precompute_ref_log_probs, resumed "
-                            "past step 0): the reference column stays empty and ref_nll is not computed.")  # fmt: skip
         rows = [{"step": step, "prompt": as_text(row["prompt"]), "ground_truth": as_text(row["chosen"]), **a,
                  "reference": ref} for row, a, ref in zip(self.rows, answered, self.reference)]  # fmt: skip
         rows = [{k: r.get(k) for k in COLUMNS} for r in rows]

@@ -38,8 +38,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        from dpo_lab.job import start_server
         from dpo_lab.preflight import preflight
 
+        if config.isolate != "never":  # its imports overlap with the preflight
+            start_server(config.start_method)
         try:
             jobs, failures = preflight(config)
         except Exception as e:  # Hydra turns a callback's exception into a warning and starts the sweep anyway

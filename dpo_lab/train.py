@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import console, data, judges, memory, modeling, quality, sampling, tracking
+from dpo_lab import console, data, judges, memory, modeling, quality, reuse, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.precision import DtypeReport, Precision, resolve
@@ -91,6 +91,12 @@ def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, c
     )
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _peak_memory_mb(device: str) -> Dict[str, float]:
     import resource
 
@@ -114,6 +120,7 @@ class Setup:
     dtypes: DtypeReport
     sampler: Optional[sampling.Sampler]
     run: Any  # the wandb run, or None
+    clock: Any  # FirstStepClock: seconds from process start to the training loop
 
 
 def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
@@ -151,6 +158,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     from transformers.trainer_callback import ProgressCallback
 
     columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
+    clock = _first_step_clock()
     quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
     trainer = _trainer_class()(
         model=model,
@@ -160,7 +168,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         eval_dataset=columns(prefs.eval),
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
-        callbacks=[_nan_guard()] + ([tracking.trainer_logger()] if run is not None else []),
+        callbacks=[_nan_guard(), clock] + ([tracking.trainer_logger()] if run is not None else []),
     )
     if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
         trainer.add_callback(console.progress_callback())
@@ -169,9 +177,12 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     sampler = None
     if cfg.samples.count:
         judge = _judge(cfg, toy, str(trainer.accelerator.device))
-        sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge)
+        # Full fine-tuning with precomputed log-probs keeps no reference: the sampler loads it for each checkpoint.
+        load_reference = None if trainer.ref_model is not None or cfg.peft.enabled else (
+            lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
+        sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(sampler.callback())
-    return Setup(trainer, model_path, device, precision, plan, dtypes, sampler, run)
+    return Setup(trainer, model_path, device, precision, plan, dtypes, sampler, run, clock)
 
 
 def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges.Judge]:
@@ -184,13 +195,48 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
     return judges.load(kind, path, device, cfg.model.trust_remote_code)
 
 
+def _first_step_clock():
+    from transformers import TrainerCallback
+
+    class FirstStepClock(TrainerCallback):
+        """Seconds from this process's start to the training loop: imports, data, weights, reference log-probs."""
+
+        seconds = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            import psutil
+
+            if self.seconds is None:
+                self.seconds = round(time.time() - psutil.Process().create_time(), 1)
+
+    return FirstStepClock()
+
+
 def _trainer_class():
     from trl import DPOTrainer
 
     class Trainer(DPOTrainer):
-        """TRL's DPOTrainer with one model card, written by `model_card` into final/. TRL writes its card into
-        checkpoints/ at every save, names no base model when that is a local checkpoint ("fine-tuned version of
-        [None]"), and reads the wandb run's URL, which warns at every save of an offline run."""
+        """TRL's DPOTrainer with what a sweep shares (reuse.py: tokenized data and reference log-probs, counted in
+        `reference_batches`), the β-free metrics in `log`, and one model card, written by `model_card` into final/.
+        TRL writes its card into checkpoints/ at every save, names no base model when that is a local checkpoint
+        ("fine-tuned version of [None]"), and reads the wandb run's URL, which warns at every save of an offline
+        run."""
+
+        def __init__(self, *args, **kwargs):
+            self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
+            self.reference_batches = 0  # reference forward passes run to precompute log-probs
+            super().__init__(*args, **kwargs)
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
+            return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            return reuse.reference_logps(self, dataset, name, lambda: super(Trainer, self)._precompute_ref_logps(dataset, name, batch_size))
+
+        def compute_ref_log_probs(self, model, inputs):
+            self.reference_batches += 1
+            return super().compute_ref_log_probs(model, inputs)
 
         def create_model_card(self, *args, **kwargs):
             pass  # the per-checkpoint card: see the class docstring
@@ -266,6 +312,11 @@ def summarize(s: Setup) -> Dict[str, Any]:
     result.update(s.sampler.finish() if s.sampler else {})
     result.update(
         steps=s.trainer.state.global_step,
+        reference_logps=reuse.status(s.trainer),
+        reference_batches=s.trainer.reference_batches,
+        seconds_to_first_step=s.clock.seconds,
+        pid=os.getpid(),
+        cpu_threads=_torch_threads(),
         device=s.device,
         precision=s.precision.mode,
         **(s.dtypes.dtypes or s.dtypes.read()),  # read after the first step; a resumed, finished run: now

@@ -3,7 +3,7 @@
 from omegaconf import DictConfig
 
 from dpo_lab import memory, precision, quality
-from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS
+from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS, START_METHODS
 from dpo_lab.errors import UserError
 from dpo_lab.judges import JUDGES
 from dpo_lab.metrics import BETTER
@@ -95,13 +95,17 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
            f"wandb.mode={cfg.wandb.mode!r}: use auto, online, offline or disabled.")  # fmt: skip
     _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
+    _check(cfg.start_method in START_METHODS, f"start_method={cfg.start_method!r}: use {' or '.join(START_METHODS)}.")
+    _check(cfg.jobs_per_gpu >= 1, f"jobs_per_gpu={cfg.jobs_per_gpu}: use 1 or more.")
+    _check(cfg.cpu_threads is None or cfg.cpu_threads >= 1, f"cpu_threads={cfg.cpu_threads}: use a number >= 1, or leave it unset.")
     _check_extra_trainer_keys(t.extra)
     _check_samples(cfg)
     _check_objective(cfg)
     _check(
         not (t.extra.get("sync_ref_model", False) and t.precompute_ref_log_probs),
         "trainer.extra.sync_ref_model=true with trainer.precompute_ref_log_probs=true: precomputed reference "
-        "log-probs go stale when the reference is synced. Turn one of them off.",
+        "log-probs go stale when the reference is synced. Add trainer.precompute_ref_log_probs=false (a live "
+        "reference) or drop sync_ref_model.",
     )
     _check(
         not (t.extra.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", False),

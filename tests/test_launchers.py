@@ -47,6 +47,17 @@ def test_no_two_jobs_share_a_gpu_slot(tmp_path):
     assert peak[0] == 2  # both slots used at once, never more, never the same one twice
 
 
+def test_jobs_per_gpu_spreads_over_gpus_then_shares(tmp_path, monkeypatch):
+    from contextlib import ExitStack
+
+    from dpo_lab import gpus
+
+    monkeypatch.setattr(gpus, "visible_gpu_count", lambda: 2)
+    with ExitStack() as held:  # four jobs at once on two GPUs, two per GPU
+        envs = [held.enter_context(gpus.gpu_env(str(tmp_path), jobs_per_gpu=2)) for _ in range(4)]
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
+
+
 def test_two_process_accelerate_launch(tmp_path):
     """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0. The warm-up and the toy
     reward model are built once (outside the process group) and the checkpoint samples are answered and judged by

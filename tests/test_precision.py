@@ -56,8 +56,9 @@ def test_bf16_checkpoint_trains_like_its_fp32_twin(tmp_path, bf16_and_fp32_twins
 
 @pytest.mark.smoke
 def test_mixed_precision_dtypes_full_finetuning(tmp_path):
-    """bf16-mixed (bf16 autocast works on CPU too): fp32 weights and Adam state, bf16 compute and reference."""
-    result = train_job(tmp_path, ["trainer.precision=bf16-mixed"])
+    """bf16-mixed (bf16 autocast works on CPU too): fp32 weights and Adam state, bf16 compute and a live bf16
+    reference copy (precomputed log-probs come from the fp32 policy before its first step: test_reuse.py)."""
+    result = train_job(tmp_path, ["trainer.precision=bf16-mixed", "trainer.precompute_ref_log_probs=false"])
     assert result["status"] == "completed", result.get("error")
     dtypes = {k: result[k] for k in ("trainable_dtype", "optimizer_state_dtype", "compute_dtype", "reference_dtype")}
     assert dtypes == {"trainable_dtype": "float32", "optimizer_state_dtype": "float32", "compute_dtype": "bfloat16",
