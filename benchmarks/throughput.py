@@ -7,7 +7,8 @@ A random Qwen2-shaped model (benchmarks/make_checkpoint.py; default 0.5b on CUDA
 preference pairs of about `--length` tokens per prompt + answer (a quarter prompt), `trainer=gpu` on CUDA. Each
 variant runs in its own process through dpo-lab's own setup (train.setup: precision, memory plan, shared reference
 log-probs), trains `--steps` steps with no eval or save, and is timed after `--warmup` steps (compilation, allocator
-warm-up). Printed per variant: tokens/s (TRL's token count: chosen + rejected, padding excluded), MFU, peak memory.
+warm-up). Printed per variant: tokens/s (TRL's token count: chosen + rejected, padding excluded), MFU, peak memory
+(CUDA: allocated; CPU: the process's peak RSS).
 
     MFU = tokens/s x F x N / peak FLOP/s, N = parameters, F = 8 with a live reference (policy forward 2 + backward 4,
     reference forward 2), 6 with precomputed reference log-probs; LoRA: 6 live, 4 precomputed (no weight gradients
@@ -50,6 +51,12 @@ def peak_flops():
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def make_data(out: Path, length: int, n: int, tokenizer_dir: str) -> None:
@@ -118,7 +125,7 @@ def one(variant: str, model: str, data: str, a) -> dict:
             "variant": variant, "tokens_per_s": round(tokens_per_s), "steps_timed": s1 - s0,
             "mfu": round(tokens_per_s * factor * n / peak, 4) if peak else None, "flops_per_token": f"{factor}N",
             "params_m": round(n / 1e6, 1), "batch": batch, "checkpointing": s.memory.checkpointing,
-            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30 if cuda else _peak_rss_gb(), 2),
             "reference_logps": reuse.status(s.trainer), "precision": s.precision.mode,
         }  # fmt: skip
 
@@ -156,7 +163,7 @@ def main() -> None:
         n = make(tmp / "ckpt", a.size)
         make_data(tmp, a.length, a.batch * 2 * a.steps, ensure_toy()["model"])
         env = {**os.environ, "DPO_LAB_CACHE": str(tmp / "cache"), "WANDB_MODE": "disabled"}  # cold reuse cache
-        print(f"{device}: random Qwen2-shaped {a.size} ({n / 1e6:.0f}M parameters, bf16 checkpoint), {a.batch} pairs "
+        print(f"{device}: random Qwen2-shaped {a.size} ({n / 1e6:.1f}M parameters, bf16 checkpoint), {a.batch} pairs "
               f"x ~{a.length} tokens per step, {a.steps} steps, timed after {a.warmup}\n")  # fmt: skip
         print("| variant | tokens/s | MFU | FLOPs/token | peak GB | batch | checkpointing | reference log-probs |")
         print("|---|---|---|---|---|---|---|---|")
@@ -172,7 +179,7 @@ def main() -> None:
                 continue
             r = json.loads(line[len("RESULT "):])
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-            print(f"| {variant} | {r['tokens_per_s']} | {mfu} | {r['flops_per_token']} | {r['peak_gb'] or 'n/a'} | "
+            print(f"| {variant} | {r['tokens_per_s']} | {mfu} | {r['flops_per_token']} | {r['peak_gb']} | "
                   f"{r['batch']} | {r['checkpointing']} | {r['reference_logps']} |", flush=True)  # fmt: skip
 
 
