@@ -26,6 +26,7 @@ def cold_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.mark.smoke
 def test_second_job_reuses_reference_logps_without_a_reference_pass(tmp_path, cold_cache):
     first = train_job(tmp_path / "a", [])
     assert first["status"] == "completed", first.get("error")
