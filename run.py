@@ -19,6 +19,7 @@ from dpo_lab.job import completed_result, cpu_threads, launch, prepare
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
 from dpo_lab.train import train
+from dpo_lab.validate import validate
 
 register_configs()
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def main(cfg: DictConfig) -> float:
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     job_dir = hc.runtime.output_dir
     try:
+        if not multirun:  # a sweep's preflight checked every job; a single run is checked before its dir is made
+            validate(cfg)
         done = completed_result(cfg, job_dir)  # relaunching a sweep skips what finished, resumes what did not
     except UserError as e:
         log.error("%s", e)

@@ -1,9 +1,12 @@
 """Semantic checks on a composed config that types alone cannot express. Run before anything loads."""
 
+import dataclasses
+from typing import Any, Dict, Iterator, List, Tuple
+
 from omegaconf import DictConfig
 
 from dpo_lab import memory, precision, quality
-from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS, START_METHODS
+from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS, START_METHODS, Config
 from dpo_lab.errors import UserError
 from dpo_lab.judges import JUDGES
 from dpo_lab.metrics import BETTER
@@ -17,8 +20,34 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _unknown_keys(node: Dict[str, Any], schema: type, prefix: str = "") -> Iterator[Tuple[str, List[str]]]:
+    """(dotted key, the keys its level allows) for every key of `node` that the dataclass `schema` lacks."""
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    for key, value in node.items():
+        if key not in fields:
+            yield prefix + key, sorted(fields)
+        elif dataclasses.is_dataclass(fields[key]) and isinstance(value, dict):
+            yield from _unknown_keys(value, fields[key], f"{prefix}{key}.")
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Hydra lets `+key=value` add a key a typed config lacks, so `+bta=0.1` would train with beta unchanged."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    tree.pop("hydra", None)  # preflight composes the job config with Hydra's own node
+    for key, known in _unknown_keys(tree, Config):
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        _check(False, f"{key} is not a dpo-lab config key{f' (did you mean {near[0]}?)' if near else ''}, so it would "
+                      "change nothing. The keys are in dpo_lab/config.py (python run.py --cfg job prints them); "
+                      "other trl.DPOConfig fields go under trainer.extra (+trainer.extra.NAME=VALUE).")  # fmt: skip
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the offending key and a fix for the first problem found."""
+    _check_known_keys(cfg)
     loss = cfg.loss
     types = list(loss.loss_type)
     _check(len(types) > 0, "loss.loss_type is empty: give at least one loss type, e.g. loss=sigmoid.")

@@ -67,6 +67,8 @@ def test_peft_groups():
         (["data=json", "samples.judge=reward_model"], "needs samples.judge_model"),
         (["samples.judge=pairwise_lm"], "pairwise_lm needs samples.judge_model"),
         (["samples.judge=oracle"], "samples.judge='oracle'"),
+        (["+bta=0.1"], "bta is not a dpo-lab config key \\(did you mean beta\\?\\)"),
+        (["+trainer.batch_size=4"], "trainer.batch_size is not a dpo-lab config key"),
     ],
 )
 def test_semantic_checks_name_the_key(overrides, message):
@@ -79,6 +81,7 @@ def test_semantic_checks_name_the_key(overrides, message):
     [
         (["loss=nonsense"], ["loss/nonsense", "ipo", "sigmoid"]),  # names the valid choices
         (["bta=0.1"], ["bta"]),
+        (["+bta=0.1"], ["bta is not a dpo-lab config key", "did you mean beta"]),  # Hydra's own hint for the above
         (["beta=high"], ["beta", "high"]),
         (["trainer.batch_size=4"], ["batch_size"]),
     ],
