@@ -31,6 +31,9 @@ class Preferences:
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
     """Read a JSON array, JSON Lines, Parquet or CSV file into a list of dicts."""
+    if os.path.isdir(path):
+        raise UserError(f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
+                        "itself (.json, .jsonl, .parquet or .csv) inside it.")  # fmt: skip
     if not os.path.isfile(path):
         raise UserError(f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
                         f"relative to the directory you ran from: {os.getcwd()}).")  # fmt: skip

@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Any, Dict, Iterator, List, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab import memory, precision, quality
 from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS, START_METHODS, Config
@@ -33,8 +33,6 @@ def _unknown_keys(node: Dict[str, Any], schema: type, prefix: str = "") -> Itera
 def _check_known_keys(cfg: DictConfig) -> None:
     """Hydra lets `+key=value` add a key a typed config lacks, so `+bta=0.1` would train with beta unchanged."""
     import difflib
-
-    from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     tree.pop("hydra", None)  # preflight composes the job config with Hydra's own node
@@ -113,6 +111,9 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     _check(d.source in ("toy", "files", "hub"), f"data.source={d.source!r}: use toy, files or hub (data=toy|json|hub).")
+    _check(d.source != "files" or not (OmegaConf.is_missing(d, "train_file") or d.train_file is None), "data=json needs data.train_file: your preference file "
+           "(JSON array, JSON Lines, .parquet or .csv with prompt, chosen, rejected), e.g. data.train_file=train.jsonl.")
+    _check(d.source != "hub" or bool(d.name), "data=hub needs data.name: a hub dataset id, e.g. data.name=trl-lib/ultrafeedback_binarized.")
     _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1).")
     fmt = d.prompt_format
     _check(

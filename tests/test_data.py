@@ -105,6 +105,8 @@ def test_bad_files_name_line_row_and_field(tmp_path, content, message):
     "args, message",
     [
         (["data=json", "data.train_file=missing.json"], "Data file 'missing.json' does not exist"),
+        (["data=json", "data.train_file=."], "Data file '.' is a directory"),
+        (["data=json", "data.train_file=null"], "data=json needs data.train_file"),
         (["data=json", "data.train_file=bad.json"], "row 1 has no 'rejected'"),
         (["model=hf", "model.path=/no/such/checkpoint"], "model.path='/no/such/checkpoint' does not exist"),
         (["loss=robust", "loss.label_smoothing=0.9"], "label_smoothing=0.9 is out of range"),
