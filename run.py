@@ -5,7 +5,6 @@
 """
 
 import logging
-import os
 import sys
 
 import hydra
@@ -50,7 +49,7 @@ def main(cfg: DictConfig) -> float:
     # A fresh process per job keeps a sweep's jobs from leaking memory or state into each other.
     isolate = cfg.isolate == "always" or (cfg.isolate == "auto" and multirun)
     n_jobs = int(hc.launcher.get("n_jobs") or 1) if multirun else 1  # jobs running at once (joblib: n_jobs)
-    threads = cfg.cpu_threads or cpu_threads(n_jobs if n_jobs > 0 else len(os.sched_getaffinity(0)))
+    threads = cfg.cpu_threads or cpu_threads(n_jobs)
     result = launch(job_dir, train, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
                     threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)
     if not multirun and result["status"] != "completed":

@@ -100,10 +100,11 @@ PRELOAD = ["torch", "transformers", "datasets", "peft", "accelerate", "wandb", "
 
 
 def cpu_threads(concurrent: int) -> Optional[int]:
-    """torch threads for each of `concurrent` jobs sharing this machine's cores (None: one job, torch's default)."""
-    if concurrent <= 1:
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // concurrent)
+    """torch threads for each of `concurrent` jobs sharing this machine's cores (None: one job, torch's default;
+    `concurrent` <= 0, joblib's n_jobs=-1: one job per core)."""
+    cores = len(os.sched_getaffinity(0))
+    concurrent = concurrent if concurrent > 0 else cores
+    return None if concurrent == 1 else max(1, cores // concurrent)
 
 
 def _context(start_method: str):

@@ -111,8 +111,9 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     _check(d.source in ("toy", "files", "hub"), f"data.source={d.source!r}: use toy, files or hub (data=toy|json|hub).")
-    _check(d.source != "files" or not (OmegaConf.is_missing(d, "train_file") or d.train_file is None), "data=json needs data.train_file: your preference file "
-           "(JSON array, JSON Lines, .parquet or .csv with prompt, chosen, rejected), e.g. data.train_file=train.jsonl.")
+    no_file = OmegaConf.is_missing(d, "train_file") or d.train_file is None
+    _check(d.source != "files" or not no_file, "data=json needs data.train_file: your preference file (JSON array, "
+           "JSON Lines, .parquet or .csv with prompt, chosen, rejected), e.g. data.train_file=train.jsonl.")  # fmt: skip
     _check(d.source != "hub" or bool(d.name), "data=hub needs data.name: a hub dataset id, e.g. data.name=trl-lib/ultrafeedback_binarized.")
     _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1).")
     fmt = d.prompt_format
