@@ -22,7 +22,14 @@ def pick_device(device: str) -> str:
 def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # a missing or malformed tokenizer file surfaces as OSError, ValueError, KeyError...
+        reason = " ".join(str(e).split()).rstrip(".")  # transformers' messages span lines: keep one paragraph
+        raise UserError(f"Cannot load the tokenizer of {path!r}: {type(e).__name__}: {reason}. A checkpoint needs "
+                        "the tokenizer files save_pretrained writes (tokenizer.json and tokenizer_config.json): save "
+                        "the tokenizer beside the model (tokenizer.save_pretrained(DIR)), or for a hub id check the "
+                        "id and internet access.") from None  # fmt: skip
     if tok.pad_token is None:  # many causal LMs ship without one; TRL needs it for batching
         tok.pad_token = tok.eos_token
     return tok
@@ -40,7 +47,27 @@ def check_model_path(path: Optional[str], key: str = "model.path") -> str:
     if os.path.isdir(expanded) and not os.path.isfile(os.path.join(expanded, "config.json")):
         raise UserError(f"{key}={path!r} is a directory without config.json, so it is not a Hugging Face "
                         "checkpoint. Point it at the directory that save_pretrained wrote.")  # fmt: skip
+    if os.path.isdir(expanded):
+        _check_model_config(os.path.join(expanded, "config.json"), key)
     return expanded
+
+
+def _check_model_config(config_file: str, key: str) -> None:
+    """transformers reads config.json first and fails on it with a traceback: check it here, at preflight."""
+    import json
+
+    fix = f"Restore it from the original checkpoint (save_pretrained writes it), or point {key} at a whole one."
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_file} (the config.json of {key}) cannot be read: {e}. {fix}") from None
+    except ValueError as e:
+        raise UserError(f"{config_file} (the config.json of {key}) is not valid JSON ({e}). {fix}") from None
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("auto_map")):
+        # transformers 5 needs model_type to pick the architecture (auto_map: a remote-code model names its own)
+        raise UserError(f"{config_file} (the config.json of {key}) has no model_type, so transformers cannot tell "
+                        f"which architecture it is. {fix}")  # fmt: skip
 
 
 def load_model(path: str, cfg, dtype: str):

@@ -1,0 +1,61 @@
+"""User mistakes with paths, permissions and devices (issue 11): each ends in one paragraph naming the file or key
+and the fix, a non-zero exit, and no traceback."""
+
+import json
+import shutil
+
+import pytest
+from conftest import TINY, run_py, tiny_toy
+
+from dpo_lab.errors import UserError
+
+
+def assert_refused(proc, *needles):
+    """One clear refusal: non-zero exit, no traceback, and every needle in the output."""
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    for needle in needles:
+        assert needle in proc.stdout, f"{needle!r} not in:\n{proc.stdout[-3000:]}"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A copy of the tiny toy model: a complete save_pretrained directory to break."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_toy()["model"], path)
+    return path
+
+
+@pytest.mark.parametrize("text, says", [("not json{", "is not valid JSON"), ('{"hidden_size": 32}', "has no model_type"),
+                                        ("[1, 2]", "has no model_type")])  # fmt: skip
+def test_a_corrupt_model_config_is_refused_naming_the_file(checkpoint, text, says):
+    from dpo_lab.modeling import check_model_path
+
+    (checkpoint / "config.json").write_text(text)
+    with pytest.raises(UserError, match=says) as e:
+        check_model_path(str(checkpoint))
+    assert str(checkpoint / "config.json") in str(e.value) and "model.path" in str(e.value)
+    assert check_model_path(tiny_toy()["model"]) == tiny_toy()["model"]  # an intact one passes
+
+
+def test_a_sweep_over_a_corrupt_model_config_stops_at_preflight(checkpoint, tmp_path):
+    (checkpoint / "config.json").write_text("not json{")
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", TINY, "model=hf", f"model.path={checkpoint}", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path, timeout=300)  # fmt: skip
+    assert_refused(proc, "2 of 2 jobs would fail", f"{checkpoint / 'config.json'} (the config.json of model.path) is not valid JSON")
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("breakage", ["missing", "garbage", "wrong structure"])
+def test_a_broken_tokenizer_is_a_user_error(checkpoint, breakage):
+    from dpo_lab.modeling import load_tokenizer
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if breakage == "missing":
+            (checkpoint / name).unlink()
+    if breakage != "missing":
+        (checkpoint / "tokenizer.json").write_text("garbage" if breakage == "garbage" else json.dumps({"model": {}}))
+    with pytest.raises(UserError, match="Cannot load the tokenizer of") as e:
+        load_tokenizer(str(checkpoint))
+    assert "\n" not in str(e.value) and "tokenizer.save_pretrained" in str(e.value)
