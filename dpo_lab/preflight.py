@@ -72,3 +72,56 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
             failures.append((overrides, f"{type(e).__name__}: {e}".replace("\n", " ")))
     return jobs, failures
+
+
+def check_writable_dir(path: str, key: str) -> None:
+    """UserError naming `key` unless directory `path` exists or can be made, and takes files; leaves nothing behind
+    (a preflight that fails must not leave empty directories)."""
+    import os
+    import tempfile
+
+    full = os.path.abspath(os.path.expanduser(str(path)))
+    created = []
+    try:
+        missing, parent = [], full
+        while not os.path.lexists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+                created.append(d)
+            except FileExistsError:  # another sweep made it meanwhile
+                pass
+        fd, probe = tempfile.mkstemp(dir=full, prefix=".dpo-lab-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{key}={path} cannot be written: {_why_not_writable(full, e)}. Point {key} at a directory "
+                        f"you can write to ({key}=/path/you/own/...), or fix the permissions.") from None  # fmt: skip
+    finally:
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:  # someone else's files arrived in it: theirs now
+                pass
+
+
+def _why_not_writable(path: str, error: OSError) -> str:
+    """The reason in words: which part of `path` is a file, or which existing directory refuses writes."""
+    import os
+
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a directory"
+    if parent == path:
+        return f"{path} refuses new files ({error.strerror})"
+    return f"{parent} refuses new directories ({error.strerror})"
+
+
+def check_dirs(config: DictConfig) -> None:
+    """The sweep's directory and its report's (results_dir) must be writable: found here, not after the jobs ran."""
+    check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+    check_writable_dir(config.results_dir, "results_dir")

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import sys
 from typing import List
 
 from hydra.experimental.callback import Callback
@@ -32,15 +33,30 @@ def run_name(overrides: List[str], swept: List[str]) -> str:
 
 
 class SweepCallback(Callback):
-    """Hydra callback: record the sweep's arguments when a multirun starts; when it ends, print and save the
-    results table and exit 1 if any job failed."""
+    """Hydra callback: check the output directories can be written before anything runs; record the sweep's
+    arguments when a multirun starts; when it ends, print and save the results table and exit 1 if any job failed."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        """A single run: Hydra makes hydra.run.dir right after this, and a failure there is a traceback."""
+        from dpo_lab.preflight import check_writable_dir
+
+        try:
+            check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
+        except UserError as e:
+            print(e, file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from dpo_lab.job import start_server
-        from dpo_lab.preflight import preflight
+        from dpo_lab.preflight import check_dirs, preflight
 
+        try:
+            check_dirs(config)
+        except UserError as e:
+            print(f"Preflight: {e}")
+            raise SystemExit(2) from None
         if config.isolate != "never":  # its imports overlap with the preflight
             start_server(config.start_method)
         try:

@@ -2,6 +2,7 @@
 and the fix, a non-zero exit, and no traceback."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -59,3 +60,35 @@ def test_a_broken_tokenizer_is_a_user_error(checkpoint, breakage):
     with pytest.raises(UserError, match="Cannot load the tokenizer of") as e:
         load_tokenizer(str(checkpoint))
     assert "\n" not in str(e.value) and "tokenizer.save_pretrained" in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["hydra.sweep.dir", "results_dir", "hydra.run.dir"])
+def test_an_output_dir_under_a_file_is_refused_before_anything_runs(tmp_path, key):
+    (tmp_path / "afile").write_text("")
+    sweep = ["-m", "beta=0.1,0.2"] if key != "hydra.run.dir" else []
+    own = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if key == "results_dir" else []
+    proc = run_py(*sweep, TINY, "wandb.mode=disabled", f"{key}={tmp_path / 'afile' / 'out'}", *own, cwd=tmp_path,
+                  timeout=300)  # fmt: skip
+    assert_refused(proc, f"{key}={tmp_path / 'afile' / 'out'} cannot be written: {tmp_path / 'afile'} is a file, not a directory",
+                   f"Point {key} at a directory you can write to")  # fmt: skip
+    assert proc.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing was made
+
+
+def test_a_read_only_parent_is_named(tmp_path, monkeypatch):
+    from dpo_lab.preflight import check_writable_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: make the refusal the kernel would give
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(UserError, match=f"{locked} refuses new directories .Permission denied.") as e:
+        check_writable_dir(str(locked / "sweep" / "0"), "hydra.sweep.dir")
+    assert "Point hydra.sweep.dir at a directory you can write to" in str(e.value)
+    monkeypatch.undo()
+    locked.chmod(0o755)
+    check_writable_dir(str(locked / "sweep" / "0"), "hydra.sweep.dir")  # writable now, and the probe left nothing
+    assert list(locked.iterdir()) == []
