@@ -85,6 +85,10 @@ class SweepCallback(Callback):
                        "params": params, "swept_keys": swept, "objective": config.objective, "jobs": jobs}, f, indent=2)  # fmt: skip
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:  # a single run has no sweep to report on
+            return
         try:  # the report is a convenience: it must never take a sweep down
             write_report(config.hydra.sweep.dir)
         except Exception as e:
