@@ -2,9 +2,11 @@
 
 Every problem a user can fix is raised as UserError naming the file, row and field. Rows that would
 teach nothing (chosen == rejected, or a prompt that alone fills max_length, which TRL drops silently)
-are dropped, counted and reported.
+are dropped, counted and reported. load_preferences is the one path from data to trainer rows: the run
+and preflight both call it.
 """
 
+import codecs
 import json
 import logging
 import os
@@ -19,6 +21,11 @@ from dpo_lab.errors import UserError
 log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
+# The roles of TRL's conversational format (tool: a tool's answer in an agent transcript). A model's chat template
+# may accept fewer (the toy model's knows only user and assistant): check_chat_template asks the template itself.
+ROLES = ("system", "user", "assistant", "tool")
+FIELD_FIX = ('Each field is text, or a list of messages such as [{"role": "user", "content": "..."}] (role one of '
+             f"{', '.join(ROLES)}; content text). Fix the row or remove it.")  # fmt: skip
 
 
 @dataclass
@@ -29,6 +36,28 @@ class Preferences:
     eval: List[Dict[str, Any]]
 
 
+def _kind(value: Any) -> str:
+    """What an unexpected value is, for a message ("a number (5)", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r:.20})"
+    if isinstance(value, str):
+        return f"the text {value!r:.40}"
+    if isinstance(value, dict):
+        return f"an object with keys {sorted(map(str, value))[:8]}"
+    if isinstance(value, list):
+        return f"a list ({len(value)} items)"
+    return f"a {type(value).__name__}"
+
+
+def _one_line(e: BaseException) -> str:
+    """A library's error message as one line (pandas' and transformers' span several)."""
+    return " ".join(str(e).split()).rstrip(".")
+
+
 def read_rows(path: str) -> List[Dict[str, Any]]:
     """Read a JSON array, JSON Lines, Parquet or CSV file into a list of dicts."""
     if os.path.isdir(path):
@@ -37,66 +66,165 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
     if not os.path.isfile(path):
         raise UserError(f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
                         f"relative to the directory you ran from: {os.getcwd()}).")  # fmt: skip
+    if os.path.getsize(path) == 0:
+        raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
     ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext in (".parquet", ".csv"):
-            import pandas as pd
+    rows = _read_table(path, ext) if ext in (".parquet", ".csv") else _read_json(path)
+    bad = next((i for i, row in enumerate(rows, start=1) if not isinstance(row, dict)), None)
+    if bad:
+        raise UserError(f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
+                        f"one object per line), but row {bad} is {_kind(rows[bad - 1])}.")  # fmt: skip
+    return rows
 
-            frame = pd.read_parquet(path) if ext == ".parquet" else pd.read_csv(path, keep_default_na=False)
-            return frame.to_dict(orient="records")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+
+def _read_table(path: str, ext: str) -> List[Any]:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if ext == ".parquet":  # through Arrow: messages come back as lists and dicts (pandas gives numpy arrays)
+            return pq.read_table(path).to_pylist()
+        # CSV has no types: every cell is text, and an empty cell is "" (not NaN, not a number)
+        return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records")
     except UnicodeDecodeError as e:
-        raise UserError(f"Data file {path!r} is not UTF-8 text ({e}). Save it as UTF-8 JSON / JSON Lines.") from None
+        raise UserError(f"Data file {path!r} is not UTF-8 text ({e}). Save it as UTF-8.") from None
+    except (ValueError, pa.ArrowException) as e:  # pandas' ParserError and Arrow's ArrowInvalid are ValueErrors
+        raise UserError(f"Cannot parse {path!r} as {ext[1:]}: {_one_line(e)}. Check that it is a {ext[1:]} file "
+                        "with prompt, chosen and rejected columns.") from None  # fmt: skip
     except OSError as e:
         raise UserError(f"Cannot read data file {path!r}: {e}.") from None
-    except Exception as e:  # pandas/pyarrow parse errors have many types
-        raise UserError(f"Cannot parse {path!r} as {ext[1:]}: {e}.") from None
+
+
+def _read_json(path: str) -> List[Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"Cannot read data file {path!r}: {e}.") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(f"Data file {path!r} is UTF-16 text (it starts with a UTF-16 byte-order mark). Save it as "
+                        "UTF-8 JSON / JSON Lines.")  # fmt: skip
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark, as some Windows editors write, is fine
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
+                        "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8 JSON / "
+                        "JSON Lines.") from None  # fmt: skip
     if not text.strip():
         raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
     if text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. "
                             "Fix that line (a JSON array of objects) or write the file as JSON Lines.") from None  # fmt: skip
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path!r} line {lineno} is not valid JSON ({e.msg}, column {e.colno}). Each line "
-                                "of a JSON Lines file must be one object with prompt, chosen and rejected.") from None  # fmt: skip
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
-                        "one object per line).")  # fmt: skip
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{path!r} cannot be read as JSON: {_json_limit(e)}. Fix the file.") from None
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path!r} line {lineno} is not valid JSON ({e.msg}, column {e.colno}). Each line "
+                            "of a JSON Lines file must be one object with prompt, chosen and rejected.") from None  # fmt: skip
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{path!r} line {lineno} cannot be read as JSON: {_json_limit(e)}. Fix that line.") from None  # fmt: skip
     return rows
 
 
-def _is_nonempty(value: Any) -> bool:
+def _json_limit(e: Exception) -> str:
+    """Python's JSON reader fails past its limits with a RecursionError or a bare ValueError: say which limit."""
+    if isinstance(e, RecursionError):
+        return "it nests arrays or objects deeper than Python's JSON reader follows"
+    return _one_line(e)  # e.g. an integer of more than 4300 digits
+
+
+def _text_problem(text: str) -> Optional[str]:
+    """Why a string cannot reach a tokenizer (None if it can): a lone surrogate, from a \\ud800-style JSON escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds {text[e.start]!r}, half of a UTF-16 surrogate pair (a broken \\u escape) no tokenizer reads"
+    return None
+
+
+def _field_problem(value: Any) -> Optional[str]:
+    """Why `value` cannot be a prompt, chosen or rejected, as the end of a sentence (None if it can): it must be
+    non-blank text or a list of messages with a known role and text content."""
     if isinstance(value, str):
-        return bool(value.strip())
-    if isinstance(value, list):  # conversational: a list of {"role", "content"} messages
-        return bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-    return False
+        return "is empty" if not value.strip() else _text_problem(value)
+    if not isinstance(value, list):
+        return f"is {_kind(value)}, not text"
+    if not value:
+        return "is an empty list of messages"
+    for j, message in enumerate(value, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            return f'message {j} is {_kind(message)}, not a {{"role", "content"}} object'
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            return f"message {j} has role {role!r:.40}, which TRL and chat templates do not know"
+        if not isinstance(content, str):
+            return f"message {j} has content {_kind(content)}, not text"
+        problem = _text_problem(content)
+        if problem:
+            return f"message {j} content {problem}"
+    if not any(m["content"].strip() for m in value):
+        return "is empty (every message's content is blank)"
+    return None
+
+
+MESSAGE_KEY_KINDS = {bool: "boolean", int: "number", float: "number", str: "text", list: "list", dict: "object"}
+
+
+def _message_key_kind(value: Any) -> str:
+    # Arrow stores a key of every message in one typed column: int and float mix there, other kinds do not
+    return MESSAGE_KEY_KINDS.get(type(value), type(value).__name__)
 
 
 def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
-    """Fail on a missing or empty field (naming row and field); drop and count chosen == rejected pairs."""
+    """Fail on a missing, empty or malformed field, or on rows of mixed kinds (naming row and field); drop and count
+    chosen == rejected pairs."""
     if not rows:
         raise UserError(f"{source} has no rows. It needs rows with prompt, chosen and rejected.")
-    kept, identical = [], 0
+    kinds = {False: "plain text", True: "conversational (lists of messages)"}
+    kept, identical, key_kinds, first = [], 0, {}, None
     for i, row in enumerate(rows, start=1):
         for name in FIELDS:
             if name not in row:
-                raise UserError(f"{source} row {i} has no {name!r} field (it has {sorted(row)}). Every row needs "
-                                "prompt, chosen and rejected; rename the fields or fix the row.")  # fmt: skip
-            if not _is_nonempty(row[name]):
-                raise UserError(f"{source} row {i} field {name!r} is empty or not text ({row[name]!r:.60}). Fill it "
-                                "or remove the row.")  # fmt: skip
+                raise UserError(f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Every "
+                                "row needs prompt, chosen and rejected; rename the fields or fix the row.")  # fmt: skip
+            problem = _field_problem(row[name])
+            if problem and problem.startswith("is empty"):
+                raise UserError(f"{source} row {i} field {name!r} {problem}. Fill it or remove the row.")
+            if problem:
+                raise UserError(f"{source} row {i} field {name!r} {problem}. {FIELD_FIX}")
+        conversational = [isinstance(row[name], list) for name in FIELDS]
+        if len(set(conversational)) > 1:  # TRL decides per row from one field: the others would break its template
+            plain = [n for n, c in zip(FIELDS, conversational) if not c]
+            raise UserError(f"{source} row {i} mixes plain text ({', '.join(plain)}) with lists of messages. A row "
+                            "is one kind: make all three fields lists of messages (the prompt as "
+                            '[{"role": "user", "content": "..."}], chosen and rejected as the answer turns only) or '
+                            "all three plain text.")  # fmt: skip
+        if first is None:
+            first = conversational[0]
+        elif conversational[0] != first:  # TRL reads the whole file the way its first row reads
+            raise UserError(f"{source} row {i} is {kinds[conversational[0]]} but row 1 is {kinds[first]}. All rows "
+                            "of a file must be one kind: convert the rows of the other kind.")  # fmt: skip
+        for name in FIELDS if first else ():
+            for j, message in enumerate(row[name], start=1):
+                for key, value in message.items():
+                    if key in ("role", "content") or value is None:
+                        continue
+                    seen = key_kinds.setdefault(key, (_message_key_kind(value), i))
+                    if seen[0] != _message_key_kind(value):
+                        raise UserError(f"{source} row {i} field {name!r} message {j} has {key!r} = {_kind(value)}, "
+                                        f"but in row {seen[1]} {key!r} is {seen[0]}. The trainer stores every message "
+                                        "in one table, so a key needs one kind throughout: make them agree or drop the "
+                                        "key.")  # fmt: skip
         if row["chosen"] == row["rejected"]:
             identical += 1
             continue
@@ -106,6 +234,33 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
     if not kept:
         raise UserError(f"{source}: every row has chosen == rejected; there is nothing to learn.")
     return kept
+
+
+def check_chat_template(rows: List[Dict[str, Any]], tokenizer, source: str) -> None:
+    """Render every conversational row as TRL will (the prompt, prompt + chosen, prompt + rejected), so a chat
+    template that refuses one (a role it lacks, turns out of order) names the row instead of raising in Jinja.
+    `rows` are the file's rows as read, so the numbers are the file's."""
+    if not isinstance(rows[0]["prompt"], list):
+        return
+    from jinja2 import TemplateError
+
+    require_chat_template(tokenizer, source)
+    for i, row in enumerate(rows, start=1):
+        for part, messages in (("prompt", row["prompt"]), ("prompt + chosen", row["prompt"] + row["chosen"]),
+                               ("prompt + rejected", row["prompt"] + row["rejected"])):  # fmt: skip
+            try:
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=part == "prompt")
+            except TemplateError as e:
+                raise UserError(f"{source} row {i}: the chat template of {tokenizer.name_or_path!r} refuses its "
+                                f"{part} messages ({_one_line(e)}). Change the row to roles and turns that template "
+                                "accepts, or use a model whose template accepts them.") from None  # fmt: skip
+
+
+def require_chat_template(tokenizer, source: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{source}: conversational rows (or data.prompt_format=chat) need the model's chat template, "
+                        f"but the tokenizer of {tokenizer.name_or_path!r} has none. Use a chat model, or plain-text "
+                        "rows with a data.prompt_format such as phi2 or alpaca.")  # fmt: skip
 
 
 def as_text(value: Any) -> str:
@@ -140,7 +295,19 @@ def prompt_ids(tokenizer, prompt: Any) -> List[int]:
 
 def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
     """Drop rows whose prompt alone reaches max_length: TRL would silently drop them anyway."""
-    kept = [r for r in rows if len(prompt_ids(tokenizer, r["prompt"])) < max_length]
+    from jinja2 import TemplateError
+
+    if rows and isinstance(rows[0]["prompt"], list):
+        require_chat_template(tokenizer, source)
+    kept = []
+    for row in rows:
+        try:
+            if len(prompt_ids(tokenizer, row["prompt"])) < max_length:
+                kept.append(row)
+        except TemplateError as e:  # check_chat_template names the row; this is data.prompt_format=chat's case
+            raise UserError(f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
+                            f"{as_text(row['prompt'])!r:.60} ({_one_line(e)}). Use another data.prompt_format, or a "
+                            "model whose template accepts it.") from None  # fmt: skip
     dropped = len(rows) - len(kept)
     if dropped:
         log.warning("%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
@@ -166,8 +333,15 @@ def _load_hub(cfg: DictConfig):
     return train, evals
 
 
+def _checked(rows: List[Dict[str, Any]], source: str, tokenizer) -> List[Dict[str, Any]]:
+    kept = check_rows(rows, source)
+    check_chat_template(rows, tokenizer, source)
+    return kept
+
+
 def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Optional[Dict[str, str]] = None) -> Preferences:
-    """Read, check, format and split the data described by the `data` config group."""
+    """Read, check, format and split the data described by the `data` config group: the run's one path from data to
+    trainer rows, which preflight runs too."""
     if cfg.source == "hub":
         train, evals = _load_hub(cfg)
         train_name, eval_name = f"hub:{cfg.name}[{cfg.train_split}]", f"hub:{cfg.name}[{cfg.eval_split}]"
@@ -177,7 +351,7 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Opt
         train = read_rows(train_name)
         evals = read_rows(eval_name) if eval_name else None
 
-    train = check_rows(train, train_name)
+    train = _checked(train, train_name, tokenizer)
     if evals is None:
         import random
 
@@ -194,7 +368,7 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Opt
         eval_name = f"{train_name} (held-out {cfg.eval_fraction:.0%}, seed {cfg.split_seed})"
         log.info("No eval file: held out %d of %d train rows for evaluation.", len(evals), len(train) + len(evals))
     else:
-        evals = check_rows(evals, eval_name)
+        evals = _checked(evals, eval_name, tokenizer)
 
     if cfg.max_train_samples:
         train = train[: cfg.max_train_samples]

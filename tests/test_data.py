@@ -101,6 +101,69 @@ def test_bad_files_name_line_row_and_field(tmp_path, content, message):
     assert str(path) in str(err.value)
 
 
+def conv(prompt="q", chosen="yes", rejected="no", **extra):
+    """A conversational row: one user turn, one assistant answer each."""
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad_row, message",
+    [
+        (conv(prompt=5), "row 2 field 'prompt' message 1 has content a number (5), not text"),
+        (conv(chosen=None), "row 2 field 'chosen' message 1 has content null, not text"),
+        (conv(rejected={"text": "no"}), "row 2 field 'rejected' message 1 has content an object with keys ['text']"),
+        ({**conv(), "prompt": [{"role": "human", "content": "q"}]}, "message 1 has role 'human', which TRL"),
+        ({**conv(), "prompt": ["q"]}, "row 2 field 'prompt' message 1 is the text 'q', not a {\"role\", \"content\"}"),
+        ({**conv(), "prompt": [{"role": "user"}]}, "message 1 is an object with keys ['role'], not a"),
+        ({**conv(), "chosen": [{"role": "assistant", "content": " "}]}, "row 2 field 'chosen' is empty (every"),
+        ({**conv(), "prompt": "q"}, "row 2 mixes plain text (prompt) with lists of messages"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "row 2 is plain text but row 1 is conversational"),
+        ({**conv(), "prompt": [{"role": "user", "content": "q", "name": 1}]}, "but in row 1 'name' is text"),
+        ({"prompt": 3, "chosen": "a", "rejected": "b"}, "row 2 field 'prompt' is a number (3), not text"),
+    ],
+)
+def test_bad_conversational_rows_name_row_field_and_fix(tmp_path, bad_row, message):
+    path = tmp_path / "conv.jsonl"
+    first = conv()
+    first["prompt"][0]["name"] = "x"  # an extra message key: fine while every message agrees on its kind
+    path.write_text("\n".join(json.dumps(r) for r in [first, bad_row]))
+    with pytest.raises(UserError) as err:
+        check_rows(read_rows(str(path)), str(path))
+    assert message in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_role_the_chat_template_refuses_names_the_row(tmp_path, tokenizer):
+    rows = [conv(f"q{i}") for i in range(6)]
+    rows[3]["prompt"].insert(0, {"role": "system", "content": "Be brief."})  # the toy template knows no system role
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    with pytest.raises(UserError, match=r"c.json row 4: the chat template of .* refuses its prompt messages \(the toy"):
+        load_preferences(data_cfg(source="files", train_file=str(tmp_path / "c.json")), tokenizer, 256)
+
+
+def test_conversational_parquet_and_extra_columns_load(tmp_path, tokenizer):
+    rows = [conv(f"q{i}", required_words=["q"]) for i in range(10)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
+    assert read_rows(str(tmp_path / "c.parquet")) == rows  # lists and dicts, not numpy arrays
+    prefs = load_preferences(data_cfg(source="files", train_file=str(tmp_path / "c.parquet")), tokenizer, 256)
+    assert len(prefs.train) + len(prefs.eval) == 10 and prefs.train[0]["required_words"] == ["q"]
+
+
+@pytest.mark.parametrize(
+    "encoding, message",
+    [("utf-8-sig", None), ("utf-16", "is UTF-16 text"), ("latin-1", "line 2 holds byte 0xe9, which UTF-8 does not")],
+)
+def test_encodings(tmp_path, encoding, message):
+    path = tmp_path / "e.jsonl"
+    path.write_bytes("\n".join(json.dumps(r, ensure_ascii=False) for r in [ROWS[0], {**ROWS[1], "prompt": "café"}]).encode(encoding))
+    if message is None:
+        assert read_rows(str(path))[1]["prompt"] == "café"
+    else:
+        with pytest.raises(UserError, match=message):
+            read_rows(str(path))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
