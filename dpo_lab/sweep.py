@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import sys
-from typing import List
+from typing import List, Optional
 
 from hydra.experimental.callback import Callback
 
@@ -87,22 +87,45 @@ class SweepCallback(Callback):
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
-        if config.hydra.mode != RunMode.MULTIRUN:  # a single run has no sweep to report on
-            return
-        try:  # the report is a convenience: it must never take a sweep down
-            write_report(config.hydra.sweep.dir)
-        except Exception as e:
-            log.warning("Could not update the sweep report: %s", e)
+        if config.hydra.mode == RunMode.MULTIRUN:  # a single run has no sweep to report on
+            self._report(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from dpo_lab.report import collect
 
         sweep_dir = config.hydra.sweep.dir
-        out = write_report(sweep_dir)
-        rows = collect(sweep_dir)
-        failed = [r for r in rows if r.get("status") != "completed"]
-        browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
-        print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed (report: {out}/report.md)\n"
-              f"{leaderboard(rows, sweep_objective(sweep_dir))}\n{browse}", flush=True)  # fmt: skip
+        out = self._report(sweep_dir)
+        try:
+            rows = collect(sweep_dir)
+            failed = [r for r in rows if r.get("status") != "completed"]
+            browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
+            where = f"report: {out}/report.md" if out else "no report: see the warning above"
+            print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed ({where})\n"
+                  f"{leaderboard(rows, sweep_objective(sweep_dir))}\n{browse}", flush=True)  # fmt: skip
+        except Exception as e:  # Hydra would make this a warning and exit 0: a sweep it cannot vouch for fails
+            print(f"\nSweep {sweep_dir}: its results could not be read back ({type(e).__name__}: {e}); each job's "
+                  "result.json holds its own.", flush=True)  # fmt: skip
+            raise SystemExit(1) from None
         if failed:
             raise SystemExit(1)
+
+    def _report(self, sweep_dir: str) -> Optional[str]:
+        """Write the sweep report (its directory, or None). Where results_dir refuses it, into the sweep dir instead,
+        with one warning saying where it tried: the report is a convenience and never takes a sweep down."""
+        first = fallback = None
+        try:
+            return write_report(sweep_dir)
+        except Exception as e:
+            first = f"{type(e).__name__}: {e}"
+        tried = (read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("results_dir")
+        if tried and os.path.abspath(tried) != os.path.abspath(os.path.join(sweep_dir, "report")):
+            try:
+                fallback = write_report(sweep_dir, os.path.join(sweep_dir, "report"))
+            except Exception:
+                pass
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning("Could not write the sweep report to %s (%s); %s", tried or os.path.join(sweep_dir, "report"),
+                        first, f"writing it to {fallback} instead." if fallback else "the results table is printed "
+                        f"when the sweep ends (python -m dpo_lab report {sweep_dir} --out DIR writes it elsewhere).")  # fmt: skip
+        return fallback

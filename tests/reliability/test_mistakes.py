@@ -92,3 +92,52 @@ def test_a_read_only_parent_is_named(tmp_path, monkeypatch):
     locked.chmod(0o755)
     check_writable_dir(str(locked / "sweep" / "0"), "hydra.sweep.dir")  # writable now, and the probe left nothing
     assert list(locked.iterdir()) == []
+
+
+def _finished_sweep(sweep, statuses):
+    """A sweep dir whose jobs ended with `statuses`, as collect() reads it."""
+    (sweep).mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"name": "dpo-sweep", "results_dir": "/nowhere/dpo-sweep",
+                                                  "swept_keys": ["beta"], "objective": "auto"}))  # fmt: skip
+    for i, status in enumerate(statuses):
+        (sweep / str(i)).mkdir()
+        (sweep / str(i) / "job.json").write_text(json.dumps({"name": f"beta=0.{i + 1}", "overrides": [f"beta=0.{i + 1}"]}))
+        (sweep / str(i) / "result.json").write_text(json.dumps({"status": status, "name": f"beta=0.{i + 1}"}))
+
+
+def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_status(tmp_path, monkeypatch, capsys, caplog):
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from dpo_lab import sweep as sweep_module
+
+    def refuse(sweep_dir, out_dir=None):
+        raise PermissionError(13, "Permission denied", out_dir or "/nowhere/dpo-sweep")
+
+    monkeypatch.setattr(sweep_module, "write_report", refuse)
+    sweep = tmp_path / "sweep"
+    _finished_sweep(sweep, ["completed", "failed"])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "mode": RunMode.MULTIRUN}})
+    callback = sweep_module.SweepCallback()
+    callback.on_job_end(config, None)  # each job's end tries the report too: one warning in all
+    with pytest.raises(SystemExit) as e:
+        callback.on_multirun_end(config)
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert "1/2 jobs completed (no report: see the warning above)" in out and "| 1   | beta=0.2 | failed" in out
+    warnings = [r.getMessage() for r in caplog.records if "Could not write the sweep report" in r.getMessage()]
+    assert len(warnings) == 1 and "to /nowhere/dpo-sweep (PermissionError" in warnings[0]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp_path):
+    sweep, results = tmp_path / "sweep", tmp_path / "results"
+    results.mkdir()
+    (results / "dpo-sweep").write_text("")  # where the report goes: taken by a file, after preflight checked results_dir
+    proc = run_py("-m", TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+                  f"results_dir={results}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
+    assert f"1/2 jobs completed (report: {sweep / 'report'}/report.md)" in proc.stdout
+    assert proc.stdout.count(f"Could not write the sweep report to {results / 'dpo-sweep'}") == 1
+    assert (sweep / "report" / "report.md").is_file() and (sweep / "summary.csv").is_file()
