@@ -299,22 +299,25 @@ def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
 
     if rows and isinstance(rows[0]["prompt"], list):
         require_chat_template(tokenizer, source)
-    kept = []
+    kept, shortest = [], None
     for row in rows:
         try:
-            if len(prompt_ids(tokenizer, row["prompt"])) < max_length:
-                kept.append(row)
+            length = len(prompt_ids(tokenizer, row["prompt"]))
         except TemplateError as e:  # check_chat_template names the row; this is data.prompt_format=chat's case
             raise UserError(f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
                             f"{as_text(row['prompt'])!r:.60} ({_one_line(e)}). Use another data.prompt_format, or a "
                             "model whose template accepts it.") from None  # fmt: skip
-    dropped = len(rows) - len(kept)
-    if dropped:
-        log.warning("%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
-                    "for the answer). Raise trainer.max_length or shorten those prompts.", source, dropped, len(rows), max_length)  # fmt: skip
+        if length < max_length:
+            kept.append(row)
+        else:
+            shortest = min(length, shortest or length)
     if not kept:
-        raise UserError(f"{source}: every prompt is at least trainer.max_length={max_length} tokens long, so no "
-                        "pair is left to train on. Raise trainer.max_length.")  # fmt: skip
+        raise UserError(f"{source}: every prompt is at least trainer.max_length={max_length} tokens long (the shortest "
+                        f"is {shortest}), so no pair is left to train on. Raise trainer.max_length above that, or "
+                        "shorten the prompts.")  # fmt: skip
+    if len(kept) < len(rows):
+        log.warning("%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
+                    "for the answer). Raise trainer.max_length or shorten those prompts.", source, len(rows) - len(kept), len(rows), max_length)  # fmt: skip
     return kept
 
 

@@ -32,10 +32,15 @@ def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def check_job(cfg: DictConfig, seen_files: Dict[str, Optional[str]]) -> None:
-    """Raise UserError for anything that would fail this job before its first training step."""
-    from dpo_lab.data import check_rows, read_rows
-    from dpo_lab.modeling import check_model_path
+def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
+    """Raise UserError for anything that would fail this job before its first training step. `seen_files` caches
+    across the jobs of a sweep: the data outcome per (data config, tokenizer, max_length), and each tokenizer."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from dpo_lab.data import load_preferences
+    from dpo_lab.modeling import check_model_path, load_tokenizer
     from dpo_lab.validate import validate
 
     validate(cfg)
@@ -44,15 +49,26 @@ def check_job(cfg: DictConfig, seen_files: Dict[str, Optional[str]]) -> None:
     if cfg.samples.count and cfg.samples.judge_model:
         check_model_path(cfg.samples.judge_model, "samples.judge_model")
     if cfg.data.source == "files":
-        for path in (cfg.data.train_file, cfg.data.eval_file):
-            if path and path not in seen_files:  # 15k rows read once per sweep, not once per job
-                try:
-                    check_rows(read_rows(path), path)
-                    seen_files[path] = None
-                except UserError as e:
-                    seen_files[path] = str(e)
-            if path and seen_files[path]:
-                raise UserError(seen_files[path])
+        # The run's own path (read, check, format, drop prompts that fill max_length) with the job's tokenizer, so
+        # a file whose every prompt is too long stops here too; a sweep over loss and beta reads its rows once.
+        if cfg.model.source == "tiny":
+            from dpo_lab.toy import ensure_toy
+
+            model = (ensure_toy(**OmegaConf.to_container(cfg.toy))["model"], None, False)
+        else:
+            model = (check_model_path(cfg.model.path), cfg.model.revision, cfg.model.trust_remote_code)
+        data = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True)
+        key, tokenizer = ("data", data, model, cfg.trainer.max_length), ("tokenizer", model)
+        if key not in seen_files:
+            try:
+                if tokenizer not in seen_files:
+                    seen_files[tokenizer] = load_tokenizer(*model)  # a UserError when it cannot load, as in the job
+                load_preferences(cfg.data, seen_files[tokenizer], cfg.trainer.max_length)
+                seen_files[key] = None
+            except UserError as e:
+                seen_files[key] = str(e)
+        if seen_files[key]:
+            raise UserError(seen_files[key])
 
 
 def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str], str]]]:

@@ -164,6 +164,22 @@ def test_encodings(tmp_path, encoding, message):
             read_rows(str(path))
 
 
+def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp_path):
+    from conftest import compose_cfg
+
+    from dpo_lab.preflight import check_job
+
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([{"prompt": "word " * 300, "chosen": f"a{i}", "rejected": "b"} for i in range(20)]))
+    seen = {}
+    for beta in (0.1, 0.2):  # two jobs of a sweep: the second is answered from the cache
+        cfg = compose_cfg([TINY, "data=json", f"data.train_file={path}", f"beta={beta}"])
+        with pytest.raises(UserError, match=r"long.json: every prompt is at least trainer.max_length=256 tokens long \(the shortest is 602\)"):
+            check_job(cfg, seen)
+        path.unlink(missing_ok=True)
+    assert len([k for k in seen if k[0] == "data"]) == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
