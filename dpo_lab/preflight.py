@@ -77,12 +77,16 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
 
     loader = GlobalHydra.instance().config_loader()
     jobs = expand_jobs(config)
+    numbered = jobs is not None  # the basic sweeper's job i runs in sweep dir's subdir i: a relaunch finds it there
     if jobs is None:  # optuna & co. choose values as they go: check the base config only
         jobs = [[o for o in config.hydra.overrides.task if "," not in o and "(" not in o]]
     failures, seen = [], {}
-    for overrides in jobs:
+    for num, overrides in enumerate(jobs):
         try:
-            check_job(loader.load_sweep_config(config, list(overrides)), seen)
+            job = loader.load_sweep_config(config, list(overrides))
+            check_job(job, seen)
+            if numbered:
+                check_job_dir(job, num)
         except UserError as e:
             failures.append((overrides, str(e)))
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
@@ -141,3 +145,45 @@ def check_dirs(config: DictConfig) -> None:
     """The sweep's directory and its report's (results_dir) must be writable: found here, not after the jobs ran."""
     check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
     check_writable_dir(config.results_dir, "results_dir")
+
+
+def check_job_dir(job: DictConfig, num: int) -> None:
+    """UserError if job `num`'s directory already holds another config. Checked here, before sweep.json and Hydra's
+    multirun.yaml are rewritten, rather than by each job (job.completed_result) once the relaunch is under way. The
+    dir is resolved as Hydra's launchers resolve it (hydra.job.num and id set, HydraConfig current), and the configs
+    are compared as completed_result compares them (resolved, without the hydra node)."""
+    import copy
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from dpo_lab.files import read_json
+
+    if not os.path.isdir(str(job.hydra.sweep.dir)):  # a new sweep: nothing to clash with
+        return
+    cfg = copy.deepcopy(job)
+    joblib = str(cfg.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher")
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg
+    try:
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.job.num = num
+            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}" if joblib else num
+            job_dir = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+            cfg.hydra.runtime.output_dir = os.path.abspath(job_dir)
+        saved = os.path.join(job_dir, "config.yaml")
+        if not os.path.isfile(saved):
+            return
+        hydra.set_config(cfg)  # ${hydra:...} in the job's config resolves as it did in the job
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        now = OmegaConf.to_container(cfg, resolve=True)
+    finally:
+        hydra.cfg = previous
+    if OmegaConf.to_container(OmegaConf.load(saved)) != now:
+        earlier = (read_json(os.path.join(str(job.hydra.sweep.dir), "sweep.json")) or {}).get("overrides")
+        again = f": python run.py -m {' '.join(earlier)} hydra.sweep.dir={job.hydra.sweep.dir}" if earlier else ""
+        raise UserError(f"{job_dir} already holds job {num} of an earlier launch with a different config, so it can be "
+                        "neither skipped nor resumed; nothing was changed. Launch into a new directory "
+                        f"(hydra.sweep.dir=multirun/NEW_NAME), or finish the earlier sweep with its own values{again}.")  # fmt: skip

@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import TINY, run_py, tiny_toy
+from conftest import CONF, TINY, run_py, tiny_toy
 
 from dpo_lab.errors import UserError
 
@@ -141,3 +141,41 @@ def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp
     assert f"1/2 jobs completed (report: {sweep / 'report'}/report.md)" in proc.stdout
     assert proc.stdout.count(f"Could not write the sweep report to {results / 'dpo-sweep'}") == 1
     assert (sweep / "report" / "report.md").is_file() and (sweep / "summary.csv").is_file()
+
+
+def test_a_relaunch_with_changed_values_is_refused_before_anything_is_rewritten(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "config.yaml").write_text("beta: 0.9\n")  # job 0 of an earlier launch, with other values
+    earlier = {"overrides": ["experiment=tiny", "beta=0.9,0.2"], "swept_keys": ["beta"]}
+    (sweep / "sweep.json").write_text(json.dumps(earlier))
+    (sweep / "multirun.yaml").write_text("earlier\n")
+    proc = run_py("-m", TINY, "beta=0.1,0.2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
+    assert_refused(proc, "1 of 2 jobs would fail; nothing was started", f"{sweep / '0'} already holds job 0 of an "
+                   "earlier launch with a different config", "Launch into a new directory (hydra.sweep.dir=",
+                   f"python run.py -m experiment=tiny beta=0.9,0.2 hydra.sweep.dir={sweep}")  # fmt: skip
+    assert json.loads((sweep / "sweep.json").read_text()) == earlier and (sweep / "multirun.yaml").read_text() == "earlier\n"
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml", "sweep.json"]
+
+
+@pytest.mark.slow
+def test_relaunching_the_same_sweep_still_skips_and_a_changed_one_changes_nothing(tmp_path):
+    """Like for like: a job's saved config was resolved in the job (here with ${hydra:...} values), and preflight
+    must resolve the relaunch's the same way, or it would refuse the very sweep it should skip."""
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "tiny_interp.yaml").write_text((CONF / "experiment" / "tiny.yaml").read_text()
+                                           + "wandb:\n  group: g${hydra:job.num}-${hydra:runtime.output_dir}\n")  # fmt: skip
+    sweep = tmp_path / "sweep"
+    args = ["experiment=tiny_interp", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "wandb.mode=disabled",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    run_py("-m", "beta=0.1,0.2", *args, cwd=tmp_path, check=True)
+    assert f"group: g1-{sweep / '1'}" in (sweep / "1" / "config.yaml").read_text()
+    saved = {p: p.read_bytes() for p in [sweep / "sweep.json", sweep / "multirun.yaml", sweep / "0" / "result.json"]}
+
+    again = run_py("-m", "beta=0.1,0.2", *args, cwd=tmp_path, check=True)
+    assert again.stdout.count("already completed; skipping it") == 2 and "2/2 jobs completed" in again.stdout
+
+    changed = run_py("-m", "beta=0.3,0.2", *args, cwd=tmp_path)
+    assert_refused(changed, "1 of 2 jobs would fail; nothing was started", f"{sweep / '0'} already holds job 0")
+    assert {p: p.read_bytes() for p in saved} == saved
