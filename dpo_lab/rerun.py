@@ -5,6 +5,7 @@
     python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID                     # from an online run's config
 """
 
+import itertools
 import logging
 import math
 import os
@@ -40,6 +41,26 @@ def write_logged_config(logged: Dict[str, Any], job_dir: str) -> None:
     OmegaConf.save(OmegaConf.create(saved), os.path.join(job_dir, "config.yaml"))
 
 
+def new_rerun_dir(job_dir: str) -> str:
+    """A fresh `job_dir`/reruns/<time>/, made here: two reruns started in the same second get <time> and <time>-2
+    (os.mkdir either makes the directory or fails, so they cannot both take one)."""
+    base = os.path.join(job_dir, "reruns", time.strftime("%Y-%m-%d_%H-%M-%S"))
+    try:
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        for n in itertools.count(1):
+            path = base if n == 1 else f"{base}-{n}"
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        reruns = os.path.dirname(base)
+        why = "a file, not a directory" if os.path.lexists(reruns) and not os.path.isdir(reruns) else e.strerror
+        raise UserError(f"Cannot make the rerun's directory under {reruns} ({why}). Give it another place: "
+                        "python -m dpo_lab rerun JOB_DIR --out DIR.") from None  # fmt: skip
+
+
 def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     try:
         if job_dir.startswith("wandb:"):
@@ -49,11 +70,11 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
             raise UserError(f"{job_dir} has no config.yaml, so it is not a dpo-lab job directory (one of "
                             "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/).")  # fmt: skip
         cfg = load_config(path, overrides)
+        out = out or new_rerun_dir(job_dir)
     except UserError as e:
         log.error("%s", e)
         return 2
     meta = read_json(os.path.join(job_dir, "job.json")) or {"name": "rerun", "group": None, "overrides": [], "choices": {}}
-    out = out or os.path.join(job_dir, "reruns", time.strftime("%Y-%m-%d_%H-%M-%S"))
     prepare(cfg, out, name=f"{meta['name']} (rerun)", group=meta["group"], overrides=meta["overrides"] + list(overrides),
             choices=meta["choices"])  # fmt: skip
     setup_logging(out)  # the rerun's log goes to its own train.log too

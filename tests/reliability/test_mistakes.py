@@ -179,3 +179,36 @@ def test_relaunching_the_same_sweep_still_skips_and_a_changed_one_changes_nothin
     changed = run_py("-m", "beta=0.3,0.2", *args, cwd=tmp_path)
     assert_refused(changed, "1 of 2 jobs would fail; nothing was started", f"{sweep / '0'} already holds job 0")
     assert {p: p.read_bytes() for p in saved} == saved
+
+
+def test_reruns_started_in_the_same_second_get_their_own_dirs(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from dpo_lab import rerun
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "2026-11-27_10-00-00")  # all in the same second
+    start, made = threading.Barrier(6), []
+
+    def one():
+        start.wait()
+        made.append(rerun.new_rerun_dir(str(tmp_path)))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    base = str(tmp_path / "reruns" / "2026-11-27_10-00-00")
+    assert sorted(made) == sorted([base] + [f"{base}-{n}" for n in range(2, 7)])
+    assert all(os.path.isdir(p) and not os.listdir(p) for p in made)
+
+
+def test_a_rerun_dir_that_cannot_be_made_is_a_user_error(tmp_path, capsys):
+    from dpo_lab.rerun import new_rerun_dir, rerun
+
+    (tmp_path / "config.yaml").write_text("beta: 0.1\n")
+    (tmp_path / "reruns").write_text("")  # taken by a file
+    with pytest.raises(UserError, match=r"Cannot make the rerun's directory under .*reruns \(a file, not a directory\)\. Give it another place: .*--out DIR"):
+        new_rerun_dir(str(tmp_path))
+    assert rerun(str(tmp_path), []) == 2
