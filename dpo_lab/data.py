@@ -336,10 +336,12 @@ def _load_hub(cfg: DictConfig):
     return train, evals
 
 
-def _checked(rows: List[Dict[str, Any]], source: str, tokenizer) -> List[Dict[str, Any]]:
+def _usable(rows: List[Dict[str, Any]], source: str, prompt_format: str, tokenizer, max_length: int):
+    """A file's rows ready for the trainer: checked (errors name the file's row numbers), formatted, and without the
+    pairs that teach nothing (counted)."""
     kept = check_rows(rows, source)
     check_chat_template(rows, tokenizer, source)
-    return kept
+    return drop_long_prompts(format_prompts(kept, prompt_format), tokenizer, max_length, source)
 
 
 def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Optional[Dict[str, str]] = None) -> Preferences:
@@ -354,7 +356,8 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Opt
         train = read_rows(train_name)
         evals = read_rows(eval_name) if eval_name else None
 
-    train = _checked(train, train_name, tokenizer)
+    # Unusable rows go before the split, so the held-out rows are usable ones and max_*_samples count usable rows.
+    train = _usable(train, train_name, cfg.prompt_format, tokenizer, max_length)
     if evals is None:
         import random
 
@@ -368,15 +371,13 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Opt
         held = set(order[:n_eval])
         evals = [train[i] for i in sorted(held)]
         train = [r for i, r in enumerate(train) if i not in held]
-        eval_name = f"{train_name} (held-out {cfg.eval_fraction:.0%}, seed {cfg.split_seed})"
-        log.info("No eval file: held out %d of %d train rows for evaluation.", len(evals), len(train) + len(evals))
+        log.info("No eval file: held out %d of %d usable train rows for evaluation (data.eval_fraction=%s, seed %d).",
+                 len(evals), len(train) + len(evals), cfg.eval_fraction, cfg.split_seed)  # fmt: skip
     else:
-        evals = _checked(evals, eval_name, tokenizer)
+        evals = _usable(evals, eval_name, cfg.prompt_format, tokenizer, max_length)
 
     if cfg.max_train_samples:
         train = train[: cfg.max_train_samples]
     if cfg.max_eval_samples:
         evals = evals[: cfg.max_eval_samples]
-    train = drop_long_prompts(format_prompts(train, cfg.prompt_format), tokenizer, max_length, train_name)
-    evals = drop_long_prompts(format_prompts(evals, cfg.prompt_format), tokenizer, max_length, eval_name)
     return Preferences(train=train, eval=evals)

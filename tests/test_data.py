@@ -45,6 +45,17 @@ def test_holds_out_a_seeded_eval_split_without_eval_file(tmp_path, tokenizer):
     assert not {r["prompt"] for r in a.eval} & {r["prompt"] for r in a.train}
 
 
+def test_the_eval_split_is_held_out_from_usable_rows(tmp_path, tokenizer, caplog):
+    rows = [{**r, "prompt": "word " * 300} if i % 2 else r for i, r in enumerate(ROWS)]  # every other prompt too long
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    cfg = data_cfg(source="files", train_file=str(tmp_path / "t.json"), eval_fraction=0.25, max_train_samples=4)
+    with caplog.at_level(logging.INFO):
+        prefs = load_preferences(cfg, tokenizer, 64)
+    assert "dropped 10 of 20 rows whose prompt alone" in caplog.text and "held out 2 of 10 usable" in caplog.text
+    assert len(prefs.eval) == 2 and len(prefs.train) == 4  # max_train_samples counts usable rows
+    assert all(len(r["prompt"]) < 10 for r in prefs.train + prefs.eval)
+
+
 def test_prompt_formats():
     row = [{"prompt": "Tell a story", "chosen": "a", "rejected": "b"}]
     assert format_prompts(row, "phi2")[0]["prompt"] == "Instruct: Tell a story\nOutput:"
