@@ -7,6 +7,7 @@ and preflight both call it.
 """
 
 import codecs
+import io
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return f"an object with keys {sorted(map(str, value))[:8]}"
     if isinstance(value, list):
-        return f"a list ({len(value)} items)"
+        return f"a list of {len(value)} item{'s' * (len(value) != 1)}"
     return f"a {type(value).__name__}"
 
 
@@ -59,17 +60,27 @@ def _one_line(e: BaseException) -> str:
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
-    """Read a JSON array, JSON Lines, Parquet or CSV file into a list of dicts."""
+    """Read a JSON array, JSON Lines, Parquet or CSV file (by extension; JSON otherwise) into a list of dicts."""
     if os.path.isdir(path):
         raise UserError(f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
                         "itself (.json, .jsonl, .parquet or .csv) inside it.")  # fmt: skip
     if not os.path.isfile(path):
         raise UserError(f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
                         f"relative to the directory you ran from: {os.getcwd()}).")  # fmt: skip
-    if os.path.getsize(path) == 0:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"Cannot read data file {path!r}: {e}.") from None
+    if not raw.strip():
         raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
     ext = os.path.splitext(path)[1].lower()
-    rows = _read_table(path, ext) if ext in (".parquet", ".csv") else _read_json(path)
+    if ext == ".parquet":
+        rows = _parse_parquet(path, raw)
+    elif ext == ".csv":
+        rows = _parse_csv(path, _decode(path, raw))
+    else:
+        rows = _parse_json(path, _decode(path, raw))
     bad = next((i for i, row in enumerate(rows, start=1) if not isinstance(row, dict)), None)
     if bad:
         raise UserError(f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
@@ -77,43 +88,45 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
     return rows
 
 
-def _read_table(path: str, ext: str) -> List[Any]:
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _decode(path: str, raw: bytes) -> str:
+    """The file's text: UTF-8, with or without the byte-order mark some Windows editors write."""
+    head = raw[:200]
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) >= 0.9 * (len(head) // 2)
+    ):  # UTF-16 without a mark: every other byte of ASCII text is zero
+        raise UserError(f"Data file {path!r} is UTF-16 text (a byte-order mark, or every other byte zero). Save it "
+                        "as UTF-8.")  # fmt: skip
     try:
-        if ext == ".parquet":  # through Arrow: messages come back as lists and dicts (pandas gives numpy arrays)
-            return pq.read_table(path).to_pylist()
-        # CSV has no types: every cell is text, and an empty cell is "" (not NaN, not a number)
-        return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records")
-    except UnicodeDecodeError as e:
-        raise UserError(f"Data file {path!r} is not UTF-8 text ({e}). Save it as UTF-8.") from None
-    except (ValueError, pa.ArrowException) as e:  # pandas' ParserError and Arrow's ArrowInvalid are ValueErrors
-        raise UserError(f"Cannot parse {path!r} as {ext[1:]}: {_one_line(e)}. Check that it is a {ext[1:]} file "
-                        "with prompt, chosen and rejected columns.") from None  # fmt: skip
-    except OSError as e:
-        raise UserError(f"Cannot read data file {path!r}: {e}.") from None
-
-
-def _read_json(path: str) -> List[Any]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise UserError(f"Cannot read data file {path!r}: {e}.") from None
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UserError(f"Data file {path!r} is UTF-16 text (it starts with a UTF-16 byte-order mark). Save it as "
-                        "UTF-8 JSON / JSON Lines.")  # fmt: skip
-    try:
-        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark, as some Windows editors write, is fine
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
-                        "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8 JSON / "
-                        "JSON Lines.") from None  # fmt: skip
-    if not text.strip():
-        raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
+                        "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8.") from None  # fmt: skip
+
+
+def _parse_parquet(path: str, raw: bytes) -> List[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:  # through Arrow, not pandas: messages come back as lists and dicts, not numpy arrays
+        return pq.read_table(pa.BufferReader(raw)).to_pylist()
+    except (ValueError, OSError, pa.ArrowException) as e:  # a damaged file: ArrowInvalid, or OSError from thrift
+        raise UserError(f"Cannot parse {path!r} as parquet: {_one_line(e)}. Check that it is a whole parquet file "
+                        "with prompt, chosen and rejected columns.") from None  # fmt: skip
+
+
+def _parse_csv(path: str, text: str) -> List[Any]:
+    import pandas as pd
+
+    try:  # CSV has no types: every cell is text, and an empty cell is "" (not NaN, not a number)
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).to_dict(orient="records")
+    except ValueError as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise UserError(f"Cannot parse {path!r} as CSV: {_one_line(e)}. Check that it is a CSV file with prompt, "
+                        "chosen and rejected columns (cells with commas or newlines in double quotes).") from None  # fmt: skip
+
+
+def _parse_json(path: str, text: str) -> List[Any]:
+    """A JSON array (the text starts with "[") or JSON Lines (one object per line; blank lines are skipped)."""
     if text.lstrip().startswith("["):
         try:
             return json.loads(text)
@@ -166,7 +179,8 @@ def _field_problem(value: Any) -> Optional[str]:
             return f'message {j} is {_kind(message)}, not a {{"role", "content"}} object'
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            return f"message {j} has role {role!r:.40}, which TRL and chat templates do not know"
+            shown = repr(role)[:40] if isinstance(role, str) else _kind(role)
+            return f"message {j} has role {shown}, which TRL and chat templates do not know"
         if not isinstance(content, str):
             return f"message {j} has content {_kind(content)}, not text"
         problem = _text_problem(content)
