@@ -94,6 +94,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device={t.device!r}: use auto, cpu or cuda.")
     reason = precision.check(t.precision, t.extra)
     _check(reason is None, reason)
+    _check_device(cfg)
     _check(str(t.activation_checkpointing).lower() in memory.SETTINGS,
            f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.")  # fmt: skip
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -143,6 +144,28 @@ def validate(cfg: DictConfig) -> None:
         "trainer.extra.liger_kernel_config.fused_linear_cross_entropy=true is rejected by TRL's DPOTrainer (it "
         "drops the fused LM head DPO needs); leave it unset.",
     )
+
+
+# Launchers that run a sweep's jobs on this machine, whose devices preflight can see (submitit's LocalLauncher too;
+# its SlurmLauncher runs them on nodes with GPUs this machine may lack).
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def _check_device(cfg: DictConfig) -> None:
+    """Where the job runs on this machine (a single run, or a sweep launched here), the device trainer.device
+    resolves to must exist and run trainer.precision: fp16 needs CUDA, and would fail every job of a sweep."""
+    from dpo_lab.modeling import pick_device
+
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)  # None: a single run, here
+    if launcher is not None and not str(launcher).endswith(LOCAL_LAUNCHERS):
+        return
+    t = cfg.trainer
+    device = pick_device(t.device)  # a UserError for trainer.device=cuda without CUDA
+    # (not precision.resolve: asking CUDA whether it has bf16 would hold a context on a GPU the jobs need)
+    _check(not (device == "cpu" and precision.LEGACY.get(t.precision, t.precision) == "fp16-mixed"),
+           f"trainer.precision={t.precision} needs a CUDA GPU (fp16 autocast with loss scaling), and trainer.device="
+           f"{t.device} runs this job on the CPU{' (no CUDA device is visible)' if t.device == 'auto' else ''}. Use "
+           "trainer.precision=auto (fp32 on CPU), fp32 or bf16-mixed.")  # fmt: skip
 
 
 def _check_samples(cfg: DictConfig) -> None:

@@ -212,3 +212,37 @@ def test_a_rerun_dir_that_cannot_be_made_is_a_user_error(tmp_path, capsys):
     with pytest.raises(UserError, match=r"Cannot make the rerun's directory under .*reruns \(a file, not a directory\)\. Give it another place: .*--out DIR"):
         new_rerun_dir(str(tmp_path))
     assert rerun(str(tmp_path), []) == 2
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_fp16_on_the_cpu_is_refused_at_preflight(tmp_path, device):
+    if device == "auto" and _cuda():
+        pytest.skip("auto resolves to CUDA here, where fp16 runs")
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", TINY, f"trainer.device={device}", "trainer.precision=fp16", "beta=0.1,0.2",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert_refused(proc, "2 of 2 jobs would fail; nothing was started", "trainer.precision=fp16 needs a CUDA GPU",
+                   f"trainer.device={device} runs this job on the CPU", "Use trainer.precision=auto (fp32 on CPU), fp32 or bf16-mixed")  # fmt: skip
+    assert not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.skipif(_cuda(), reason="CUDA is visible here")
+def test_a_single_run_with_fp16_or_cuda_on_a_cpu_machine_stops_before_training(tmp_path):
+    for args, says in [(["trainer.precision=fp16-mixed"], "trainer.precision=fp16-mixed needs a CUDA GPU"),
+                       (["trainer.device=cuda"], "trainer.device=cuda but no CUDA device is visible")]:  # fmt: skip
+        proc = run_py(TINY, *args, f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, timeout=300)
+        assert_refused(proc, says)
+        assert not (tmp_path / "job" / "result.json").exists()
+
+
+def test_a_sweep_for_cluster_nodes_is_not_judged_by_this_machines_devices(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_py("-m", TINY, "trainer.device=cuda", "trainer.precision=fp16", "beta=0.1,0.2", "hydra/launcher=slurm",
+                  "preflight_only=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "all 2 jobs check out" in proc.stdout, proc.stdout[-3000:]
