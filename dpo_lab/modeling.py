@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pickle
 from typing import Optional
 
 from dpo_lab.errors import UserError
@@ -76,11 +77,18 @@ def load_model(path: str, cfg, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    # No use_safetensors: transformers 5 loads model.safetensors whenever a checkpoint has it, and a .bin-only one
+    # with torch.load(weights_only=True), which runs no pickled code. Remote code runs only with model.trust_remote_code.
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, dtype))
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"Model {path!r} has its weights in a pickle (.bin) that holds more than tensors, and loading it "
+                        f"would run that code (torch: {str(e).split('. ')[0]}). dpo-lab runs no code from checkpoints: where "
+                        "you trust the file, convert it to safetensors (load it and save_pretrained(DIR) writes "
+                        "model.safetensors) and point model.path at DIR.") from None  # fmt: skip
     except (OSError, ValueError) as e:
         raise UserError(f"Cannot load model {path!r}: {e}. For a hub id this needs internet access; otherwise "
                         "point model.path at a local checkpoint directory.") from None  # fmt: skip

@@ -35,10 +35,35 @@ def _from_wandb(ref: str, out: Optional[str]) -> str:
 
 def write_logged_config(logged: Dict[str, Any], job_dir: str) -> None:
     """The dpo-lab config inside a run's wandb config (beside it: overrides, choices, resolved, dtypes, trl) as
-    `job_dir`/config.yaml."""
-    saved = {k: v for k, v in logged.items() if k in Config.__dataclass_fields__}
+    `job_dir`/config.yaml. A remote config is data, never code: only dpo-lab's own keys are kept, `_target_` entries
+    are dropped (nothing here instantiates, and nothing later should get the chance), model.trust_remote_code is
+    turned off (an override turns it back on), and an interpolation is refused, since `${oc.env:HF_TOKEN}` would
+    copy this machine's secrets into the new run's config and wandb run."""
+    saved = {k: _inert(v, k) for k, v in logged.items() if k in Config.__dataclass_fields__}
+    model = saved.get("model")
+    if isinstance(model, dict) and model.get("trust_remote_code"):  # code from the hub runs only when asked here
+        model["trust_remote_code"] = False
+        log.warning("The logged config ran %s with model.trust_remote_code=true; a rerun from it does not trust remote "
+                    "code unless you add model.trust_remote_code=true to the rerun's command line.", model.get("path"))  # fmt: skip
     os.makedirs(job_dir, exist_ok=True)
     OmegaConf.save(OmegaConf.create(saved), os.path.join(job_dir, "config.yaml"))
+
+
+def _inert(value: Any, key: str) -> Any:
+    """`value` without `_target_` entries; UserError naming `key` for an interpolation."""
+    if isinstance(value, dict):
+        if "_target_" in value:
+            log.warning("Dropped %s._target_=%r from the logged config: a rerun instantiates nothing it names.", key,
+                        value["_target_"])  # fmt: skip
+        return {k: _inert(v, f"{key}.{k}") for k, v in value.items() if k != "_target_"}
+    if isinstance(value, list):
+        return [_inert(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        raise UserError(f"The run's logged config sets {key}={value!r}, an interpolation, which a rerun from a remote "
+                        "config does not resolve: it could read this machine's environment (its tokens) into the new "
+                        "run. dpo-lab logs resolved values, so someone edited this one: put the config you mean in a "
+                        "directory's config.yaml and rerun that (python -m dpo_lab rerun DIR).")  # fmt: skip
+    return value
 
 
 def new_rerun_dir(job_dir: str) -> str:
