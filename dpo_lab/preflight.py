@@ -8,9 +8,15 @@ readable and well-formed, model path present.
 import itertools
 from typing import Dict, List, Optional, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.errors import UserError
+
+
+def task_overrides(config: DictConfig) -> List[str]:
+    """The command line's overrides as typed: `wandb.group=g${hydra:job.num}` stays an interpolation for each job to
+    resolve as its own (resolving it here, before any job exists, fails: HydraConfig was not set)."""
+    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
 
 
 def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
@@ -22,7 +28,7 @@ def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
         return None
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     choices = []
-    for o in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+    for o in OverridesParser.create().parse_overrides(params + task_overrides(config)):
         key = o.get_key_element()
         if o.is_sweep_override() and not o.is_discrete_sweep():
             raise UserError(f"{o.input_line}: the basic sweeper takes lists (a,b,c or choice(a,b)); a range or interval "
@@ -36,8 +42,6 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
     """Raise UserError for anything that would fail this job before its first training step. `seen_files` caches
     across the jobs of a sweep: the data outcome per (data config, tokenizer, max_length), and each tokenizer."""
     import json
-
-    from omegaconf import OmegaConf
 
     from dpo_lab.data import load_preferences
     from dpo_lab.modeling import check_model_path, load_tokenizer
@@ -79,7 +83,7 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
     jobs = expand_jobs(config)
     numbered = jobs is not None  # the basic sweeper's job i runs in sweep dir's subdir i: a relaunch finds it there
     if jobs is None:  # optuna & co. choose values as they go: check the base config only
-        jobs = [[o for o in config.hydra.overrides.task if "," not in o and "(" not in o]]
+        jobs = [[o for o in task_overrides(config) if "," not in o and "(" not in o]]
     failures, seen = [], {}
     for num, overrides in enumerate(jobs):
         try:

@@ -50,7 +50,7 @@ class SweepCallback(Callback):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from dpo_lab.job import start_server
-        from dpo_lab.preflight import check_dirs, preflight
+        from dpo_lab.preflight import check_dirs, preflight, task_overrides
 
         try:
             check_dirs(config)
@@ -75,7 +75,7 @@ class SweepCallback(Callback):
             raise SystemExit(0)
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)
-        args = list(config.hydra.overrides.task)
+        args = task_overrides(config)
         params = dict(config.hydra.sweeper.get("params") or {})
         parsed = OverridesParser.create().parse_overrides(args)
         swept = list(params) + [o.key_or_group for o in parsed if o.is_sweep_override()]
