@@ -10,9 +10,16 @@
 The lowest module of the package: it imports nothing of dpo_lab, so anything may import it.
 """
 
+import contextlib
 import json
+import logging
 import os
-from typing import Any, Dict, List, Optional
+import tempfile
+from typing import Any, Dict, Iterator, List, Optional
+
+log = logging.getLogger(__name__)
+_UMASK = os.umask(0o22)  # read once, at import: os.umask can only be read by setting it, which races with threads
+os.umask(_UMASK)
 
 CONFIG, JOB, RUN_INFO, RESULT, SAMPLES, LOG = "config.yaml", "job.json", "run_info.json", "result.json", "samples.jsonl", "train.log"
 
@@ -22,14 +29,43 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@contextlib.contextmanager
+def atomic_write(path: str, mode: Optional[str] = "w", **open_kwargs) -> Iterator[Any]:
+    """Write `path` all at once or not at all: yields a file object on a temp file beside `path`, then fsyncs it
+    and renames it over `path`. A kill or error midway leaves the previous file whole (the temp file is removed on
+    error); each writer gets its own temp name, so processes writing the same file at once never clash on it (the
+    last rename wins). The temp name keeps `path`'s extension (`.x.png.tmp1a2b.png`) for writers that go by it.
+    With mode=None, yields the temp path instead of a file, for writers that open files themselves (savefig)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp", suffix=os.path.splitext(name)[1], dir=folder)
+    try:
+        if mode is None:
+            os.close(fd)
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            with os.fdopen(fd, mode, **open_kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; open() would have made it readable
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def write_json(path: str, obj: Any) -> None:
     """Write `obj` atomically (rank 0 only): a killed job never leaves half a file."""
     if not is_main_rank():
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:

@@ -191,7 +191,8 @@ def plot_eval(rows: List[Dict[str, Any]], path: str) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
 
@@ -221,7 +222,8 @@ def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str =
             ax.text(j, i, text, ha="center", va="center", color="k" if light else "w", fontsize=8)
     fig.colorbar(im)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
 
@@ -250,7 +252,8 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
 
@@ -302,7 +305,7 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
     if failures:
         lines += ["## Failures", ""] + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures] + [""]
     lines += [f"![{name}]({name})" for name, made in plots.items() if made]
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with files.atomic_write(os.path.join(out_dir, "report.md"), encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     if configs:
         _write_configs_csv(configs, swept, os.path.join(out_dir, "summary_by_config.csv"))
@@ -314,7 +317,7 @@ def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> 
     keys = ["job", "name", *swept, "status", *(k for k, _ in HEADLINE), *ERRORS, "best_eval/logratios/margins",
             "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
             "error"]  # fmt: skip
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with files.atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -324,7 +327,7 @@ def _write_configs_csv(configs: List[Dict[str, Any]], swept: List[str], path: st
     metric_keys = list(dict.fromkeys(k for c in configs for k in c if k.endswith("_ci")))
     keys = [k for k in swept if k != "seed"] + ["n", "seeds", "jobs", "vs_best"]
     keys += [x for k in metric_keys for x in (k[: -len("_ci")], k)]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with files.atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(configs)

@@ -141,9 +141,8 @@ class Sampler:
             self.reference = [r["reference"] for r in first]
         self.trainer.accelerator.wait_for_everyone()  # every rank has read the file before rank 0 rewrites it
         if self.main:
-            with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            with files.atomic_write(self.path, encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-            os.replace(self.path + ".tmp", self.path)
         self(step)
 
     def _models(self):

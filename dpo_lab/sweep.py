@@ -1,6 +1,5 @@
 """Sweep-level bookkeeping: preflight, which keys a sweep varies (names its runs), and the report as it runs."""
 
-import json
 import logging
 import os
 import sys
@@ -9,7 +8,7 @@ from typing import List, Optional
 from hydra.experimental.callback import Callback
 
 from dpo_lab.errors import UserError
-from dpo_lab.files import read_json
+from dpo_lab.files import read_json, write_json
 from dpo_lab.report import leaderboard, sweep_objective, write_report
 from dpo_lab.tracking import sweep_commands
 
@@ -80,9 +79,9 @@ class SweepCallback(Callback):
         parsed = OverridesParser.create().parse_overrides(args)
         swept = list(params) + [o.key_or_group for o in parsed if o.is_sweep_override()]
         name = sweep_name(config.name, sweep_dir)
-        with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-            json.dump({"name": name, "results_dir": os.path.join(config.results_dir, name), "overrides": args,
-                       "params": params, "swept_keys": swept, "objective": config.objective, "jobs": jobs}, f, indent=2)  # fmt: skip
+        write_json(os.path.join(sweep_dir, "sweep.json"), {
+            "name": name, "results_dir": os.path.join(config.results_dir, name), "overrides": args, "params": params,
+            "swept_keys": swept, "objective": config.objective, "jobs": jobs})  # fmt: skip
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
