@@ -28,6 +28,8 @@ CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a bes
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
                        "degraded after")]  # fmt: skip
 RUN_STATS = ["steps", "train_seconds", "seconds_to_first_step", "reference_logps", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
+LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -266,8 +268,19 @@ def _vs_baseline(best: Dict[str, Any], obj: quality.Objective) -> str:
     return f" Its interval includes {obj.baseline}, the starting model's score: no run is shown to improve on it."
 
 
-def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
-    """Write summary.csv, report.md and plots for `sweep_dir` into `out_dir` (also a summary into the sweep dir)."""
+def write_report(sweep_dir: str, out_dir: Optional[str] = None, timeout: float = LOCK_TIMEOUT_S) -> str:
+    """Write summary.csv, report.md and plots for `sweep_dir` into `out_dir` (also a summary into the sweep dir).
+
+    Jobs of a joblib sweep end, and write the report, in several processes at once: one writer at a time per sweep
+    dir (a file lock), and each reads the job dirs only once it holds the lock, so a later write never holds an older
+    snapshot than an earlier one, and the sweep's last write, made after every job ended, is the complete one."""
+    from filelock import FileLock
+
+    with FileLock(os.path.join(sweep_dir, REPORT_LOCK), timeout=timeout):
+        return _write_report(sweep_dir, out_dir)
+
+
+def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
     sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
     out_dir = out_dir or sweep.get("results_dir") or os.path.join(sweep_dir, "report")
     os.makedirs(out_dir, exist_ok=True)

@@ -9,10 +9,14 @@ from hydra.experimental.callback import Callback
 
 from dpo_lab.errors import UserError
 from dpo_lab.files import read_json, write_json
-from dpo_lab.report import leaderboard, sweep_objective, write_report
+from dpo_lab.report import LOCK_TIMEOUT_S, leaderboard, sweep_objective, write_report
 from dpo_lab.tracking import sweep_commands
 
 log = logging.getLogger(__name__)
+
+# How long a job's report waits for another process's (a joblib sweep's jobs end at once). Not forever: the job's
+# worker waits with it, and the sweep's final report, which waits LOCK_TIMEOUT_S, covers every job anyway.
+JOB_REPORT_TIMEOUT_S = 120
 
 
 def sweep_name(name: str, sweep_dir: str) -> str:
@@ -87,12 +91,14 @@ class SweepCallback(Callback):
         from hydra.types import RunMode
 
         if config.hydra.mode == RunMode.MULTIRUN:  # a single run has no sweep to report on
-            self._report(config.hydra.sweep.dir)
+            self._report(config.hydra.sweep.dir, timeout=JOB_REPORT_TIMEOUT_S)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from dpo_lab.report import collect
 
         sweep_dir = config.hydra.sweep.dir
+        # The authoritative write: every job (and its own report write, in its worker) has ended, and it waits for
+        # the report lock as long as it takes a writer, so it is the last and complete one.
         out = self._report(sweep_dir)
         try:
             rows = collect(sweep_dir)
@@ -108,18 +114,24 @@ class SweepCallback(Callback):
         if failed:
             raise SystemExit(1)
 
-    def _report(self, sweep_dir: str) -> Optional[str]:
+    def _report(self, sweep_dir: str, timeout: float = LOCK_TIMEOUT_S) -> Optional[str]:
         """Write the sweep report (its directory, or None). Where results_dir refuses it, into the sweep dir instead,
         with one warning saying where it tried: the report is a convenience and never takes a sweep down."""
+        from filelock import Timeout
+
         first = fallback = None
         try:
-            return write_report(sweep_dir)
+            return write_report(sweep_dir, timeout=timeout)
+        except Timeout:  # another process holds the report that long: a job's write is left to the sweep's last one
+            log.warning("The sweep report was locked by another process for %ss; not written now (python -m dpo_lab "
+                        "report %s writes it).", timeout, sweep_dir)  # fmt: skip
+            return None
         except Exception as e:
             first = f"{type(e).__name__}: {e}"
         tried = (read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("results_dir")
         if tried and os.path.abspath(tried) != os.path.abspath(os.path.join(sweep_dir, "report")):
             try:
-                fallback = write_report(sweep_dir, os.path.join(sweep_dir, "report"))
+                fallback = write_report(sweep_dir, os.path.join(sweep_dir, "report"), timeout=timeout)
             except Exception:
                 pass
         if not getattr(self, "_warned", False):

@@ -111,7 +111,7 @@ def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_stat
 
     from dpo_lab import sweep as sweep_module
 
-    def refuse(sweep_dir, out_dir=None):
+    def refuse(sweep_dir, out_dir=None, **kwargs):
         raise PermissionError(13, "Permission denied", out_dir or "/nowhere/dpo-sweep")
 
     monkeypatch.setattr(sweep_module, "write_report", refuse)

@@ -1,13 +1,17 @@
 """Safe writes (issue 11): atomic files with per-writer temp names, one report writer at a time per sweep, a
 samples.jsonl whose last line a kill cut short, and overrides that hold `${...}` interpolations."""
 
+import csv
+import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_py
+from conftest import ROOT, TINY, run_py
 from dpo_lab import files
 
 
@@ -57,6 +61,48 @@ def test_processes_writing_one_file_at_once(tmp_path):
     assert files.read_json(path)["i"] == 149 and leftovers(tmp_path) == []
 
 
+def _fake_sweep(root, statuses):
+    """A sweep dir whose jobs swept beta, with result.json as their jobs would leave it (no training)."""
+    sweep = root / "sweep"
+    sweep.mkdir()
+    files.write_json(str(sweep / "sweep.json"), {"name": "t", "results_dir": str(root / "results"), "swept_keys": ["beta"]})
+    for num, status in enumerate(statuses):
+        job = sweep / str(num)
+        job.mkdir()
+        files.write_json(str(job / files.JOB), {"name": f"beta=0.{num + 1}", "overrides": [f"beta=0.{num + 1}"]})
+        _set_result(job, status, num)
+    return sweep
+
+
+def _set_result(job, status, num):
+    history = [{"step": s, "eval/logratios/margins": 0.1 * s + num, "eval/rewards/accuracies": 0.5} for s in (2, 4)]
+    files.write_json(str(job / files.RESULT), {"status": status, "eval/loss": 0.69 - num / 100, "eval_history": history,
+                                               "eval/logratios/margins": 0.4 + num, "steps": 4})  # fmt: skip
+
+
+def test_a_report_waits_for_the_writer_before_it_and_reads_after(tmp_path):
+    """A writer that read the job dirs before another job ended must not replace a newer report with its snapshot:
+    the second writer reads the job dirs only once the lock is its own."""
+    from filelock import FileLock
+
+    from dpo_lab.report import REPORT_LOCK
+
+    sweep = _fake_sweep(tmp_path, ["completed", "running"])
+    code = "import sys; from dpo_lab.report import write_report; print('ready', flush=True); write_report(sys.argv[1])"
+    with FileLock(str(sweep / REPORT_LOCK)):  # as if another job's process were writing the report
+        proc = subprocess.Popen([sys.executable, "-c", code, str(sweep)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        try:
+            proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        assert proc.poll() is None and not (sweep / "summary.csv").exists()  # waiting for the lock
+        _set_result(sweep / "1", "completed", 1)  # job 1 ends while it waits
+    assert proc.wait(120) == 0
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
 def test_preflight_keeps_interpolations_in_overrides(tmp_path):
     """`${hydra:job.num}` on the command line is each job's to resolve; preflight used to resolve it before any job
     existed and stop with 'HydraConfig was not set'."""
@@ -64,3 +110,24 @@ def test_preflight_keeps_interpolations_in_overrides(tmp_path):
                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Preflight: all 2 jobs check out" in proc.stdout and "HydraConfig" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_joblib_sweep_report_holds_every_job(tmp_path):
+    """Four jobs, two at a time (joblib): each worker writes the report as its job ends, at the same time as the
+    other; the summary ends with every job as its result.json says, and no temp file is left anywhere."""
+    sweep, results = tmp_path / "sweep", tmp_path / "results"
+    proc = run_py("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY,
+                  "wandb.mode=disabled", "wandb.group=g${hydra:job.num}", f"hydra.sweep.dir={sweep}",
+                  f"results_dir={results}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "wandb.group=g${hydra:job.num}" in json.loads((sweep / "sweep.json").read_text())["overrides"]
+    for summary in (sweep / "summary.csv", next(results.glob("*/summary.csv"))):
+        rows = list(csv.DictReader(open(summary)))
+        assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+        for row in rows:
+            result = json.loads((sweep / row["job"] / files.RESULT).read_text())
+            assert row["status"] == result["status"] == "completed"
+            for key in ("eval/logratios/margins", "eval/rewards/margins", "steps"):
+                assert float(row[key]) == pytest.approx(result[key], rel=1e-6)
+    assert leftovers(sweep, results) == []
