@@ -78,8 +78,23 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
-    """The rows of a JSON Lines file (samples.jsonl); empty if the file does not exist."""
+    """The rows of a JSON Lines file (samples.jsonl); empty if the file does not exist.
+
+    The file is append-only, so a kill during an append can leave a partial last line: that line is skipped with a
+    warning (its checkpoint is sampled again on resume). A bad line before the last is damage, not a cut:
+    ValueError naming the file and line."""
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:  # bytes: a cut can split a multi-byte character as well as a row
+        lines = [(n, line) for n, line in enumerate(f.read().split(b"\n"), 1) if line.strip()]
+    rows = []
+    for n, line in lines:
+        try:
+            rows.append(json.loads(line.decode("utf-8")))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            if n == lines[-1][0]:
+                log.warning("%s: ignoring line %d, cut short (%s), presumably by a kill during an append.", path, n, e)
+                break
+            raise ValueError(f"{path}, line {n}: not a JSON row ({e}); the file is damaged there. Repair or delete "
+                             "that line, or move the file aside (a resumed run then samples its checkpoints again).") from None  # fmt: skip
+    return rows

@@ -132,15 +132,21 @@ class Sampler:
 
     def start(self, step: int) -> None:
         """At train begin: keep what an interrupted run of this job sampled up to `step` (where it resumes; 0 for a
-        fresh run) with its reference answers, drop later rows (they are sampled again), then sample `step`."""
+        fresh run) with its reference answers, drop later rows and a step a kill cut short (they are sampled again),
+        then sample `step`."""
         kept = [r for r in files.read_jsonl(self.path) if r["step"] <= step]
+        last = [r["index"] for r in kept if kept and r["step"] == kept[-1]["step"]]
+        if len(last) < len(self.index) and last == self.index[: len(last)]:  # a kill cut that step's rows short
+            log.warning("Samples: step %d has %d of %d rows in %s (cut short); sampling it again.", kept[-1]["step"],
+                        len(last), len(self.index), self.path)  # fmt: skip
+            kept = [r for r in kept if r["step"] != kept[-1]["step"]]
         for s in sorted({r["step"] for r in kept}):
             self._record(s, [r for r in kept if r["step"] == s])
         first = [r for r in kept if r["step"] == min(self.history, default=None)]
         if [r["index"] for r in first] == self.index:
             self.reference = [r["reference"] for r in first]
         self.trainer.accelerator.wait_for_everyone()  # every rank has read the file before rank 0 rewrites it
-        if self.main:
+        if self.main:  # rewritten whole, so a line cut by a kill (read_jsonl skips it) is gone before the next append
             with files.atomic_write(self.path, encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         self(step)

@@ -3,6 +3,7 @@ samples.jsonl whose last line a kill cut short, and overrides that hold `${...}`
 
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -61,6 +62,42 @@ def test_processes_writing_one_file_at_once(tmp_path):
     assert files.read_json(path)["i"] == 149 and leftovers(tmp_path) == []
 
 
+def _sample_rows(step, indices=(0, 1, 2)):
+    return [{"step": step, "index": i, "prompt": f"p{i}", "policy": "ans", "reference": "ref", "ground_truth": "gt",
+             "length": 3 + i, "win": float(i % 2)} for i in indices]  # fmt: skip
+
+
+def _write_cut(path, rows, cut):
+    """`rows` as JSON Lines, then the first `cut` bytes of one more row and no newline (a kill during an append)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:-1])
+    Path(path).write_text(text + json.dumps(rows[-1], ensure_ascii=False)[:cut], encoding="utf-8")
+
+
+def test_read_jsonl_skips_a_cut_last_line(tmp_path, caplog):
+    path = tmp_path / files.SAMPLES
+    rows = _sample_rows(0) + _sample_rows(2)
+    rows[-1]["policy"] = "答案"  # a cut can split a multi-byte character
+    cut = len(json.dumps(rows[-1], ensure_ascii=False).encode().split("答".encode())[0]) + 1
+    path.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows[:-1])
+                     + json.dumps(rows[-1], ensure_ascii=False).encode()[:cut])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="dpo_lab.files"):
+        assert files.read_jsonl(str(path)) == rows[:-1]
+    assert "line 6" in caplog.text and "cut short" in caplog.text
+    _write_cut(path, rows, 20)
+    assert files.read_jsonl(str(path)) == rows[:-1]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")  # whole: nothing skipped
+    assert files.read_jsonl(str(path)) == rows
+
+
+def test_read_jsonl_refuses_a_bad_middle_line(tmp_path):
+    path = tmp_path / files.SAMPLES
+    lines = [json.dumps(r) for r in _sample_rows(0)]
+    lines[1] = lines[1][:25]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{path.name}, line 2: not a JSON row .*damaged"):
+        files.read_jsonl(str(path))
+
+
 def _fake_sweep(root, statuses):
     """A sweep dir whose jobs swept beta, with result.json as their jobs would leave it (no training)."""
     sweep = root / "sweep"
@@ -78,6 +115,19 @@ def _set_result(job, status, num):
     history = [{"step": s, "eval/logratios/margins": 0.1 * s + num, "eval/rewards/accuracies": 0.5} for s in (2, 4)]
     files.write_json(str(job / files.RESULT), {"status": status, "eval/loss": 0.69 - num / 100, "eval_history": history,
                                                "eval/logratios/margins": 0.4 + num, "steps": 4})  # fmt: skip
+
+
+def test_report_reads_a_cut_samples_file(tmp_path):
+    from dpo_lab.report import collect, write_report
+
+    sweep = _fake_sweep(tmp_path, ["completed", "completed"])
+    _write_cut(sweep / "0" / files.SAMPLES, _sample_rows(0) + _sample_rows(2), 30)
+    rows = collect(str(sweep))
+    assert [h["step"] for h in rows[0]["sample_history"]] == [0, 2]
+    out = write_report(str(sweep))
+    assert (Path(out) / "samples.png").read_bytes()[:4] == b"\x89PNG" and (Path(out) / "eval.png").is_file()
+    assert len(list(csv.DictReader(open(sweep / "summary.csv")))) == 2
+    assert leftovers(sweep, out) == []
 
 
 def test_a_report_waits_for_the_writer_before_it_and_reads_after(tmp_path):
@@ -101,6 +151,35 @@ def test_a_report_waits_for_the_writer_before_it_and_reads_after(tmp_path):
     assert proc.wait(120) == 0
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
+def test_sampler_start_drops_a_cut_tail(tmp_path):
+    """Resuming at step 4 after a kill during step 4's append: the partial line and the step's other rows go, the
+    rewritten file ends on a whole line (the next append does not glue onto it), and step 4 is sampled again."""
+    from types import SimpleNamespace
+
+    from dpo_lab.sampling import Sampler
+
+    class Stub(Sampler):
+        def __init__(self, path):  # only what start() reads
+            self.path, self.index, self.metric, self.main = str(path), [0, 1, 2], "win_rate", True
+            self.history, self.values, self.reference, self.sampled = {}, {}, None, []
+            self.trainer = SimpleNamespace(accelerator=SimpleNamespace(wait_for_everyone=lambda: None))
+
+        def __call__(self, step):
+            self.sampled.append(step)
+
+    path = tmp_path / files.SAMPLES
+    _write_cut(path, _sample_rows(0) + _sample_rows(2) + _sample_rows(4, [0, 1]), 40)
+    sampler = Stub(path)
+    sampler.start(4)
+    assert sampler.sampled == [4] and sorted(sampler.history) == [0, 2] and sampler.reference == ["ref"] * 3
+    assert path.read_text(encoding="utf-8").endswith("}\n")
+    assert files.read_jsonl(str(path)) == _sample_rows(0) + _sample_rows(2) and leftovers(tmp_path) == []
+    sampler._record(4, _sample_rows(4))
+    sampler.run = None
+    sampler._write(4, _sample_rows(4), 0.0)
+    assert files.read_jsonl(str(path)) == _sample_rows(0) + _sample_rows(2) + _sample_rows(4)
 
 
 def test_preflight_keeps_interpolations_in_overrides(tmp_path):
