@@ -135,8 +135,8 @@ class Sampler:
         fresh run) with its reference answers, drop later rows and a step a kill cut short (they are sampled again),
         then sample `step`."""
         kept = [r for r in files.read_jsonl(self.path) if r["step"] <= step]
-        last = [r["index"] for r in kept if kept and r["step"] == kept[-1]["step"]]
-        if len(last) < len(self.index) and last == self.index[: len(last)]:  # a kill cut that step's rows short
+        last = [r["index"] for r in kept if r["step"] == kept[-1]["step"]] if kept else []
+        if last and len(last) < len(self.index) and last == self.index[: len(last)]:  # a kill cut that step short
             log.warning("Samples: step %d has %d of %d rows in %s (cut short); sampling it again.", kept[-1]["step"],
                         len(last), len(self.index), self.path)  # fmt: skip
             kept = [r for r in kept if r["step"] != kept[-1]["step"]]

@@ -180,6 +180,10 @@ def test_sampler_start_drops_a_cut_tail(tmp_path):
     sampler.run = None
     sampler._write(4, _sample_rows(4), 0.0)
     assert files.read_jsonl(str(path)) == _sample_rows(0) + _sample_rows(2) + _sample_rows(4)
+    fresh = Stub(tmp_path / "fresh" / files.SAMPLES)  # a fresh run: no file yet
+    (tmp_path / "fresh").mkdir()
+    fresh.start(0)
+    assert fresh.sampled == [0] and fresh.history == {} and (tmp_path / "fresh" / files.SAMPLES).read_text() == ""
 
 
 def test_preflight_keeps_interpolations_in_overrides(tmp_path):
