@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
-from dpo_lab.job import completed_result, cpu_threads, launch, prepare
+from dpo_lab.job import check_free, completed_result, cpu_threads, launch, prepare
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
 from dpo_lab.train import train
@@ -36,9 +36,12 @@ def main(cfg: DictConfig) -> float:
     try:
         if not multirun:  # a sweep's preflight checked every job; a single run is checked before its dir is made
             validate(cfg)
+        check_free(job_dir)  # a relaunch while the first launch still trains there must not touch its files
         done = completed_result(cfg, job_dir)  # relaunching a sweep skips what finished, resumes what did not
     except UserError as e:
         log.error("%s", e)
+        if multirun:  # the sweep goes on with its other jobs; this one's row keeps what its dir says
+            return float("nan")
         sys.exit(2)
     if done:
         log.info("Job %s already completed; skipping it.", job_dir)
@@ -68,4 +71,9 @@ def refuse_multirun_cfg(argv: list) -> None:
 
 if __name__ == "__main__":
     refuse_multirun_cfg(sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or `kill`: the running job recorded `interrupted` and kept its checkpoints
+        print("\nStopped. The same command resumes: finished jobs are skipped, the stopped one continues from its "
+              "last checkpoint.", file=sys.stderr)  # fmt: skip
+        sys.exit(130)

@@ -13,11 +13,12 @@ import string
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from typing import Any, Callable, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import files, provenance, tracking
+from dpo_lab import checkpoints, faults, files, provenance, tracking
 from dpo_lab.config import START_METHODS, Config
 from dpo_lab.errors import UserError
 
@@ -64,32 +65,97 @@ def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], over
     return meta
 
 
+class JobBusy(UserError):
+    """Another process is training in this job dir."""
+
+
+LOCK = ".lock"  # held (flock) by the process training in a job dir; released by the OS however that process ends
+
+
+def _held_by(job_dir: str) -> Optional[str]:
+    """What the lock file of a job dir says about its holder ("pid 1234 since ..."), or None if nobody holds it."""
+    import fcntl
+
+    path = os.path.join(job_dir, LOCK)
+    if not os.path.exists(path):
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "another process"
+        return None
+
+
+def check_free(job_dir: str) -> None:
+    """JobBusy if a process is training in `job_dir`: a relaunch must not start a second trainer there."""
+    holder = _held_by(job_dir)
+    if holder:
+        raise JobBusy(f"{job_dir} is in use: {holder} is training in it. Wait for it to finish, or stop it (kill "
+                      "PID: it records `interrupted` and keeps its last checkpoint), then relaunch to resume.")  # fmt: skip
+
+
+@contextmanager
+def _locked(job_dir: str):
+    """Hold the job dir's lock while training in it (rank 0 only: the ranks of one job share the dir)."""
+    if not files.is_main_rank():
+        yield
+        return
+    import fcntl
+
+    with open(os.path.join(job_dir, LOCK), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            check_free(job_dir)  # names the holder
+            raise JobBusy(f"{job_dir} is in use by another process.") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.flush()
+        yield
+
+
 def execute(job_dir: str, task: Task, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Run a prepared job in this process; always writes result.json and closes the wandb run, never raises for a
-    failed run. `cfg` and `meta` default to what prepare() saved in `job_dir`."""
+    """Run a prepared job in this process, holding its dir's lock (JobBusy if another process holds it); always
+    writes result.json (status: faults.STATUSES) and closes the wandb run; raises only KeyboardInterrupt (after
+    recording `interrupted`). `cfg` and `meta` default to what prepare() saved in `job_dir`."""
     meta = meta or files.read_json(os.path.join(job_dir, files.JOB))
     path = os.path.join(job_dir, files.RESULT)
-    result: Dict[str, Any] = {"status": "running", "name": meta["name"], "job_dir": job_dir, "overrides": meta["overrides"]}
-    files.write_json(path, result)
-    started, run = time.time(), None
-    try:
-        cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, files.CONFIG))
-        run = tracking.start_run(cfg, job_dir, meta)
-        result.update(task(cfg, job_dir, run))
-        result["status"] = "completed"
-    except UserError as e:
-        log.error("%s", e)
-        result.update(status="failed", error=str(e))
-    except KeyboardInterrupt:
-        result.update(status="interrupted", error="interrupted")
-        raise
-    except Exception as e:  # a bug or a diverged run: keep the traceback in the log, the reason in the result
-        log.error("Job failed:\n%s", traceback.format_exc())
-        result.update(status="failed", error=f"{type(e).__name__}: {e}")
-    finally:
-        result["seconds"] = round(time.time() - started, 1)
-        tracking.finish_run(run, failed=result["status"] != "completed", in_sweep=bool(meta.get("sweep_dir")))
+    with _locked(job_dir):
+        result: Dict[str, Any] = {"status": "running", "name": meta["name"], "job_dir": job_dir,
+                                  "overrides": meta["overrides"], "pid": os.getpid()}  # fmt: skip
         files.write_json(path, result)
+        started, run = time.time(), None
+        try:
+            with faults.sigterm_interrupts():  # `kill PID` ends like Ctrl-C: recorded, wandb closed
+                cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, files.CONFIG))
+                run = tracking.start_run(cfg, job_dir, meta)
+                if run is not None:  # recorded whatever the outcome: where to look
+                    result.update(wandb_run_id=run.id, wandb_dir=run.settings.sync_dir)
+                result.update(task(cfg, job_dir, run))
+            result["status"] = "completed"
+        except UserError as e:
+            log.error("%s", e)
+            result.update(status="failed", error=str(e))
+        except KeyboardInterrupt as e:
+            result.update(status="interrupted", error=f"stopped by {e or 'Ctrl-C'}. {faults.RESUME}")
+            log.error("Job %s", result["error"])
+            raise
+        except Exception as e:
+            result.update(faults.classify(e))
+            if result.pop("bug", False):
+                log.error("Job failed:\n%s\nThis is a bug in dpo-lab or a library under it, not a problem with your "
+                          "config or data: please report it with the traceback above and %s.", traceback.format_exc(),
+                          os.path.join(job_dir, files.LOG))  # fmt: skip
+            else:
+                log.error("Job %s: %s", result["status"], result["error"])
+        finally:
+            result["seconds"] = round(time.time() - started, 1)
+            if result["status"] != "completed":  # what a relaunch resumes from
+                result["last_checkpoint"] = checkpoints.latest(os.path.join(job_dir, "checkpoints"))
+            tracking.finish_run(run, result, in_sweep=bool(meta.get("sweep_dir")))
+            files.write_json(path, result)
     return result
 
 
@@ -140,7 +206,7 @@ def start_server(start_method: str) -> None:
         forkserver.ensure_running()
 
 
-def _child(job_dir: str, task: Task, env: Dict[str, str], threads: Optional[int]) -> None:
+def _child(job_dir: str, task: Task, env: Dict[str, str], threads: Optional[int], parent: int) -> None:
     """A job's process: this job's environment, log file and CPU threads, then `execute`; exit 0 if it completed."""
     os.environ.clear()
     os.environ.update(env)
@@ -153,8 +219,41 @@ def _child(job_dir: str, task: Task, env: Dict[str, str], threads: Optional[int]
         log.error("This job was forked from a process that had initialised CUDA. Run the sweep with "
                   "start_method=spawn.")  # fmt: skip
         sys.exit(1)
+    _stop_with(parent)
     _use_threads(threads)
-    sys.exit(0 if execute(job_dir, task)["status"] == "completed" else 1)
+    try:
+        sys.exit(0 if execute(job_dir, task)["status"] == "completed" else 1)
+    except KeyboardInterrupt:  # recorded as `interrupted` by execute
+        sys.exit(130)
+    except JobBusy as e:
+        log.error("%s", e)
+        sys.exit(BUSY_EXIT)
+
+
+BUSY_EXIT = 75  # the job's process found its dir locked by another and wrote nothing
+
+
+def _stop_with(parent: int) -> None:
+    """Stop this job (SIGTERM to itself: `interrupted`, checkpoints kept) when the sweep process `parent` is gone,
+    e.g. killed with -9: a job must not train on as an orphan in a dir a relaunch will want. A watcher thread, as
+    the kernel's parent-death signal would fire on the fork server's death, which the job itself keeps alive."""
+    import signal
+    import threading
+
+    import psutil
+
+    def watch():
+        while True:
+            try:
+                if psutil.Process(parent).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(1)
+        log.error("The sweep process (pid %d) is gone; stopping this job.", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-sweep", daemon=True).start()
 
 
 def _use_threads(threads: Optional[int]) -> None:
@@ -171,7 +270,11 @@ def launch(job_dir: str, task: Task, isolate: bool, cfg: Optional[DictConfig] = 
     `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs."""
     if not isolate:
         _use_threads(threads)
-        return execute(job_dir, task, cfg, meta)
+        try:
+            return execute(job_dir, task, cfg, meta)
+        except JobBusy as e:
+            log.error("%s", e)
+            return {"status": "failed", "error": str(e), "job_dir": job_dir}
     assert start_method in START_METHODS, start_method  # validate() checked the config
     from dpo_lab.gpus import gpu_env
 
@@ -179,18 +282,21 @@ def launch(job_dir: str, task: Task, isolate: bool, cfg: Optional[DictConfig] = 
         # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
         # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
         env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
-        proc = _context(start_method).Process(target=_child, args=(job_dir, task, env, threads), name=f"job {job_dir}")
-        _start(proc, start_method)
-        try:
-            proc.join()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.join()
-            raise
+        proc = _context(start_method).Process(target=_child, args=(job_dir, task, env, threads, os.getpid()), name=f"job {job_dir}")
+        with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
+            _start(proc, start_method)
+            try:
+                proc.join()
+            except KeyboardInterrupt:
+                proc.terminate()  # SIGTERM: the job records `interrupted`, closes its wandb run, keeps its checkpoints
+                proc.join()
+                raise
+    if proc.exitcode == BUSY_EXIT:
+        return {"status": "failed", "error": f"{job_dir} is in use by another process; not started.", "job_dir": job_dir}
     path = os.path.join(job_dir, files.RESULT)
     result = files.read_json(path) or {}
-    if result.get("status") in (None, "running"):  # killed (OOM, signal) before it could record anything
-        result.update(status="failed", error=f"worker process exited with code {proc.exitcode} without a result",
-                      job_dir=job_dir)  # fmt: skip
+    if result.get("status") in (None, "running"):  # killed (OOM killer, kill -9) before it could record anything
+        result.update(faults.from_exitcode(proc.exitcode), job_dir=job_dir)
+        log.error("Job %s: %s", result["status"], result["error"])
         files.write_json(path, result)
     return result

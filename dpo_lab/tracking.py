@@ -69,7 +69,7 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
         wandb.run.finish()
     run_id = None if os.environ.get("WANDB_SWEEP_ID") else meta.get("wandb_id")  # a `wandb agent` assigns the id
     config = {**OmegaConf.to_container(cfg), "overrides": meta["overrides"], "choices": meta["choices"]}
-    run = wandb.init(
+    init = lambda mode: wandb.init(  # noqa: E731
         project=w.project,
         entity=w.entity,
         mode=mode,
@@ -84,6 +84,16 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
         reinit="finish_previous",
         settings=wandb.Settings(quiet=True, console="wrap"),
     )
+    try:
+        run = init(mode)
+    except Exception as e:  # an unreachable or failing server must not cost the training: log offline instead
+        if mode != "online":
+            raise
+        wandb.teardown()  # the failed attempt still holds the run id in wandb's service
+        run = init("offline")
+        log.warning("wandb could not start an online run (%s: %s), so this run logs offline to %s. Upload it when "
+                    "the server is back: wandb sync %s", type(e).__name__, (str(e).splitlines() or [""])[0],
+                    run.settings.sync_dir, run.settings.sync_dir)  # fmt: skip
     if meta.get("sweep_dir"):
         _link_into_sweep_view(run.settings.sync_dir, meta["sweep_dir"])
     run.define_metric("train/global_step")
@@ -93,14 +103,30 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
     return run
 
 
-def finish_run(run, failed: bool, in_sweep: bool = False) -> None:
-    """Finish the run (exit code 1 if the job failed); tell offline users of a single run how to sync and browse it
-    (a sweep says it once for all its runs)."""
+OUTCOME = ("status", "error", "diverged_step", "diverged_metric", "diverged_value")  # result.json keys the run keeps
+
+
+def finish_run(run, result: Dict[str, Any], in_sweep: bool = False) -> None:
+    """Record the job's outcome (status, error, where it diverged) in the run's summary and finish it (exit code 1
+    unless completed); tell offline users of a single run how to sync and browse it (a sweep says it once for all its
+    runs). A wandb failure here is a warning: the job's result is on disk either way."""
     if run is None:
         return
     offline = run.settings.mode == "offline"
     run_dir = run.settings.sync_dir
-    run.finish(exit_code=1 if failed else 0)
+    try:
+        run.summary.update({k: result[k] for k in OUTCOME if k in result})
+        run.finish(exit_code=0 if result["status"] == "completed" else 1)
+    except Exception as e:
+        log.warning("wandb could not close the run (%s: %s); its files are in %s (wandb sync uploads them).",
+                    type(e).__name__, e, run_dir)  # fmt: skip
+        import wandb
+
+        try:  # drops wandb's exit hook, which would fail the same way with a traceback
+            wandb.teardown()
+        except Exception:
+            pass
+        return
     if offline and not in_sweep:
         log.info("wandb ran offline; the run is in %s\n  browse it:  wandb leet %s\n  upload it:  wandb sync %s",
                  run_dir, run_dir, run_dir)  # fmt: skip
@@ -137,9 +163,21 @@ def trainer_logger():
     from transformers.integrations import WandbCallback
 
     class TrainerLogger(WandbCallback):
+        failed = False
+
         def setup(self, args, state, model, **kwargs):
             self._initialized = True
             if state.is_world_process_zero and self._wandb.run is not None:
                 self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True)
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if self.failed:
+                return
+            try:  # wandb trouble mid-run (its service gone, a full disk under wandb/) must not stop the training
+                super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+            except Exception as e:
+                self.failed = True
+                log.warning("wandb stopped taking metrics (%s: %s); training goes on, and result.json and "
+                            "samples.jsonl still get every result.", type(e).__name__, e)  # fmt: skip
 
     return TrainerLogger()

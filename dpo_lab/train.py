@@ -11,11 +11,11 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import console, data, judges, memory, modeling, quality, reuse, sampling, tracking
+from dpo_lab import checkpoints, console, data, faults, judges, memory, modeling, quality, reuse, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.precision import DtypeReport, Precision, resolve
@@ -28,24 +28,31 @@ EVAL_KEYS = ("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/ch
              "eval_logratios/margins_se", "eval_rewards/accuracies_se")  # fmt: skip
 
 
-class DivergedError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
-
-
-def _nan_guard():
+def _step_guard(trainer):
     from transformers import TrainerCallback
 
-    class NanGuard(TrainerCallback):
-        """Stop at the first non-finite loss instead of training on garbage for hours."""
+    class StepGuard(TrainerCallback):
+        """Stop at the first step whose loss or gradient norm is NaN/inf, before the optimizer applies it: a run
+        that went on would save checkpoints of NaN weights and sample from them (faults.Diverged -> status
+        `diverged`, the last checkpoint untouched). The gradients are all-reduced by now, so every rank agrees."""
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            import torch
+
+            step = state.global_step + 1
+            if trainer.nonfinite_loss is not None:
+                raise faults.Diverged("loss", trainer.nonfinite_loss, step)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0  # clipped by now: NaN stays NaN
+            if not math.isfinite(norm):
+                raise faults.Diverged("grad_norm", norm, step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            for key in ("loss", "eval_loss"):
-                value = (logs or {}).get(key)
-                if value is not None and not math.isfinite(value):
-                    raise DivergedError(f"{key} became {value} at step {state.global_step}; lower lr or beta, or "
-                                        "check the data for empty answers.")  # fmt: skip
+            value = (logs or {}).get("eval_loss")
+            if value is not None and not math.isfinite(value):
+                raise faults.Diverged("eval_loss", value, state.global_step)
 
-    return NanGuard()
+    return StepGuard()
 
 
 def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool):
@@ -121,6 +128,8 @@ class Setup:
     sampler: Optional[sampling.Sampler]
     run: Any  # the wandb run, or None
     clock: Any  # FirstStepClock: seconds from process start to the training loop
+    resumed_from: Optional[str] = None  # set by fit
+    skipped_checkpoints: Tuple[Tuple[str, str], ...] = ()  # (path, problem) of cut-off checkpoints moved aside
 
 
 def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
@@ -168,8 +177,9 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         eval_dataset=columns(prefs.eval),
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
-        callbacks=[_nan_guard(), clock] + ([tracking.trainer_logger()] if run is not None else []),
+        callbacks=[clock] + ([tracking.trainer_logger()] if run is not None else []),
     )
+    trainer.add_callback(_step_guard(trainer))
     if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
         trainer.add_callback(console.progress_callback())
     dtypes = DtypeReport(trainer, run)
@@ -225,7 +235,14 @@ def _trainer_class():
         def __init__(self, *args, **kwargs):
             self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
             self.reference_batches = 0  # reference forward passes run to precompute log-probs
+            self.nonfinite_loss: Optional[float] = None  # set by training_step, raised by the step guard
             super().__init__(*args, **kwargs)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not bool(loss.isfinite()):
+                self.nonfinite_loss = float(loss)
+            return loss
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
@@ -276,14 +293,12 @@ def _trainer_class():
 
 
 def fit(s: Setup, out_dir: str) -> None:
-    """Train (resuming from the job's last checkpoint, if any), end on an eval, save the final model."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = os.path.join(out_dir, "checkpoints")
-    resume_from = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
-    if resume_from:
-        log.info("Resuming from %s", resume_from)
-    s.trainer.train(resume_from_checkpoint=resume_from)
+    """Train (resuming from the job's last complete checkpoint, if any), end on an eval, save the final model."""
+    s.resumed_from, skipped = checkpoints.resumable(os.path.join(out_dir, "checkpoints"))
+    s.skipped_checkpoints = tuple(skipped)
+    if s.resumed_from:
+        log.info("Resuming from %s", s.resumed_from)
+    s.trainer.train(resume_from_checkpoint=s.resumed_from)
     last = [h for h in s.trainer.state.log_history if "eval_loss" in h][-1:]
     if not last or last[0]["step"] != s.trainer.state.global_step:
         s.trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
@@ -312,6 +327,8 @@ def summarize(s: Setup) -> Dict[str, Any]:
     result.update(s.sampler.finish() if s.sampler else {})
     result.update(
         steps=s.trainer.state.global_step,
+        resumed_from=s.resumed_from,
+        incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],
         reference_logps=reuse.status(s.trainer),
         reference_batches=s.trainer.reference_batches,
         seconds_to_first_step=s.clock.seconds,
@@ -322,8 +339,6 @@ def summarize(s: Setup) -> Dict[str, Any]:
         **(s.dtypes.dtypes or s.dtypes.read()),  # read after the first step; a resumed, finished run: now
         **s.memory.summary(),
         world_size=s.trainer.args.world_size,
-        wandb_run_id=s.run.id if s.run is not None else None,
-        wandb_dir=s.run.settings.sync_dir if s.run is not None else None,
         **_peak_memory_mb(s.device),
     )
     return result
