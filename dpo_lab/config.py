@@ -99,6 +99,7 @@ class SamplesConfig:
     judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm: who says whether the policy's answer beats
     # the reference's (dpo_lab/judges.py); auto: reward_model with judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
+    judge_trust_remote_code: bool = False  # run the judge model's own code from the hub (its own choice, not model's)
 
 
 @dataclass

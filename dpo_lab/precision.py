@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from dpo_lab import tracking
 from dpo_lab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -163,5 +164,5 @@ class DtypeReport:
         log.info("Dtypes: trainable %(trainable_dtype)s, optimizer state %(optimizer_state_dtype)s, compute "
                  "%(compute_dtype)s, reference %(reference_dtype)s", self.dtypes)  # fmt: skip
         if self.run is not None:
-            self.run.config.update({"dtypes": self.dtypes}, allow_val_change=True)
+            tracking.safely(lambda: self.run.config.update({"dtypes": self.dtypes}, allow_val_change=True))
         return self.dtypes

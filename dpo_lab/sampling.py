@@ -16,7 +16,7 @@ import random
 import time
 from typing import Any, Dict, List, Optional
 
-from dpo_lab import files
+from dpo_lab import files, tracking
 from dpo_lab.data import as_text, prompt_ids
 from dpo_lab.judges import resolve as resolve_judge
 from dpo_lab.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
@@ -228,7 +228,8 @@ class Sampler:
             import wandb
 
             table = wandb.Table(columns=list(COLUMNS), data=[[r[k] for k in COLUMNS] for r in rows])
-            self.run.log({**scalars, "samples/seconds": seconds, "samples/table": table, "train/global_step": step})
+            tracking.safely(lambda: self.run.log({**scalars, "samples/seconds": seconds, "samples/table": table,
+                                                  "train/global_step": step}))  # fmt: skip
 
     def finish(self) -> Dict[str, Any]:
         """The run's sample summary (best checkpoint, degradation, last checkpoint's metrics), also in wandb's summary."""
@@ -244,7 +245,7 @@ class Sampler:
                         self.history[last][self.metric], last, out["degraded_after_step"])  # fmt: skip
         if self.main and self.run is not None:
             # Keys with a define_metric summary (max, last) keep it rather than a plain last value.
-            self.run.summary.update({k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES})
+            tracking.safely(lambda: self.run.summary.update({k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES}))
         return out
 
     def callback(self):

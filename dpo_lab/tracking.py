@@ -11,7 +11,7 @@ one `wandb sync` on that folder browse and upload the whole sweep.
 import logging
 import netrc
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
@@ -59,6 +59,8 @@ def default_tags(cfg: DictConfig) -> List[str]:
 
 def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
     """Start (or, with the id of an interrupted one, continue) this job's wandb run in `job_dir`; None if disabled."""
+    global _wandb_failed
+    _wandb_failed = False  # a new job (jobs of an isolate=never sweep share this process)
     w = cfg.wandb
     mode = resolve_mode(w.mode)
     if mode == "disabled" or not files.is_main_rank():  # under `accelerate launch`, rank 0 logs
@@ -115,6 +117,8 @@ def finish_run(run, result: Dict[str, Any], in_sweep: bool = False) -> None:
     offline = run.settings.mode == "offline"
     run_dir = run.settings.sync_dir
     try:
+        if _wandb_failed:
+            raise RuntimeError("it failed earlier in the run")
         run.summary.update({k: result[k] for k in OUTCOME if k in result})
         run.finish(exit_code=0 if result["status"] == "completed" else 1)
     except Exception as e:
@@ -163,21 +167,36 @@ def trainer_logger():
     from transformers.integrations import WandbCallback
 
     class TrainerLogger(WandbCallback):
-        failed = False
-
         def setup(self, args, state, model, **kwargs):
             self._initialized = True
             if state.is_world_process_zero and self._wandb.run is not None:
-                self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True)
+                safely(lambda: self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True))
 
-        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            if self.failed:
-                return
-            try:  # wandb trouble mid-run (its service gone, a full disk under wandb/) must not stop the training
-                super().on_log(args, state, control, model=model, logs=logs, **kwargs)
-            except Exception as e:
-                self.failed = True
-                log.warning("wandb stopped taking metrics (%s: %s); training goes on, and result.json and "
-                            "samples.jsonl still get every result.", type(e).__name__, e)  # fmt: skip
-
+    for event in ("on_train_begin", "on_train_end", "on_log", "on_save", "on_predict"):  # what WandbCallback does
+        setattr(TrainerLogger, event, _guarded(getattr(WandbCallback, event)))
     return TrainerLogger()
+
+
+_wandb_failed = False  # per process, so per job
+
+
+def safely(call: Callable[[], Any]) -> None:
+    """Make a wandb call unless wandb already failed in this job. wandb trouble mid-run (its service gone, a full disk
+    under wandb/) must not stop the training: the first failure is a warning, later calls are skipped, and
+    result.json and samples.jsonl still get every result."""
+    global _wandb_failed
+    if _wandb_failed:
+        return
+    try:
+        call()
+    except Exception as e:
+        _wandb_failed = True
+        log.warning("wandb stopped taking this run's data (%s: %s); training goes on, and result.json and "
+                    "samples.jsonl still get every result.", type(e).__name__, e)  # fmt: skip
+
+
+def _guarded(method):
+    def call(self, *args, **kwargs):
+        safely(lambda: method(self, *args, **kwargs))
+
+    return call

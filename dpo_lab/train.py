@@ -156,7 +156,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
     plan = memory.plan(model_path, cfg, precision, device)
     if run is not None:  # what the `auto` settings became
-        run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}})
+        tracking.safely(lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}}))
     args = dpo_args(cfg, out_dir, device, precision, plan.checkpointing)
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
     ref_model = None  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
@@ -202,7 +202,7 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
         from dpo_lab.reward_model import toy_reward_model
 
         path = toy_reward_model(cfg, toy, device)
-    return judges.load(kind, path, device, cfg.model.trust_remote_code)
+    return judges.load(kind, path, device, cfg.samples.judge_trust_remote_code)
 
 
 def _first_step_clock():

@@ -211,3 +211,20 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_and_says_how_to_sync(
     assert done["status"] == "completed" and "offline-run-" in done["wandb_dir"]
     assert "could not start an online run" in proc.stdout and f"wandb sync {done['wandb_dir']}" in proc.stdout
     assert leet_summary(done["wandb_dir"])["summary"]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_wandb_dying_mid_run_costs_a_warning_not_the_training(tmp_path):
+    job = tmp_path / "job"
+    proc = start(TINY, "wandb.mode=offline", "max_steps=300", "trainer.save_steps=100", "trainer.eval_steps=100",
+                 f"hydra.run.dir={job}", cwd=tmp_path)  # fmt: skip
+    wait_for(str(job / "checkpoints"), proc)
+    services = [p for p in psutil.Process(proc.pid).children(recursive=True) if "wandb-core" in " ".join(p.cmdline())]
+    assert services, "no wandb service process to kill"
+    for p in services:
+        p.kill()
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    done = result(job)
+    assert done["status"] == "completed" and done["steps"] == 300
+    assert "wandb could not close the run" in out
