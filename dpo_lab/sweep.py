@@ -65,7 +65,14 @@ class SweepCallback(Callback):
         try:
             jobs, failures = preflight(config)
         except Exception as e:  # Hydra turns a callback's exception into a warning and starts the sweep anyway
-            print(f"Preflight: {e}" if isinstance(e, UserError) else f"Preflight could not run: {type(e).__name__}: {e}")
+            if isinstance(e, UserError):
+                print(f"Preflight: {e}")
+            else:  # not the user's mistake: show where, and say so
+                import traceback
+
+                print(f"{traceback.format_exc()}Preflight could not run: {type(e).__name__}: {e}. This is a bug in "
+                      "dpo-lab or a library under it, not in your config or data: please report it with the traceback "
+                      "above.")  # fmt: skip
             raise SystemExit(2) from None
         if failures:
             lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
