@@ -76,7 +76,7 @@ def from_exitcode(code: int) -> Dict[str, Any]:
     """The result fields for a job process that ended with `code` without recording a result."""
     if code is not None and code < 0:
         sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        if -code in (signal.SIGKILL,):
+        if -code == signal.SIGKILL:
             return {"status": "killed", "error": f"The job's process was killed ({sig}), most often by the kernel's "
                     f"out-of-memory killer (`dmesg | grep -i oom` says). {OOM_HINT} {RESUME}"}  # fmt: skip
         if -code in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -39,13 +39,14 @@ def _step_guard(trainer):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             import torch
 
-            step = state.global_step + 1
-            if trainer.nonfinite_loss is not None:
-                raise faults.Diverged("loss", trainer.nonfinite_loss, step)
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0  # clipped by now: NaN stays NaN
-            if not math.isfinite(norm):
-                raise faults.Diverged("grad_norm", norm, step)
+            norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros(())  # clipped: NaN stays NaN
+            loss, trainer.step_loss = trainer.step_loss, None
+            loss = torch.zeros((), device=norm.device) if loss is None else loss.float().to(norm.device)
+            loss, norm = torch.stack([loss, norm]).tolist()  # one host sync per optimizer step
+            for key, value in (("loss", loss), ("grad_norm", norm)):
+                if not math.isfinite(value):
+                    raise faults.Diverged(key, value, state.global_step + 1)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             value = (logs or {}).get("eval_loss")
@@ -235,13 +236,12 @@ def _trainer_class():
         def __init__(self, *args, **kwargs):
             self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
             self.reference_batches = 0  # reference forward passes run to precompute log-probs
-            self.nonfinite_loss: Optional[float] = None  # set by training_step, raised by the step guard
+            self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
             super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            if not bool(loss.isfinite()):
-                self.nonfinite_loss = float(loss)
+            self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
             return loss
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
