@@ -69,18 +69,17 @@ def problem(path: str) -> Optional[str]:
     return None
 
 
-def _step(path: str) -> int:
-    return int(re.search(r"checkpoint-(\d+)$", path).group(1))
+def _newest_first(checkpoints_dir: str) -> List[str]:
+    """The trainer's checkpoint-N directories (not the incomplete ones set aside), highest step first."""
+    found = [p for p in glob.glob(os.path.join(checkpoints_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", p)]
+    return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
 
 
 def resumable(checkpoints_dir: str) -> Tuple[Optional[str], List[Tuple[str, str]]]:
     """(the newest complete checkpoint or None, [(path, problem)] of newer broken ones, which are moved aside to
     `incomplete-checkpoint-N` so that neither a resume nor the trainer's rotation picks them up)."""
-    if not os.path.isdir(checkpoints_dir):
-        return None, []
-    found = [p for p in glob.glob(os.path.join(checkpoints_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", p)]
     broken, good = [], None
-    for path in sorted(found, key=_step, reverse=True):
+    for path in _newest_first(checkpoints_dir):
         reason = problem(path)
         if reason is None:
             good = path
@@ -99,5 +98,4 @@ def resumable(checkpoints_dir: str) -> Tuple[Optional[str], List[Tuple[str, str]
 
 def latest(checkpoints_dir: str) -> Optional[str]:
     """The newest complete checkpoint, moving nothing (for a result's `last_checkpoint`)."""
-    found = [p for p in glob.glob(os.path.join(checkpoints_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", p)]
-    return next((p for p in sorted(found, key=_step, reverse=True) if problem(p) is None), None)
+    return next((p for p in _newest_first(checkpoints_dir) if problem(p) is None), None)
