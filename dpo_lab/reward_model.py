@@ -20,7 +20,7 @@ from dpo_lab.config import RewardModelConfig
 
 log = logging.getLogger(__name__)
 
-VERSION = "rm-v1"  # bump when the recipe changes: it is part of the cache key
+VERSION = "rm-v2"  # bump when the recipe changes: it is part of the cache key
 
 
 def garble(text: str, other: str, rng: random.Random) -> str:
@@ -52,7 +52,7 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
                        garbled_fraction: float = 0.5, prompt_format: str = "none", device: str = "cpu") -> None:  # fmt: skip
     """Train a sequence-classification head (and the body) of base_model on train_file's pairs into out_dir/model."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.trainer_callback import ProgressCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -63,6 +63,7 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     rows = training_pairs(json.loads(Path(train_file).read_text(encoding="utf-8")), garbled_fraction, seed)
     rows = format_prompts(rows, prompt_format)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    set_seed(seed)  # the score head is new: seeded, the same reward model comes out of every build
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     # center_rewards_coefficient keeps scores near 0, so a judge's scores read alike across runs

@@ -180,3 +180,30 @@ def test_cli_writes_what_the_default_run_uses(tmp_path):
     assert str(out / "train.json") in proc.stdout
     assert json.loads((out / "DONE").read_text()) == {"version": VERSION, **asdict(ToyConfig())}
     assert len(json.loads((out / "train.json").read_text(encoding="utf-8"))) == ToyConfig().n_train
+
+
+def _file_bytes(folder: Path) -> dict:
+    """Every file under `folder` (relative path -> bytes), leaving out the trainers' scratch output (trainer/)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "trainer" not in p.relative_to(folder).parts}  # fmt: skip
+
+
+def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path):
+    """The toy data and model, the warm-up and the toy reward model are built once per machine, so a figure that
+    depends on them (the judged win rate) must not depend on which machine built them: two fresh caches give
+    byte-identical weights. (The reward model's new score head was once initialised unseeded.)"""
+    from conftest import tiny_toy
+    from dpo_lab.reward_model import ensure_reward_model
+    from dpo_lab.sft import ensure_sft
+
+    built = []
+    for cache_dir in (tmp_path / "a", tmp_path / "b"):
+        toy = tiny_toy(cache_dir=cache_dir)
+        sft = ensure_sft(toy, steps=4, batch_size=8)
+        rm = ensure_reward_model(toy, sft, steps=4, batch_size=8)
+        built.append({name: _file_bytes(Path(p)) for name, p in (("toy", Path(toy["model"]).parent), ("sft", sft), ("rm", rm))})
+    for name in ("toy", "sft", "rm"):
+        a, b = built[0][name], built[1][name]
+        assert any(f.endswith(".safetensors") for f in a), (name, list(a))
+        assert a.keys() == b.keys(), name
+        assert [f for f in a if a[f] != b[f]] == [], name
