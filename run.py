@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from dpo_lab import console
 from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
 from dpo_lab.job import check_free, completed_result, cpu_threads, launch, prepare
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one job; return its `objective` (dpo_lab/quality.py; NaN if it failed) for sweepers that optimise."""
+    console.tag_rank()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)

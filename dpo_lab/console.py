@@ -15,6 +15,22 @@ def setup_logging(job_dir: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers, force=True)
 
 
+def tag_rank() -> None:
+    """Under torchrun / accelerate launch, start every log line with its rank: the ranks share one console (and
+    train.log), and the rank that failed first is the one to read."""
+    launch = files.launch_id()
+    if launch is None:
+        return
+    prefix, make = f"[rank {os.environ.get('RANK', '0')}] ", logging.getLogRecordFactory()
+
+    def record(*args, **kwargs):
+        r = make(*args, **kwargs)
+        r.msg = f"{prefix}{r.msg}"
+        return r
+
+    logging.setLogRecordFactory(record)
+
+
 def progress_callback():
     """transformers' ProgressCallback without the raw metrics dict it writes at every log: the last train loss rides
     on the bar, each eval prints one line (step, loss, margin, accuracy), the end of training one more."""

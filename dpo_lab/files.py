@@ -29,6 +29,14 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def launch_id() -> Optional[str]:
+    """What the ranks of one torchrun / accelerate launch share and no other running launch has (its rendezvous
+    address), or None outside such a launch: a job dir locked by rank 0 is not busy for ranks 1..N of its launch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: Optional[str] = "w", **open_kwargs) -> Iterator[Any]:
     """Write `path` all at once or not at all: yields a file object on a temp file beside `path`, then fsyncs it

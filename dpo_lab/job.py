@@ -83,22 +83,30 @@ def _held_by(job_dir: str) -> Optional[str]:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            return f.read().strip() or "another process"
+            for _ in range(20):  # a holder that has just locked writes its name at once
+                f.seek(0)
+                holder = f.read().strip()
+                if holder:
+                    return holder
+                time.sleep(0.05)
+            return "another process"
         return None
 
 
 def check_free(job_dir: str) -> None:
-    """JobBusy if a process is training in `job_dir`: a relaunch must not start a second trainer there."""
+    """JobBusy if a process is training in `job_dir`: a relaunch must not start a second trainer there. The lock
+    belongs to the whole launch: the other ranks of the launch whose rank 0 holds it find the dir free."""
     holder = _held_by(job_dir)
-    if holder:
-        raise JobBusy(f"{job_dir} is in use: {holder} is training in it. Wait for it to finish, or stop it (kill "
+    ours = files.launch_id()
+    if holder and not (ours and holder.endswith(f"launch {ours}")):
+        raise JobBusy(f"{job_dir} is in use: {holder.split(' launch ')[0]} is training in it. Wait for it to finish, or stop it (kill "
                       "PID: it records `interrupted` and keeps its last checkpoint), then relaunch to resume.")  # fmt: skip
 
 
 @contextmanager
 def _locked(job_dir: str):
-    """Hold the job dir's lock while training in it (rank 0 only: the ranks of one job share the dir)."""
+    """Hold the job dir's lock while training in it, for the whole launch: rank 0 takes it and names its launch
+    (files.launch_id) in it. Emptied before it is released, so a finished job's lock names nobody."""
     if not files.is_main_rank():
         yield
         return
@@ -110,10 +118,14 @@ def _locked(job_dir: str):
         except BlockingIOError:
             check_free(job_dir)  # names the holder
             raise JobBusy(f"{job_dir} is in use by another process.") from None
+        launch = files.launch_id()
         f.truncate(0)
-        f.write(f"pid {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.write(f"pid {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})" + (f" launch {launch}" if launch else "") + "\n")
         f.flush()
-        yield
+        try:
+            yield
+        finally:
+            f.truncate(0)
 
 
 def execute(job_dir: str, task: Task, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ The hooks below sit on TRL's `_prepare_dataset` / `_precompute_ref_logps` and ca
 computed is exactly what TRL computes.
 
 One process waits under a file lock while another builds an artifact; under torchrun / accelerate launch the ranks
-follow rank 0's view of the cache (a computation takes every rank) and rank 0 writes it.
+follow rank 0's view of the cache (a computation takes every rank), rank 0 writes it, and every rank reads it back.
 """
 
 import contextlib
@@ -85,13 +85,14 @@ def _shared(acc, kind: str, params: Dict[str, Any], compute: Callable[[], Any]) 
     with FileLock(f"{out}.lock") if acc.num_processes == 1 else contextlib.nullcontext():
         hit = [cache.done_params(out) == params]
         broadcast_object_list(hit)
-        if hit[0]:
-            return load_from_disk(str(out / "data")), "reused"
-        data = compute()
-        if acc.is_main_process:
-            cache.build(out, params, lambda tmp: data.save_to_disk(str(tmp / "data")))
-        acc.wait_for_everyone()
-    return data, "computed"
+        if not hit[0]:
+            data = compute()
+            if acc.is_main_process:
+                cache.build(out, params, lambda tmp: data.save_to_disk(str(tmp / "data")))
+            acc.wait_for_everyone()
+    # Every rank reads the artifact, computed or not: a computed dataset's files sit in its own process's temp dir,
+    # and TRL's reference log-probs cache (written by rank 0 beside the dataset's files) must be one all ranks open.
+    return load_from_disk(str(out / "data")), "reused" if hit[0] else "computed"
 
 
 def tokenized(dataset, tokenizer, args, name: str, compute: Callable[[], Any]):

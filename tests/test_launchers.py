@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import threading
 import time
@@ -66,10 +67,15 @@ def test_two_process_accelerate_launch(tmp_path):
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", TINY, "sft.steps=8",
            "sft.batch_size=8", "samples.count=3", "samples.max_new_tokens=16", "reward_model.steps=8"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    # A cache of its own: with the tokenized data already cached (by an earlier test), every rank read it from one
+    # place and the test passed where a fresh cache failed (TRL's reference log-probs file in rank 0's temp dir).
+    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "[rank 0] " in proc.stdout and "[rank 1] " in proc.stdout  # which rank said what, on the shared console
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "completed" and result["world_size"] == 2 and result["steps"] == 4
+    assert result["reference_logps"] == "computed" and (job / ".lock").read_text() == ""  # the finished job's lock names nobody
     assert len(list((job / "wandb").glob("offline-run-*"))) == 1
     rows = [json.loads(line) for line in (job / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     # 3 prompts split 2 + 1(+1 padding) over the ranks: each step has each prompt exactly once, in order.
