@@ -16,10 +16,10 @@ from dpo_lab import console
 from dpo_lab.config import register_configs
 from dpo_lab.errors import UserError
 from dpo_lab.job import check_free, completed_result, cpu_threads, launch, prepare
+from dpo_lab.preflight import check_command_line
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
 from dpo_lab.train import train
-from dpo_lab.validate import validate
 
 register_configs()
 log = logging.getLogger(__name__)
@@ -35,9 +35,7 @@ def main(cfg: DictConfig) -> float:
     group = cfg.wandb.group or (sweep_name(cfg.name, hc.sweep.dir) if multirun else None)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     job_dir = hc.runtime.output_dir
-    try:
-        if not multirun:  # a sweep's preflight checked every job; a single run is checked before its dir is made
-            validate(cfg)
+    try:  # preflight checked the config (SweepCallback: every job of a sweep; a single run before its dir was made)
         check_free(job_dir)  # a relaunch while the first launch still trains there must not touch its files
         done = completed_result(cfg, job_dir)  # relaunching a sweep skips what finished, resumes what did not
     except UserError as e:
@@ -55,8 +53,15 @@ def main(cfg: DictConfig) -> float:
     isolate = cfg.isolate == "always" or (cfg.isolate == "auto" and multirun)
     n_jobs = int(hc.launcher.get("n_jobs") or 1) if multirun else 1  # jobs running at once (joblib: n_jobs)
     threads = cfg.cpu_threads or cpu_threads(n_jobs)
-    result = launch(job_dir, train, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
-                    threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)
+    try:
+        result = launch(job_dir, train, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
+                        threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)  # fmt: skip
+    except KeyboardInterrupt:  # the job recorded `interrupted` and kept its checkpoints
+        if multirun:
+            raise  # the sweep's message, below
+        print(f"\nStopped. This resumes the run from its last checkpoint: python run.py {' '.join(overrides)} "
+              f"hydra.run.dir={job_dir}", file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     if not multirun and result["status"] != "completed":
         sys.exit(1)
     return objective(result, cfg.objective)
@@ -73,9 +78,14 @@ def refuse_multirun_cfg(argv: list) -> None:
 
 if __name__ == "__main__":
     refuse_multirun_cfg(sys.argv[1:])
+    try:  # an override that does not compose: said in one paragraph, before Hydra makes a directory
+        check_command_line(sys.argv[1:])
+    except UserError as e:
+        print(f"Preflight: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C or `kill`: the running job recorded `interrupted` and kept its checkpoints
+    except KeyboardInterrupt:  # a sweep stopped by Ctrl-C or `kill`: its running job recorded `interrupted`
         print("\nStopped. The same command resumes: finished jobs are skipped, the stopped one continues from its "
               "last checkpoint.", file=sys.stderr)  # fmt: skip
         sys.exit(130)

@@ -6,6 +6,7 @@ readable and well-formed, model path present.
 """
 
 import itertools
+import os
 from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -75,6 +76,69 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
             raise UserError(seen_files[key])
 
 
+def explain(error: Exception, overrides: List[str] = ()) -> str:
+    """A composition error (Hydra's, OmegaConf's) as one paragraph in dpo-lab's words. Hydra's own text is several
+    lines and suggests `+key=value` for an unknown key, which validate() refuses."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from dpo_lab.validate import unknown_key
+
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+        group, option = error.missing_cfg_file.rsplit("/", 1)
+        valid = [line.strip() for line in str(error).split("Available options in")[-1].splitlines()[1:]
+                 if line.startswith("\t") and "provider=" not in line]  # fmt: skip
+        return f"{group}={option} is not a {group} option. Valid: {', '.join(valid)}."
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        return unknown_key(cause.full_key)
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == cause.full_key), None)
+        what = f"{cause.full_key}={given}" if given is not None else cause.full_key
+        return (f"{what}: {str(cause).splitlines()[0]}. python run.py --cfg job prints every key with its default "
+                "(dpo_lab/config.py has their types).")  # fmt: skip
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if "An item is already at" in text:  # `+beta=0.1`: the key exists, so it is set without the +
+        key = text.split("An item is already at '", 1)[1].split("'", 1)[0]
+        return f"+{key}=...: {key} is already a config key; set it without the + ({key}=VALUE)."
+    return f"{text.replace(' See https://hydra.cc', '. See https://hydra.cc')}"
+
+
+def check_command_line(argv: List[str]) -> None:
+    """UserError if the command line's overrides do not compose into a config (an unknown key or group option, a
+    value of the wrong type, a list of values without -m), said before Hydra makes any directory. A sweep's values
+    are composed job by job at preflight."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir \
+            or args.config_name or args.experimental_rerun:  # fmt: skip
+        return  # Hydra's own commands, or a config other than ours
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception as e:  # hydra.errors.OverrideParseException: the override's syntax
+        raise UserError(explain(e)) from None
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    if swept and not args.multirun:
+        raise UserError(f"{' '.join(swept)}: several values for one key sweep over them, which needs -m (python "
+                        f"run.py -m {' '.join(args.overrides)}); a single run takes one value per key.")  # fmt: skip
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    try:
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            compose(config_name="config", overrides=plain, return_hydra_config=True)
+    except Exception as e:
+        raise UserError(explain(e, plain)) from None
+
+
+def check_run(config: DictConfig) -> None:
+    """Preflight of a single run (Hydra's on_run_start, before it makes the run dir): what a sweep checks per job,
+    so a mistake costs no job dir and no wandb run."""
+    check_job(config, {})
+
+
 def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str], str]]]:
     """Compose and check every job; return (jobs, failures as (overrides, reason))."""
     from hydra.core.global_hydra import GlobalHydra
@@ -94,14 +158,13 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
         except UserError as e:
             failures.append((overrides, str(e)))
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
-            failures.append((overrides, f"{type(e).__name__}: {e}".replace("\n", " ")))
+            failures.append((overrides, explain(e, list(overrides))))
     return jobs, failures
 
 
 def check_writable_dir(path: str, key: str) -> None:
     """UserError naming `key` unless directory `path` exists or can be made, and takes files; leaves nothing behind
     (a preflight that fails must not leave empty directories)."""
-    import os
     import tempfile
 
     full = os.path.abspath(os.path.expanduser(str(path)))
@@ -133,8 +196,6 @@ def check_writable_dir(path: str, key: str) -> None:
 
 def _why_not_writable(path: str, error: OSError) -> str:
     """The reason in words: which part of `path` is a file, or which existing directory refuses writes."""
-    import os
-
     parent = path
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
@@ -157,7 +218,6 @@ def check_job_dir(job: DictConfig, num: int) -> None:
     dir is resolved as Hydra's launchers resolve it (hydra.job.num and id set, HydraConfig current), and the configs
     are compared as completed_result compares them (resolved, without the hydra node)."""
     import copy
-    import os
 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict, read_write

@@ -35,19 +35,29 @@ def run_name(overrides: List[str], swept: List[str]) -> str:
     return ",".join(picked) or "default"
 
 
+def _without_preflight_only(overrides: List[str]) -> List[str]:
+    """The overrides without preflight_only, so a printed command line runs the job."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "preflight_only"]
+
+
 class SweepCallback(Callback):
     """Hydra callback: check the output directories can be written before anything runs; record the sweep's
     arguments when a multirun starts; when it ends, print and save the results table and exit 1 if any job failed."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        """A single run: Hydra makes hydra.run.dir right after this, and a failure there is a traceback."""
-        from dpo_lab.preflight import check_writable_dir
+        """A single run: checked like a sweep's job before Hydra makes hydra.run.dir (right after this), so a mistake
+        leaves no run dir, log or wandb run; preflight_only=true stops here."""
+        from dpo_lab.preflight import check_run, check_writable_dir
 
         try:
             check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
+            check_run(config)
         except UserError as e:
-            print(e, file=sys.stderr)
+            print(f"Preflight: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        if config.get("preflight_only"):
+            print("Preflight: the run checks out. It would run as:\n  python run.py " + " ".join(_without_preflight_only(list(config.hydra.overrides.task))))
+            raise SystemExit(0)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -81,7 +91,7 @@ class SweepCallback(Callback):
         if config.get("preflight_only"):
             print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
             for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
-                print(f"  #{i}: python run.py " + " ".join(o for o in job if o.split("=", 1)[0].lstrip("+~") != "preflight_only"))
+                print(f"  #{i}: python run.py " + " ".join(_without_preflight_only(job)))
             raise SystemExit(0)
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)

@@ -1,7 +1,7 @@
 """Semantic checks on a composed config that types alone cannot express. Run before anything loads."""
 
 import dataclasses
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,27 +20,41 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _unknown_keys(node: Dict[str, Any], schema: type, prefix: str = "") -> Iterator[Tuple[str, List[str]]]:
-    """(dotted key, the keys its level allows) for every key of `node` that the dataclass `schema` lacks."""
+def _unknown_keys(node: Dict[str, Any], schema: type, prefix: str = "") -> Iterator[str]:
+    """The dotted key of every key of `node` that the dataclass `schema` lacks."""
     fields = {f.name: f.type for f in dataclasses.fields(schema)}
     for key, value in node.items():
         if key not in fields:
-            yield prefix + key, sorted(fields)
+            yield prefix + key
         elif dataclasses.is_dataclass(fields[key]) and isinstance(value, dict):
             yield from _unknown_keys(value, fields[key], f"{prefix}{key}.")
 
 
-def _check_known_keys(cfg: DictConfig) -> None:
-    """Hydra lets `+key=value` add a key a typed config lacks, so `+bta=0.1` would train with beta unchanged."""
+def unknown_key(key: str) -> str:
+    """What to say of a dotted key the schema lacks (from the command line, or added with `+`): the nearest known
+    key at its level, and where the keys are."""
     import difflib
 
+    schema = Config
+    *parents, name = key.split(".")
+    for part in parents:  # the deepest config group the key lies in
+        types = {f.name: f.type for f in dataclasses.fields(schema)}
+        if not dataclasses.is_dataclass(types.get(part)):
+            break
+        schema = types[part]
+    near = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(schema)], n=1)
+    where = key.rsplit(".", 1)[0] + "." if "." in key and near else ""
+    return (f"{key} is not a dpo-lab config key{f' (did you mean {where}{near[0]}?)' if near else ''}, so it would "
+            "change nothing. The keys are in dpo_lab/config.py (python run.py --cfg job prints them); other "
+            "trl.DPOConfig fields go under trainer.extra (+trainer.extra.NAME=VALUE).")  # fmt: skip
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Hydra lets `+key=value` add a key a typed config lacks, so `+bta=0.1` would train with beta unchanged."""
     tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     tree.pop("hydra", None)  # preflight composes the job config with Hydra's own node
-    for key, known in _unknown_keys(tree, Config):
-        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-        _check(False, f"{key} is not a dpo-lab config key{f' (did you mean {near[0]}?)' if near else ''}, so it would "
-                      "change nothing. The keys are in dpo_lab/config.py (python run.py --cfg job prints them); "
-                      "other trl.DPOConfig fields go under trainer.extra (+trainer.extra.NAME=VALUE).")  # fmt: skip
+    for key in _unknown_keys(tree, Config):
+        _check(False, unknown_key(key))
 
 
 def validate(cfg: DictConfig) -> None:

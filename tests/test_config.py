@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_cfg, run_py
+from conftest import CONF, TINY, compose_cfg, run_py
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
 from dpo_lab.validate import validate
@@ -80,20 +80,35 @@ def test_semantic_checks_name_the_key(overrides, message):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["loss=nonsense"], ["loss/nonsense", "ipo", "sigmoid"]),  # names the valid choices
-        (["bta=0.1"], ["bta"]),
-        (["+bta=0.1"], ["bta is not a dpo-lab config key", "did you mean beta"]),  # Hydra's own hint for the above
-        (["beta=high"], ["beta", "high"]),
-        (["trainer.batch_size=4"], ["batch_size"]),
+        (["loss=nonsense"], ["loss=nonsense is not a loss option. Valid: aot,", "ipo", "sigmoid"]),
+        (["bta=0.1"], ["bta is not a dpo-lab config key (did you mean beta?)"]),  # not Hydra's "use +bta=0.1"
+        (["+bta=0.1"], ["bta is not a dpo-lab config key", "did you mean beta"]),
+        (["beta=high"], ["beta=high: Value 'high'", "could not be converted to Float"]),
+        (["trainer.batch_size=4"], ["trainer.batch_size is not a dpo-lab config key"]),
+        (["trainer.max_lenght=4"], ["did you mean trainer.max_length?"]),
+        (["+beta=0.2"], ["beta is already a config key; set it without the + (beta=VALUE)"]),
+        (["beta=0.1,0.5"], ["beta=0.1,0.5: several values for one key sweep over them, which needs -m"]),
+        (["-m", "beta=0.1,high"], ["1 of 2 jobs would fail", "beta=high: Value 'high'"]),
+        (["-m", "bta=0.1,0.2"], ["2 of 2 jobs would fail", "bta is not a dpo-lab config key (did you mean beta?)"]),
+        (["data=json", "data.train_file=missing.json"], ["missing.json' does not exist"]),  # the data, read at preflight
     ],
 )
-def test_bad_overrides_fail_before_anything_loads(tmp_path, args, expected):
-    proc = run_py(*args, cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0
+def test_bad_overrides_exit_2_in_one_paragraph_before_any_dir_exists(tmp_path, args, expected):
+    proc = run_py(*args, TINY, "wandb.mode=disabled", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:]
     for text in expected:
-        assert text in proc.stdout
-    assert "Traceback" not in proc.stdout
-    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("result.json"))
+        assert text in proc.stdout, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout and "HYDRA_FULL_ERROR" not in proc.stdout
+    if "-m" not in args:  # one paragraph
+        assert [line for line in proc.stdout.splitlines() if line.startswith("Preflight: ")] == [proc.stdout.strip().splitlines()[-1]]
+    assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/ dir, no train.log, no wandb run
+
+
+def test_single_run_preflight_only_checks_and_stops(tmp_path):
+    proc = run_py(TINY, "beta=0.3", "preflight_only=true", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Preflight: the run checks out. It would run as:\n  python run.py experiment=tiny beta=0.3\n" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing trained, no dir made
 
 
 def test_multirun_cfg_points_to_preflight_only(tmp_path):

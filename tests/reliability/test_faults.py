@@ -132,8 +132,11 @@ def test_a_second_launch_into_a_busy_job_dir_is_refused_and_touches_nothing(tmp_
     assert {p.name: p.stat().st_mtime_ns for p in job.iterdir() if p.is_file() and p.name != "train.log"} == before
     assert result(job)["status"] == "running"
     first.send_signal(signal.SIGTERM)  # in-process job (a single run): it records `interrupted` itself
-    first.communicate(timeout=120)
+    out = first.communicate(timeout=120)[0]
     assert first.returncode == 130 and result(job)["status"] == "interrupted"
+    # a single run's own way back, not the sweep's "the same command resumes"
+    assert f"resumes the run from its last checkpoint: python run.py {' '.join(args[:-1])} hydra.run.dir={job}\n" in out
+    assert "The same command resumes" not in out and (job / ".lock").read_text() == ""
 
 
 @pytest.mark.slow
