@@ -41,6 +41,17 @@ def test_run_logs_eval_at_start_every_eval_and_end(tmp_path):
     assert result["steps"] == 5
 
 
+def test_metrics_are_plotted_against_the_integer_trainer_step(tmp_path):
+    """Every metric's x axis is train/global_step (the "*" definition, which wandb leet and the web UI follow), and
+    it is logged as an integer."""
+    result = train_job(tmp_path, ["max_steps=2"])
+    records = leet_records(result["wandb_dir"])
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert {"glob_name": "*", "step_metric": "train/global_step"}.items() <= next(m for m in metrics if m.get("glob_name")).items()
+    steps = [r["history"]["item"]["train/global_step"] for r in records if r["type"] == "history"]
+    assert steps and all(type(s) is int for s in steps) and sorted(set(steps)) == [0, 1, 2]
+
+
 def test_rerun_reproduces_eval_metrics(tmp_path):
     original = train_job(tmp_path / "job", ["wandb.mode=disabled", "loss=ipo"])
     assert original["status"] == "completed", original.get("error")
