@@ -15,8 +15,12 @@ from conftest import ROOT, TINY, leet_records, leet_summary, run_py
 
 def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}  # empty: job 0 builds the toy model
+    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env,
+                  check=True)  # fmt: skip
     assert "4/4 jobs completed" in proc.stdout and "| loss=ipo,beta=0.5 " in proc.stdout
+    # The sweep says once what its first job builds; the other jobs find it built.
+    assert proc.stdout.count("First run on this machine") == 1 and "building the toy data and model" in proc.stdout
 
     jobs = sorted(p.parent for p in sweep.glob("*/job.json"))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
