@@ -53,7 +53,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):  # the bar with the loss on it, not a metrics dict per log
-        trainer.add_callback(progress_callback())
+        trainer.add_callback(progress_callback("warm-up"))
     trainer.train()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import cache, checkpoints, console, data, faults, judges, memory, modeling, quality, reuse, sampling, tracking
+from dpo_lab import cache, checkpoints, console, data, faults, files, judges, memory, modeling, quality, reuse, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.precision import DtypeReport, Precision, resolve
@@ -184,7 +184,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     )
     trainer.add_callback(_step_guard(trainer))
     if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
-        trainer.add_callback(console.progress_callback())
+        trainer.add_callback(console.progress_callback(_bar_label(out_dir)))
     dtypes = DtypeReport(trainer, run)
     trainer.add_callback(dtypes.callback())
     sampler = None
@@ -228,6 +228,14 @@ def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
 
 def _about(seconds: float) -> str:
     return "under a minute" if seconds < 60 else f"~{round(seconds / 60)} min"
+
+
+def _bar_label(out_dir: str) -> str:
+    """The training bar's label: DPO and the run's name, which tells a sweep's jobs apart."""
+    name = (files.read_json(os.path.join(out_dir, files.JOB)) or {}).get("name")
+    if not name:
+        return "DPO"
+    return f"DPO {name}" if len(name) <= 32 else f"DPO {name[:31]}…"  # a single run's name is all its overrides
 
 
 def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges.Judge]:

@@ -101,6 +101,7 @@ def test_single_run_console_log_and_model_card(tmp_path):
     proc = run_py(TINY, f"hydra.run.dir={job}", cwd=tmp_path, check=True, timeout=300)
     assert not (job / "run.log").exists() and "Data: 48 train / 16 eval pairs" in (job / "train.log").read_text()
     assert "step 4/4  eval loss" in proc.stdout and "{'loss'" not in proc.stdout and "FutureWarning" not in proc.stdout
+    assert "DPO experiment=tiny: 100%" in proc.stdout and "eval: 100%" in proc.stdout  # labelled bars
     assert "URL not available" not in proc.stdout and "wandb leet " in proc.stdout and "wandb sync " in proc.stdout
     card = (job / "final" / "README.md").read_text()
     assert "[None]" not in card and "fine-tuned version of the local checkpoint" in card and str(job / "final") in card
