@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, run_py, train_job
+from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 from dpo_lab.files import read_json
 from test_config import LOSS_FILES
 
@@ -50,6 +50,20 @@ def test_metrics_are_plotted_against_the_integer_trainer_step(tmp_path):
     assert {"glob_name": "*", "step_metric": "train/global_step"}.items() <= next(m for m in metrics if m.get("glob_name")).items()
     steps = [r["history"]["item"]["train/global_step"] for r in records if r["type"] == "history"]
     assert steps and all(type(s) is int for s in steps) and sorted(set(steps)) == [0, 1, 2]
+
+
+def test_rerun_is_named_by_what_it_changed(tmp_path):
+    from dpo_lab.job import execute, prepare
+    from dpo_lab.train import train
+
+    overrides = ["loss=sigmoid", "beta=0.1", "wandb.mode=disabled", "max_steps=1", "trainer.eval_on_start=false"]
+    prepare(compose_cfg([TINY, *overrides]), str(tmp_path / "job"), name="loss=sigmoid,beta=0.1", group=None,
+            overrides=overrides, choices={})  # fmt: skip
+    assert execute(str(tmp_path / "job"), train)["status"] == "completed"
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "lr=1e-5", "beta=0.5",
+                           "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_json(tmp_path / "again" / "job.json")["name"] == "loss=sigmoid,beta=0.5,lr=1e-5 (rerun)"
 
 
 def test_rerun_reproduces_eval_metrics(tmp_path):
