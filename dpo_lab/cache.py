@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,59 @@ def path(kind: str, params: Params, cache_dir: Union[str, Path, None] = None) ->
 
 def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: Union[str, Path, None] = None) -> Path:
     """The cached artifact `<cache>/<kind>-<hash>` for `params`, built with `write` at most once."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
+    global _said
     out_dir = path(kind, params, cache_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{out_dir}.lock"):  # a second process waits, then finds DONE and returns
+    lock = FileLock(f"{out_dir}.lock")  # a second process waits, then finds DONE and returns
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _said = True  # the job building it said what the first run builds
+        log.info("Waiting for another job or process to finish building %s into %s.", _what(out_dir, kind), out_dir)
+        lock.acquire()
+    try:
         if done_params(out_dir) is None:
+            _say_what_is_coming()
             log.info("Building %s into %s (once: later runs with these parameters reuse it).", kind, out_dir)
             started = time.time()
             build(out_dir, params, write)
             log.info("Built %s in %.0fs.", kind, time.time() - started)
+    finally:
+        lock.release()
     return out_dir
+
+
+# A first run builds the toy model, its warm-up and the toy reward model: minutes of silence unless it says so. A run
+# names what it will need (`expect`) and the first build says at once all that is still missing.
+_expected: List[Tuple[Path, str, str]] = []  # (artifact dir, what it is, about how long it takes), in build order
+_said = False
+
+
+def expect(artifacts: List[Tuple[Path, str, str]]) -> None:
+    """The cached artifacts this run needs, in the order it builds them, each (dir, what it is, about how long it
+    takes): the first `ensure` that builds one says in one line which of them are missing. A process that waited for
+    another's build says nothing: that one said it."""
+    global _expected, _said
+    _expected, _said = list(artifacts), False
+
+
+def _say_what_is_coming() -> None:
+    global _said
+    missing = [(out_dir, f"{what} ({how_long})" if how_long else what) for out_dir, what, how_long in _expected
+               if done_params(out_dir) is None]  # fmt: skip
+    if _said or not missing:
+        return
+    _said = True
+    names = [what for _, what in missing]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    log.info("First run on this machine with these settings: building %s into %s; later runs reuse %s.", listed,
+             missing[0][0].parent, "it" if len(names) == 1 else "them")  # fmt: skip
+
+
+def _what(out_dir: Path, kind: str) -> str:
+    return next((what for d, what, _ in _expected if d == out_dir), kind)
 
 
 def write_in_child(function: str, out_dir: Path, kwargs: Params) -> None:

@@ -31,13 +31,27 @@ def tag_rank() -> None:
     logging.setLogRecordFactory(record)
 
 
-def progress_callback():
-    """transformers' ProgressCallback without the raw metrics dict it writes at every log: the last train loss rides
-    on the bar, each eval prints one line (step, loss, margin, accuracy), the end of training one more."""
+def progress_callback(label: str):
+    """transformers' ProgressCallback without the raw metrics dict it writes at every log: the training bar says what
+    trains (`label`: the warm-up, the reward model, the DPO run's name) and the eval bar says "eval"; the last train
+    loss rides on the bar, each eval prints one line (step, loss, margin, accuracy), the end of training one more."""
     from tqdm.auto import tqdm
     from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_utils import has_length
 
     class Progress(ProgressCallback):
+        # The parent's bars, made with their labels (set later, the first line drawn would have none).
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, desc=label, dynamic_ncols=True)
+            self.current_step = 0
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
+                self.prediction_bar = tqdm(total=len(eval_dataloader), desc="eval", leave=self.training_bar is None,
+                                           dynamic_ncols=True)  # fmt: skip
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return

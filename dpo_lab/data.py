@@ -131,7 +131,7 @@ def _parse_json(path: str, text: str) -> List[Any]:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. "
+            raise UserError(f"{path!r} is not valid JSON: {_json_where(e, f'line {e.lineno}, column {e.colno}')}. "
                             "Fix that line (a JSON array of objects) or write the file as JSON Lines.") from None  # fmt: skip
         except (ValueError, RecursionError) as e:
             raise UserError(f"{path!r} cannot be read as JSON: {_json_limit(e)}. Fix the file.") from None
@@ -142,11 +142,16 @@ def _parse_json(path: str, text: str) -> List[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} line {lineno} is not valid JSON ({e.msg}, column {e.colno}). Each line "
+            raise UserError(f"{path!r} line {lineno} is not valid JSON ({_json_where(e, f'column {e.colno}')}). Each line "
                             "of a JSON Lines file must be one object with prompt, chosen and rejected.") from None  # fmt: skip
         except (ValueError, RecursionError) as e:
             raise UserError(f"{path!r} line {lineno} cannot be read as JSON: {_json_limit(e)}. Fix that line.") from None  # fmt: skip
     return rows
+
+
+def _json_where(e: json.JSONDecodeError, where: str) -> str:
+    """"Unterminated string starting at line 14, column 5": some of Python's messages end in "at" already."""
+    return f"{e.msg.removesuffix(' at')} at {where}"
 
 
 def _json_limit(e: Exception) -> str:

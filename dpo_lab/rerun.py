@@ -100,7 +100,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
         log.error("%s", e)
         return 2
     meta = read_json(os.path.join(job_dir, "job.json")) or {"name": "rerun", "group": None, "overrides": [], "choices": {}}
-    prepare(cfg, out, name=f"{meta['name']} (rerun)", group=meta["group"], overrides=meta["overrides"] + list(overrides),
+    prepare(cfg, out, name=rerun_name(meta["name"], overrides), group=meta["group"], overrides=meta["overrides"] + list(overrides),
             choices=meta["choices"])  # fmt: skip
     setup_logging(out)  # the rerun's log goes to its own train.log too
     _warn_on_version_drift(job_dir, out)
@@ -109,6 +109,20 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     result = launch(out, train, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
     return 0 if result["status"] == "completed" else 1
+
+
+def rerun_name(name: str, overrides: List[str]) -> str:
+    """`loss=sigmoid,beta=0.1,lr=1e-5 (rerun)`: the original's name with what the rerun changed; an override of a key
+    the name holds replaces it there."""
+    parts = [] if name in ("default", "rerun") else name.removesuffix(" (rerun)").split(",")
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        same = [i for i, part in enumerate(parts) if part.split("=", 1)[0] == key]
+        if same:
+            parts[same[0]] = override
+        else:
+            parts.append(override)
+    return f"{','.join(parts) or 'default'} (rerun)"
 
 
 def _warn_on_version_drift(old_dir: str, new_dir: str) -> None:

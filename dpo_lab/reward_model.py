@@ -71,7 +71,7 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in rows]))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):
-        trainer.add_callback(progress_callback())
+        trainer.add_callback(progress_callback("reward model"))
     trainer.train()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
@@ -82,15 +82,26 @@ def ensure_reward_model(toy_paths: dict, base_model: str, prompt_format: str = "
     """The toy reward model trained from base_model, built at most once into `rm-<hash>` beside the toy artifact.
     `recipe`: RewardModelConfig fields; unset ones take its defaults."""
     recipe = asdict(RewardModelConfig(**recipe))
-    toy_dir = Path(toy_paths["model"]).parent
-    base = Path(base_model)
-    params = {"version": VERSION, "toy": toy_dir.name, "base": f"{base.parent.name}/{base.name}",
-              "prompt_format": prompt_format, **recipe}  # fmt: skip
+    params, cache_dir = _key(toy_paths, base_model, prompt_format, recipe)
     kwargs = dict(base_model=base_model, train_file=toy_paths["train_file"], prompt_format=prompt_format, device=device,
                   **recipe)  # fmt: skip
     out_dir = cache.ensure("rm", params, lambda tmp: cache.write_in_child("dpo_lab.reward_model:write_reward_model",
-                                                                          tmp, kwargs), cache_dir=toy_dir.parent)  # fmt: skip
+                                                                          tmp, kwargs), cache_dir=cache_dir)  # fmt: skip
     return str(out_dir / "model")
+
+
+def cached_reward_model(toy_paths: dict, base_model: str, prompt_format: str = "none", **recipe) -> str:
+    """The path ensure_reward_model returns, built or not."""
+    params, cache_dir = _key(toy_paths, base_model, prompt_format, asdict(RewardModelConfig(**recipe)))
+    return str(cache.path("rm", params, cache_dir) / "model")
+
+
+def _key(toy_paths: dict, base_model: str, prompt_format: str, recipe: dict):
+    """(params, cache dir): the reward model's cache key, beside the toy artifact."""
+    toy_dir, base = Path(toy_paths["model"]).parent, Path(base_model)
+    params = {"version": VERSION, "toy": toy_dir.name, "base": f"{base.parent.name}/{base.name}",
+              "prompt_format": prompt_format, **recipe}  # fmt: skip
+    return params, toy_dir.parent
 
 
 def toy_reward_model(cfg, toy_paths: dict, device: str) -> str:

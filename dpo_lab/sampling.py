@@ -172,8 +172,11 @@ class Sampler:
         with acc.split_between_processes(list(range(len(self.rows))), apply_padding=True) as mine:
             prompts = [self.prompts[i] for i in mine]
             with _eval_mode(policy), acc.autocast():
+                self._say(step, f"the policy answers {len(self.rows)} eval prompts (up to {self.s.max_new_tokens} new "
+                                "tokens each)")  # fmt: skip
                 answers = generate(policy, self.tokenizer, prompts, self.gen, self.s.seed)
                 ref_answers = None
+                self._say(step, "the reference scores those answers and writes its own")
                 with ref_on():
                     nll = mean_nll(ref, prompts, answers)
                     if self.reference is None:
@@ -186,6 +189,7 @@ class Sampler:
                 ref_texts = [self.reference[i] for i in mine] if self.reference else [None] * len(mine)
             verdicts = [{}] * len(mine)
             if self.judge is not None and None not in ref_texts:
+                self._say(step, f"the {self.judge.name} judge compares the two answers to each prompt")
                 rows = [self.rows[i] for i in mine]
                 verdicts = self.judge.compare([r["prompt"] for r in rows], texts, ref_texts, rows)
             for k, i in enumerate(mine):
@@ -193,6 +197,12 @@ class Sampler:
                             "stopped": float(bool(answers[k]) and answers[k][-1] in stop), **verdicts[k],
                             **text_metrics(texts[k], self.rows[i].get("required_words"))})  # fmt: skip
             return out
+
+    def _say(self, step: int, what: str) -> None:
+        """A progress line for the run's first samples (step 0): the reference answers too, and no bar moves yet, so
+        on CPU it is the longest silence of a run (half a minute and more on 2 cores)."""
+        if self.main and self.reference is None:
+            log.info("Samples at step %d: %s ...", step, what)
 
     def __call__(self, step: int) -> Dict[str, float]:
         """Sample the policy at `step` (once per step) and return the checkpoint's mean metrics."""

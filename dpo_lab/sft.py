@@ -53,7 +53,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):  # the bar with the loss on it, not a metrics dict per log
-        trainer.add_callback(progress_callback())
+        trainer.add_callback(progress_callback("warm-up"))
     trainer.train()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
@@ -66,11 +66,21 @@ def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu"
     `recipe`: SftConfig fields (steps, lr, batch_size, rejected_fraction, seed); unset ones take its defaults.
     The device is not part of the key: the warm-up is fp32 and close enough on any device."""
     recipe = asdict(SftConfig(**recipe))  # one place for the defaults; an unknown field fails here
-    toy_dir = Path(toy_paths["model"]).parent
-    params = {"version": VERSION, "toy": toy_dir.name, "prompt_format": prompt_format, **recipe}
     kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
-    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.sft:write_sft", tmp, kwargs), cache_dir=toy_dir.parent)
+    params, cache_dir = _key(toy_paths, prompt_format, recipe)
+    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.sft:write_sft", tmp, kwargs), cache_dir)
     return str(out_dir / "model")
+
+
+def cached_sft(toy_paths: dict, prompt_format: str = "none", **recipe) -> str:
+    """The path ensure_sft returns, built or not."""
+    return str(cache.path("sft", *_key(toy_paths, prompt_format, asdict(SftConfig(**recipe)))) / "model")
+
+
+def _key(toy_paths: dict, prompt_format: str, recipe: dict):
+    """(params, cache dir): the warm-up's cache key, beside the toy artifact."""
+    toy_dir = Path(toy_paths["model"]).parent
+    return {"version": VERSION, "toy": toy_dir.name, "prompt_format": prompt_format, **recipe}, toy_dir.parent
 
 
 if __name__ == "__main__":

@@ -272,6 +272,11 @@ def write_toy(out_dir, **params) -> dict:
     return _paths(cache.build(out_dir, _params(cfg), _writer(cfg)))
 
 
+def cached_toy(cache_dir=None, **params) -> dict:
+    """The paths ensure_toy returns, built or not (what comes next is cached by them)."""
+    return _paths(cache.path("toy", _params(ToyConfig(**params)), cache_dir))
+
+
 def ensure_toy(cache_dir=None, **params) -> dict:
     """write_toy into the cache (`<cache>/toy-<hash>`), building at most once; `params`: ToyConfig fields."""
     cfg = ToyConfig(**params)

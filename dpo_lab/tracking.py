@@ -4,13 +4,14 @@ job.execute starts the run before the task and finishes it after, whatever happe
 resolved dpo-lab config, overrides, choices; train.py adds `resolved` and `dtypes`); `TrainerLogger`, transformers'
 WandbCallback with one change, logs the metrics and puts TRL's ~180 DPOConfig fields under `trl`.
 
-A sweep's jobs each keep their run in `<job>/wandb/`; `<sweep>/wandb/` links to all of them, so one `wandb leet` and
-one `wandb sync` on that folder browse and upload the whole sweep.
+A sweep's jobs each keep their run in `<job>/wandb/`; `<sweep>/wandb/` holds a folder per run, named after the run
+and linking to its files, so one `wandb leet` and one `wandb sync` on that folder browse and upload the whole sweep.
 """
 
 import logging
 import netrc
 import os
+import re
 from typing import Any, Callable, Dict, List
 from urllib.parse import urlparse
 
@@ -97,7 +98,7 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
                     "the server is back: wandb sync %s", type(e).__name__, (str(e).splitlines() or [""])[0],
                     run.settings.sync_dir, run.settings.sync_dir)  # fmt: skip
     if meta.get("sweep_dir"):
-        _link_into_sweep_view(run.settings.sync_dir, meta["sweep_dir"])
+        _link_into_sweep_view(run.settings.sync_dir, meta["sweep_dir"], meta["name"])
     run.define_metric("train/global_step")
     run.define_metric("*", step_metric="train/global_step", step_sync=True)
     for key, summary in EVAL_SUMMARIES.items():
@@ -140,15 +141,48 @@ def sweep_view(sweep_dir: str) -> str:
     return os.path.join(sweep_dir, "wandb")
 
 
-def _link_into_sweep_view(run_dir: str, sweep_dir: str) -> None:
-    """Link the job's run folder into <sweep>/wandb/ (relative, so the sweep folder can move); a resumed job's new
-    run folder gets a link of its own."""
+RUN_DIR = re.compile(r"((?:offline-)?run-\d{8}_\d{6}-)(.+)")  # wandb's run folder: <kind>run-<time>-<run id>
+RUN_PARTS = ("files", "logs", "tmp")  # what a run folder holds besides its log, run-<id>.wandb
+
+
+def _link_into_sweep_view(run_dir: str, sweep_dir: str, name: str) -> None:
+    """Give the job's run a folder in <sweep>/wandb/ named after the run, `offline-run-<time>-<name>`, holding links to
+    the run's files and to its log as `run-<name>.wandb`. wandb leet lists a folder by its name (it shows nothing
+    else) and reads `run-<what follows the time>.wandb` in it; wandb sync reads that log and the files beside it. The
+    links are relative, so the sweep folder can move; a resumed job's new run folder gets a folder of its own."""
     view = sweep_view(sweep_dir)
     os.makedirs(view, exist_ok=True)
     run_dir = os.path.abspath(run_dir)
-    link = os.path.join(view, os.path.basename(run_dir))
+    match = RUN_DIR.fullmatch(os.path.basename(run_dir))
+    if match is None:  # not a folder name we know: link it as it is
+        _symlink(run_dir, os.path.join(view, os.path.basename(run_dir)))
+        return
+    prefix, run_id = match.groups()
+    log_file = os.path.join(run_dir, f"run-{run_id}.wandb")
+    label = _label(name)
+    folder = os.path.join(view, prefix + label)
+    if os.path.lexists(folder) and not _is_view_of(folder, label, log_file):  # two runs of one name in one second
+        label = f"{label}-{run_id}"
+        folder = os.path.join(view, prefix + label)
+    os.makedirs(folder, exist_ok=True)
+    _symlink(log_file, os.path.join(folder, f"run-{label}.wandb"))
+    for part in RUN_PARTS:
+        _symlink(os.path.join(run_dir, part), os.path.join(folder, part))
+
+
+def _label(name: str) -> str:
+    """A run name as a folder name: no path separators or spaces, at most 100 characters."""
+    return re.sub(r"[^\w=,.+@-]+", "_", name).strip("_")[:100] or "run"
+
+
+def _is_view_of(folder: str, label: str, log_file: str) -> bool:
+    link = os.path.join(folder, f"run-{label}.wandb")
+    return os.path.lexists(link) and os.path.realpath(link) == os.path.realpath(log_file)
+
+
+def _symlink(target: str, link: str) -> None:
     if not os.path.lexists(link):
-        os.symlink(os.path.relpath(run_dir, view), link)
+        os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
 
 
 def sweep_commands(sweep_dir: str) -> List[str]:

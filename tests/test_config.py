@@ -115,3 +115,10 @@ def test_multirun_cfg_points_to_preflight_only(tmp_path):
     proc = run_py("-m", "loss=sigmoid,ipo", "--cfg", "job", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "preflight_only=true" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "multirun").exists()
+
+
+def test_help_says_sweep_needs_a_plus(tmp_path):
+    proc = run_py("--help", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("dpo-lab: ")
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "sweep: all_losses" in groups and "python run.py -m +sweep=NAME" in groups

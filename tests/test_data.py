@@ -97,6 +97,8 @@ def test_prompts_that_fill_max_length_are_dropped_and_counted(tokenizer, caplog)
     [
         ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n', "line 2 is not valid JSON"),
         ('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a" "chosen": "b"}]', "line 2, column"),
+        ('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a]', "Unterminated string starting at line 2, column 13"),
+        ('{"prompt": "a}\n', r"line 1 is not valid JSON \(Unterminated string starting at column 12\)"),
         ('[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}]', "row 2 has no 'rejected'"),
         ('[{"prompt": "a", "chosen": "", "rejected": "c"}]', "row 1 field 'chosen' is empty"),
         ("", "is empty"),

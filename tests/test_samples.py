@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, run_py
+from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
 from dpo_lab import files, judges, sampling, viewer
 from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
 from dpo_lab.viewer import wrap
@@ -197,6 +197,23 @@ def test_wandb_table_matches_jsonl(full_ft_job):
     assert "max" in summary["samples/win_rate"]  # define_metric summary: the best checkpoint's win rate
 
 
+def test_first_run_says_what_it_builds_once(full_ft_job, monkeypatch):
+    """The module's first job, on an empty cache, says once what it builds (and what step 0's samples are doing);
+    with everything built there is nothing to say: `first_use` names the dirs the job built."""
+    from dpo_lab import cache, train
+
+    tmp, job = full_ft_job
+    log = (job / "train.log").read_text()
+    (notice,) = [line for line in log.splitlines() if "First run on this machine" in line]
+    assert "the toy data and model" in notice and "warm-up" in notice and "toy reward model" in notice
+    assert str(tmp / "cache") in notice
+    assert "Samples at step 0: the policy answers 3 eval prompts" in log and "reward_model judge compares" in log
+    monkeypatch.setenv("DPO_LAB_CACHE", str(tmp / "cache"))
+    planned = train.first_use(compose_cfg(SAMPLED), "cpu")
+    assert [what for _, what, _ in planned] == ["the toy data and model", "the tiny model's warm-up", "the toy reward model"]
+    assert all(cache.done_params(out_dir) is not None for out_dir, _, _ in planned)
+
+
 def test_samples_command_prints_side_by_side(full_ft_job):
     _, job = full_ft_job
     proc = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "3", "--width", "120"],
@@ -219,6 +236,7 @@ def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     job = _run(tmp, "lora", "peft=lora", "samples=greedy", "samples.count=2", "samples.max_new_tokens=16",
                "samples.keep_best=true", "wandb.mode=disabled")  # fmt: skip
     assert [p.stat().st_mtime_ns for p in (tmp / "cache").glob("sft-*/DONE")] == [built]  # the warm-up came from cache
+    assert "First run on this machine" not in (job / "train.log").read_text()  # nothing built, nothing to announce
     rows = read_samples(job)
     by_step = {s: [r for r in rows if r["step"] == s] for s in sorted({r["step"] for r in rows})}
     assert list(by_step) == [0, 3, 6]

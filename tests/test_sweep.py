@@ -15,8 +15,12 @@ from conftest import ROOT, TINY, leet_records, leet_summary, run_py
 
 def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}  # empty: job 0 builds the toy model
+    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env,
+                  check=True)  # fmt: skip
     assert "4/4 jobs completed" in proc.stdout and "| loss=ipo,beta=0.5 " in proc.stdout
+    # The sweep says once what its first job builds; the other jobs find it built.
+    assert proc.stdout.count("First run on this machine") == 1 and "building the toy data and model" in proc.stdout
 
     jobs = sorted(p.parent for p in sweep.glob("*/job.json"))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -45,10 +49,17 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert [r["status"] for r in rows] == ["completed"] * 4
 
-    # The sweep ends with one command that browses and one that uploads all its runs; both see all four.
+    # The sweep ends with one command that browses and one that uploads all its runs; both see all four, by name:
+    # wandb leet lists the folders of <sweep>/wandb/ by their names, offline-run-<time>-<run name>.
     view = sweep / "wandb"
     assert f"wandb leet {view}" in proc.stdout and f"wandb sync {view}" in proc.stdout
-    assert sorted(p.resolve() for p in view.iterdir()) == sorted(next((j / "wandb").glob("offline-run-*")).resolve() for j in jobs)
+    folders = {p.name.split("-", 3)[3]: p for p in view.iterdir()}
+    assert set(folders) == names and all(p.name.startswith("offline-run-") for p in folders.values())
+    logs = {next((j / "wandb").glob("offline-run-*/run-*.wandb")).resolve() for j in jobs}
+    assert {(p / f"run-{name}.wandb").resolve() for name, p in folders.items()} == logs
+    for name, folder in folders.items():  # what leet reads through the folder: the run of that name
+        assert next(r["run"] for r in leet_records(folder) if r["type"] == "run")["display_name"] == name
+        assert (folder / "files" / "output.log").is_file()  # the files wandb sync uploads beside the log
     dry = subprocess.run(["wandb", "sync", "--dry-run", str(view)], capture_output=True, text=True, timeout=120)
     assert "Would sync 4 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, run_py, train_job
+from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 from dpo_lab.files import read_json
 from test_config import LOSS_FILES
 
@@ -39,6 +39,31 @@ def test_run_logs_eval_at_start_every_eval_and_end(tmp_path):
     steps = sorted({h["train/global_step"] for h in history if "eval/rewards/margins" in h})
     assert steps == [0, 2, 4, 5]
     assert result["steps"] == 5
+
+
+def test_metrics_are_plotted_against_the_integer_trainer_step(tmp_path):
+    """Every metric's x axis is train/global_step (the "*" definition, which wandb leet and the web UI follow), and
+    it is logged as an integer."""
+    result = train_job(tmp_path, ["max_steps=2"])
+    records = leet_records(result["wandb_dir"])
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert {"glob_name": "*", "step_metric": "train/global_step"}.items() <= next(m for m in metrics if m.get("glob_name")).items()
+    steps = [r["history"]["item"]["train/global_step"] for r in records if r["type"] == "history"]
+    assert steps and all(type(s) is int for s in steps) and sorted(set(steps)) == [0, 1, 2]
+
+
+def test_rerun_is_named_by_what_it_changed(tmp_path):
+    from dpo_lab.job import execute, prepare
+    from dpo_lab.train import train
+
+    overrides = ["loss=sigmoid", "beta=0.1", "wandb.mode=disabled", "max_steps=1", "trainer.eval_on_start=false"]
+    prepare(compose_cfg([TINY, *overrides]), str(tmp_path / "job"), name="loss=sigmoid,beta=0.1", group=None,
+            overrides=overrides, choices={})  # fmt: skip
+    assert execute(str(tmp_path / "job"), train)["status"] == "completed"
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "lr=1e-5", "beta=0.5",
+                           "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_json(tmp_path / "again" / "job.json")["name"] == "loss=sigmoid,beta=0.5,lr=1e-5 (rerun)"
 
 
 def test_rerun_reproduces_eval_metrics(tmp_path):
@@ -90,6 +115,7 @@ def test_single_run_console_log_and_model_card(tmp_path):
     proc = run_py(TINY, f"hydra.run.dir={job}", cwd=tmp_path, check=True, timeout=300)
     assert not (job / "run.log").exists() and "Data: 48 train / 16 eval pairs" in (job / "train.log").read_text()
     assert "step 4/4  eval loss" in proc.stdout and "{'loss'" not in proc.stdout and "FutureWarning" not in proc.stdout
+    assert "DPO experiment=tiny: 100%" in proc.stdout and "eval: 100%" in proc.stdout  # labelled bars
     assert "URL not available" not in proc.stdout and "wandb leet " in proc.stdout and "wandb sync " in proc.stdout
     card = (job / "final" / "README.md").read_text()
     assert "[None]" not in card and "fine-tuned version of the local checkpoint" in card and str(job / "final") in card
