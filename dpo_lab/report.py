@@ -3,8 +3,9 @@
 report.md ranks the runs by the sweep's objective (quality.py: the judge's win rate over the reference, or the
 log-ratio margin; never the reward margin, which grows with β), with 95% intervals and which runs are within noise
 of the best; aggregates seeds into one row per configuration; and shows each run's checkpoints (win rate per
-checkpoint, best step, degradation). Built only from what job directories hold (result.json, job.json,
-samples.jsonl), so it works for running, partial and failed sweeps, and without wandb:
+checkpoint, best step, degradation). A sweep prints a shorter table (console_summary: 100 columns) and the same
+verdict. Built only from what job directories hold (result.json, job.json, samples.jsonl), so it works for
+running, partial and failed sweeps, and without wandb:
 
     python -m dpo_lab report multirun/loss_beta_grid/2026-11-24_10-00-00 [--out results/my_sweep]
 """
@@ -13,6 +14,7 @@ import csv
 import glob
 import math
 import os
+import textwrap
 from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, quality
@@ -30,6 +32,10 @@ CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a bes
 RUN_STATS = ["steps", "train_seconds", "seconds_to_first_step", "reference_logps", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
 REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
+CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
+# Short titles of the HEADLINE metrics for the console.
+SHORT = {"samples/win_rate": "win rate", "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
+         "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -80,11 +86,6 @@ def table(rows: List[Dict[str, Any]], columns: List[tuple]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
-def sweep_objective(sweep_dir: str) -> str:
-    """The `objective` the sweep was started with (auto for sweeps from before it was recorded)."""
-    return (files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("objective", "auto")
-
-
 def objective_of(rows: List[Dict[str, Any]], name: str = "auto") -> str:
     """The sweep's objective (after auto: win_rate if every completed run has a judge, else logratio_margin)."""
     return quality.resolve(name, [r for r in rows if r.get("status") == "completed"])
@@ -98,18 +99,21 @@ def _metric_columns(rows: List[Dict[str, Any]], objective: str) -> List[tuple]:
     return cols
 
 
-def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
+def ranked_jobs(rows: List[Dict[str, Any]], objective: str) -> List[Dict[str, Any]]:
     """Every job, best objective first (quality.aggregate by job: each with its own interval), then the jobs that
     did not complete."""
-    objective = objective_of(rows, objective)
     keys = [quality.OBJECTIVES[objective].key] + [k for k, _ in HEADLINE]
-    ranked = quality.aggregate(rows, ["job"], objective, keys)
     by_job = {r["job"]: r for r in rows}
-    ranked = [{**by_job[a["job"]], **a} for a in ranked]
-    ranked += [r for r in rows if r.get("status") != "completed"]
+    ranked = [{**by_job[a["job"]], **a} for a in quality.aggregate(rows, ["job"], objective, keys)]
+    return ranked + [r for r in rows if r.get("status") != "completed"]
+
+
+def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
+    """report.md's leaderboard: every job with every headline metric (the console prints console_summary)."""
+    objective = objective_of(rows, objective)
     cols = [("job", "job"), ("name", "run"), ("status", "status"), *_metric_columns(rows, objective), *CHECKPOINT_COLUMNS,
             ("steps", "steps"), ("train_seconds", "seconds")]  # fmt: skip
-    return table(ranked, cols)
+    return table(ranked_jobs(rows, objective), cols)
 
 
 def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> List[Dict[str, Any]]:
@@ -121,6 +125,112 @@ def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> L
 def config_table(configs: List[Dict[str, Any]], swept: List[str], objective: str) -> str:
     cols = [(k, k) for k in swept if k != "seed"] + [("n", "seeds"), *_metric_columns(configs, objective), ("jobs", "jobs")]
     return table(configs, cols)
+
+
+def ranking(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> List[Dict[str, Any]]:
+    """What the verdict ranks: configurations (by_config) where seeds were swept, else single jobs; best first."""
+    if "seed" in swept:
+        return by_config(rows, swept, objective)
+    return quality.aggregate(rows, ["job"], objective, [quality.OBJECTIVES[objective].key])
+
+
+def verdict(ranked: List[Dict[str, Any]], objective: str, strong: str = "") -> str:
+    """`Best: X (win_rate 0.72 ± 0.12); 3 other(s) within noise of it.`, and whether even the best beats the starting
+    model; empty when nothing ranked. `strong` wraps the name (`**`: bold in report.md)."""
+    obj = quality.OBJECTIVES[objective]
+    if not ranked or obj.key not in ranked[0]:
+        return ""
+    best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
+    if tied:
+        others = f"; {tied} other(s) within noise of it."
+    elif len(ranked) > 1:
+        others = "; every other run is worse beyond noise."
+    else:  # the others failed or are still running
+        others = "; no other run has a result."
+    name = best.get("name") or best.get("jobs")
+    return f"{strong}Best: {name}{strong} ({objective} {_pm(best, obj.key)}){others}{_vs_baseline(best, obj)}"
+
+
+def sweep_summary(sweep_dir: str, rows: List[Dict[str, Any]]) -> str:
+    """console_summary of a sweep's rows, with the swept keys and objective its sweep.json recorded."""
+    sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
+    return console_summary(rows, sweep.get("swept_keys", []), sweep.get("objective", "auto"))
+
+
+def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str = "auto") -> str:
+    """What a sweep prints when it ends, within CONSOLE_WIDTH columns: a short leaderboard, the configurations
+    where seeds were swept, and the verdict. report.md and summary.csv keep every column."""
+    objective = objective_of(rows, objective)
+    ranked, head = ranking(rows, swept, objective), _headline_column(rows, objective)
+    status = [(_status, "status")] if any(r.get("status") != "completed" for r in rows) else []  # all ok: say nothing
+    first = [("job", "job"), _keys_column(swept), *status, *_objective_columns(objective)]
+    rest = [("best_checkpoint_step", "best step"), (CHECKPOINT_COLUMNS[1][0], "degraded"),
+            (lambda r: _duration(r.get("train_seconds")), "time")]  # fmt: skip
+    lines = [f"Ranked by {objective} (± 95% intervals; ≈ best: within noise of the best)",
+             _narrow_table(ranked_jobs(rows, objective), first, head + rest)]
+    if "seed" in swept and ranked:
+        first = [_keys_column([k for k in swept if k != "seed"]), ("n", "seeds"), *_objective_columns(objective)]
+        lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
+    best = verdict(ranked, objective)
+    return "\n".join(lines + ([textwrap.fill(best, CONSOLE_WIDTH)] if best else []))
+
+
+def _narrow_table(rows: List[Dict[str, Any]], columns: List[tuple], optional: List[tuple]) -> str:
+    """table() of `columns` and as many of the `optional` ones, from the left, as fit in CONSOLE_WIDTH."""
+    text = table(rows, columns + optional)
+    while optional and max(map(len, text.splitlines())) > CONSOLE_WIDTH:
+        optional = optional[:-1]
+        text = table(rows, columns + optional)
+    return text
+
+
+def _status(row: Dict[str, Any]) -> str:
+    return "ok" if row.get("status") == "completed" else row.get("status", "")
+
+
+def _objective_columns(objective: str) -> List[tuple]:
+    """The objective, rounded to its interval, and whether it is within noise of the best."""
+    key = quality.OBJECTIVES[objective].key
+    vs_best = lambda r: "≈ best" if r.get("vs_best") == "within noise" else r.get("vs_best", "")  # noqa: E731
+    return [(lambda r: _rounded_pm(r, key), SHORT.get(key, objective)), (vs_best, "vs best")]
+
+
+def _headline_column(rows: List[Dict[str, Any]], objective: str) -> List[tuple]:
+    """The first HEADLINE metric the runs have besides the objective, never the reward margin (it grows with β)."""
+    skip = {quality.OBJECTIVES[objective].key, "eval/rewards/margins"}
+    key = next((k for k, _ in HEADLINE if k not in skip and any(k in r for r in rows)), None)
+    return [(lambda r: _rounded_pm(r, key), SHORT[key])] if key else []
+
+
+def _keys_column(keys: List[str]) -> tuple:
+    """One column of a row's swept values, `sigmoid,0.5` under `loss,beta` (the run name where nothing is swept)."""
+    if not keys:
+        return (lambda r: _clip(r.get("name")), "run")
+    return (lambda r: _clip(",".join(str(r.get(k, "")) for k in keys)), _clip(",".join(keys)))
+
+
+def _clip(value: Any, width: int = 28) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _rounded_pm(row: Dict[str, Any], key: str) -> str:
+    """`0.72 ± 0.12`: the value rounded to its interval's second significant digit (3 digits without one)."""
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if not isinstance(value, (int, float)):
+        return ""
+    if not isinstance(ci, (int, float)) or not ci > 0:
+        return f"{value:.3g}" + (" ± 0" if ci == 0 else "")
+    places = min(max(1 - math.floor(math.log10(ci)), 0), 6)
+    return f"{value:.{places}f} ± {ci:.{places}f}"
+
+
+def _duration(seconds: Any) -> str:
+    """`27s`, `4m05s`, `2h03m`."""
+    if not isinstance(seconds, (int, float)):
+        return ""
+    s = round(seconds)
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def checkpoint_table(rows: List[Dict[str, Any]]) -> str:
@@ -299,15 +409,12 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
              f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
              "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
              "difference to the best lies inside the 95% interval of the difference.", ""]  # fmt: skip
-    configs = by_config(rows, swept, objective) if "seed" in swept else []
+    ranked = ranking(rows, swept, objective)
+    configs = ranked if "seed" in swept else []
     if configs:
         lines += ["## Configurations (seeds aggregated)", "", config_table(configs, swept, objective), ""]
-    ranked = configs or quality.aggregate(rows, ["job"], objective, [obj.key])
-    if ranked and obj.key in ranked[0]:
-        best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
-        lines += [f"**Best: {best.get('name') or best.get('jobs')}** ({objective} {_pm(best, obj.key)})"
-                  + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise.")
-                  + _vs_baseline(best, obj), ""]  # fmt: skip
+    best = verdict(ranked, objective, strong="**")
+    lines += [best, ""] if best else []
     lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]
     checkpoints = checkpoint_table(rows)
     if checkpoints:
