@@ -18,7 +18,7 @@ import textwrap
 from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, quality
-from dpo_lab.metrics import means_by_step
+from dpo_lab.metrics import BETTER, means_by_step
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
 HEADLINE = [("samples/win_rate", "win rate"), ("eval/logratios/margins", "log-ratio margin"),
@@ -36,6 +36,16 @@ CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (repor
 # Short titles of the HEADLINE metrics for the console.
 SHORT = {"samples/win_rate": "win rate", "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
          "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
+DPI = 100  # a figure's inches x 100: its PNG's pixels
+# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures.
+SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
+               "task_score": "task score\n(share of the required words present)",
+               "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
+               "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
+EVAL_PANELS = [("eval/logratios/margins", "eval log-ratio margin (higher is better)",
+                "log-ratio margin, chosen - rejected\n(nats; TRL's reward margin / beta)"),
+               ("eval/rewards/accuracies", "eval preference accuracy (higher is better)",
+                "share of held-out pairs ranked right\n(chosen reward > rejected; ties count wrong)")]  # fmt: skip
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -268,45 +278,79 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str) -> bool:
+    """Write the figure all at once (a reader never sees half a PNG) and free it."""
+    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
+        fig.savefig(tmp, dpi=DPI)
+    _pyplot().close(fig)
+    return True
+
+
 def _lines(ax, runs: List[Dict[str, Any]], history: str, key: str, se_key: Optional[str]) -> None:
-    """One line per run: its own marker and line style, x nudged apart a little so equal values stay visible, and a
-    band of ±1.96 standard errors where there is one."""
+    """One line per run: its own marker and line style, x nudged apart a little so equal values stay visible, and
+    error bars of ±1.96 standard errors where `se_key` is given and measured (bars, not bands: four runs' bands
+    overlap into one blob)."""
     span = max((h["step"] for r in runs for h in r[history]), default=1) or 1
     for i, r in enumerate(runs):
         hist = [h for h in r[history] if key in h]
         if not hist:
             continue
-        dx = (i - (len(runs) - 1) / 2) * span * 0.008
+        dx = (i - (len(runs) - 1) / 2) * span * 0.01
         x = [h["step"] + dx for h in hist]
         y = [h[key] for h in hist]
         marker, style = STYLES[i % len(STYLES)]
         (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=5, label=r.get("name"))
         if se_key and all(se_key in h for h in hist):
-            half = [1.96 * h[se_key] for h in hist]
-            ax.fill_between(x, [a - b for a, b in zip(y, half)], [a + b for a, b in zip(y, half)],
-                            color=line.get_color(), alpha=0.12)  # fmt: skip
+            ax.errorbar(x, y, yerr=[1.96 * h[se_key] for h in hist], fmt="none", ecolor=line.get_color(), elinewidth=1,
+                        capsize=3, alpha=0.6)  # fmt: skip
+
+
+def _legend(fig, axes, used: int) -> None:
+    """One legend of the runs for the whole figure: in the grid's spare panel where it has one, else below it."""
+    found = {}
+    for ax in axes.flat[:used]:
+        found.update(zip(*reversed(ax.get_legend_handles_labels())))
+    spare = axes.flat[used:]
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):
+        spare[0].legend(found.values(), found.keys(), loc="center", title="run")
+        fig.tight_layout()
+        return
+    ncol = min(4, len(found))
+    fig.legend(found.values(), found.keys(), loc="lower center", ncol=ncol, title="run", frameon=False)
+    legend_in = 0.3 + 0.25 * math.ceil(len(found) / ncol)  # its title and one line per legend row, in inches
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
 
 
 def plot_eval(rows: List[Dict[str, Any]], path: str) -> bool:
-    """The β-free eval metrics per eval step: log-ratio margin and held-out accuracy, with their 95% bands."""
+    """The β-free eval metrics per eval step: log-ratio margin and held-out accuracy, with 95% error bars over the
+    eval batches; the accuracy panel says why it reads 0 at step 0."""
     runs = [r for r in rows if r.get("eval_history")]
-    panels = [(k, k + "_se", t) for k, t in (("eval/logratios/margins", "eval log-ratio margin (reward margin / beta)"),
-                                              ("eval/rewards/accuracies", "eval preference accuracy"))
-              if any(k in h for r in runs for h in r["eval_history"])]  # fmt: skip
+    panels = [p for p in EVAL_PANELS if any(p[0] in h for r in runs for h in r["eval_history"])]
     if not runs or not panels:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for ax, (key, se_key, title) in zip(axes[0], panels):
-        _lines(ax, runs, "eval_history", key, se_key)
-        ax.set(xlabel="step", title=title)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    for ax, (key, title, ylabel) in zip(axes.flat, panels):
+        _lines(ax, runs, "eval_history", key, key + "_se")
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+        if key == "eval/rewards/accuracies":
+            _mark_ties(ax, runs)
+    _legend(fig, axes, len(panels))
+    return _save(fig, path)
+
+
+def _mark_ties(ax, runs: List[Dict[str, Any]]) -> None:
+    """TRL's accuracy is the share of pairs with chosen reward > rejected: at step 0 the policy is the reference,
+    every margin is exactly 0 and every tie counts as wrong, so a 0 there means untrained, not wrong."""
+    if not any(h["step"] == 0 and h.get("eval/rewards/accuracies") == 0 for r in runs for h in r["eval_history"]):
+        return
+    ax.annotate("step 0: policy = reference, every margin is 0;\nTRL counts these ties as wrong, so 0 here\n"
+                "means untrained, not worse than chance", xy=(0, 0), xytext=(0.4, 0.25), textcoords="axes fraction",
+                fontsize=9, arrowprops={"arrowstyle": "->", "color": "0.3"},
+                bbox={"boxstyle": "round", "fc": "w", "ec": "0.7"})  # fmt: skip
 
 
 def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str = "beta", y: str = "loss") -> bool:
@@ -334,10 +378,7 @@ def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str =
             ax.text(j, i, text, ha="center", va="center", color="k" if light else "w", fontsize=8)
     fig.colorbar(im)
     fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _sort_key(value: str):
@@ -348,26 +389,27 @@ def _sort_key(value: str):
 
 
 def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
-    """Sample metrics per checkpoint (win rate first), with 95% bands over the prompts."""
+    """Sample metrics per checkpoint, two panels a row (1200 x 900 px for four), each y axis saying what it
+    measures. Only the first panel, the metric that picks the best checkpoint (win rate, else task score, else
+    repetition: metrics.resolve_metric), has 95% error bars over the prompts, so the others stay uncluttered."""
     runs = [r for r in rows if r.get("sample_history")]
-    metrics = [m for m in ("win_rate", "task_score", "repetition", "ref_nll")
-               if any(m in h for r in runs for h in r["sample_history"])]  # fmt: skip
+    metrics = [m for m in SAMPLE_AXES if any(m in h for r in runs for h in r["sample_history"])]
     if not runs or not metrics:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        _lines(ax, runs, "sample_history", metric, f"{metric}_se")
+    ncols = min(2, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.5 * nrows), squeeze=False)
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
+        _lines(ax, runs, "sample_history", metric, f"{metric}_se" if i == 0 else None)
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
-        ax.set(xlabel="step", title=f"samples: {metric}")
+        better = "higher" if BETTER[metric] > 0 else "lower"
+        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better} is better"
+               + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+    _legend(fig, axes, len(metrics))
+    return _save(fig, path)
 
 
 def _vs_baseline(best: Dict[str, Any], obj: quality.Objective) -> str:

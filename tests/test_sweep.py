@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, run_py
+from conftest import ROOT, TINY, leet_records, leet_summary, png_size, run_py
 
 
 # A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.
@@ -34,6 +34,7 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     assert table[0].startswith("win_rate") and table[1].startswith("| job | loss,beta ")
     assert max(len(line) for line in table) <= 100, "\n".join(table)
     assert "Best: loss=" in "\n".join(table)
+    assert png_size(next(tmp_path.glob("results/*/samples.png"))) == (1200, 900)  # four sample metrics, 2 x 2
 
     jobs = sorted(p.parent for p in sweep.glob("*/job.json"))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
