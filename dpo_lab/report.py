@@ -12,6 +12,7 @@ running, partial and failed sweeps, and without wandb:
 
 import csv
 import glob
+import itertools
 import math
 import os
 import textwrap
@@ -353,39 +354,92 @@ def _mark_ties(ax, runs: List[Dict[str, Any]]) -> None:
                 bbox={"boxstyle": "round", "fc": "w", "ec": "0.7"})  # fmt: skip
 
 
-def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str = "beta", y: str = "loss") -> bool:
-    """The objective over a loss x beta grid (only when both are swept; seeds averaged)."""
-    key = quality.OBJECTIVES[objective].key
-    configs = quality.aggregate(rows, [y, x], objective, [key])
-    cells = {(c[y], c[x]): c for c in configs if c.get(x) and c.get(y)}
-    ys, xs = sorted({r.get(y) for r in rows if r.get(y)}), sorted({r.get(x) for r in rows if r.get(x)}, key=_sort_key)
-    if len(ys) < 2 or len(xs) < 2:
-        return False
-    plt = _pyplot()
-    import numpy as np
+def heatmap_keys(rows: List[Dict[str, Any]], swept: List[str]) -> List[str]:
+    """The swept keys a heatmap lays out: all but `seed` (averaged over), each with at least two values."""
+    return [k for k in swept if k != "seed" and len({r.get(k) for r in rows if r.get(k) is not None}) >= 2]
 
-    grid = np.array([[_num(cells.get((yv, xv), {}).get(key)) for xv in xs] for yv in ys], dtype=float)
-    grid[~np.isfinite(grid)] = np.nan
-    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(xs), 1.2 + 0.6 * len(ys)))
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), xs)
-    ax.set_yticks(range(len(ys)), ys)
-    ax.set(xlabel=x, ylabel=y, title=f"{objective} (95% interval)")
-    for i, yv in enumerate(ys):
-        for j, xv in enumerate(xs):
-            text = _pm(cells[(yv, xv)], key).replace(" ± ", "\n± ") if (yv, xv) in cells else "failed"
-            light = np.isfinite(grid[i, j]) and im.norm(grid[i, j]) > 0.6  # dark text on viridis' yellow end
-            ax.text(j, i, text, ha="center", va="center", color="k" if light else "w", fontsize=8)
-    fig.colorbar(im)
+
+def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, swept: List[str]) -> bool:
+    """The objective of each configuration (seeds averaged): the last swept key across, the others down (one key:
+    a single column), each cell with its 95% interval. Cells within noise of the best are hatched and say `≈ best`
+    (their colour differences are not shown to be real), the best is outlined."""
+    keys = heatmap_keys(rows, swept)
+    if not keys:
+        return False
+    down, across = (keys[:-1], keys[-1]) if len(keys) > 1 else (keys, None)
+    ys = [y for y in itertools.product(*(_values(rows, k) for k in down)) if any(_key(r, down) == y for r in rows)]
+    xs = _values(rows, across) if across else [None]
+    cells = [[y + ((x,) if across else ()) for x in xs] for y in ys]  # each cell's values of `keys`
+    key = quality.OBJECTIVES[objective].key
+    configs = {_key(c, keys): c for c in quality.aggregate(rows, keys, objective, [key])}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.8 + 1.7 * len(xs), 2.0 + 0.9 * len(ys)))
+    im = _heat_image(ax, [[configs.get(c, {}).get(key) for c in row] for row in cells], configs.values(), key)
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            status = next((r.get("status", "") for r in rows if _key(r, keys) == c), "")
+            _heat_cell(ax, im, (i, j), configs.get(c), key, status)
+    ax.set_xticks(range(len(xs)), xs) if across else ax.set_xticks([])
+    ax.set_yticks(range(len(ys)), [",".join(y) for y in ys])
+    ax.set(xlabel=across or "", ylabel=",".join(down))
+    seeds = " (mean over seeds)" if "seed" in swept else ""
+    ax.set_title(f"{objective} per configuration{seeds}, ± 95% interval\nhatched: within noise of the best (outlined)",
+                 fontsize=10)  # fmt: skip
+    fig.colorbar(im, label=f"{objective} ({key})")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _sort_key(value: str):
+def _heat_image(ax, values: List[List[Optional[float]]], configs, key: str):
+    """The coloured cells (grey where a configuration has no result). The colour scale spans at least the best's
+    95% interval, so differences inside the noise take a small part of it."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    grid = np.array([[_num(v) for v in row] for row in values], dtype=float)
+    grid[~np.isfinite(grid)] = np.nan
+    best = next((c for c in configs if c.get("vs_best") == "best"), {})
+    half = best.get(f"{key}_ci") or 0.0
+    found = [v for v in grid.flat if np.isfinite(v)] + ([best[key] - half, best[key] + half] if key in best else [])
+    norm = Normalize(min(found), max(found)) if found else None
+    return ax.imshow(grid, cmap=_pyplot().get_cmap("viridis").with_extremes(bad="0.85"), norm=norm, aspect="auto")
+
+
+def _heat_cell(ax, im, at: tuple, config: Optional[Dict[str, Any]], key: str, status: str) -> None:
+    """A cell's text (value ± interval, and `best` / `≈ best`) and its mark: an outline for the best, a hatch for
+    the configurations within noise of it; a configuration without a result says its status."""
+    from matplotlib.patches import Rectangle
+
+    i, j = at
+    if not config or key not in config:
+        ax.text(j, i, status, ha="center", va="center", fontsize=9, color="0.3")  # failed, pending, ...
+        return
+    vs = config.get("vs_best")
+    mark = {"best": "best", "within noise": "≈ best"}.get(vs, "")
+    light = im.norm(config[key]) > 0.6  # dark text on viridis' yellow end
+    ax.text(j, i, _rounded_pm(config, key) + (f"\n{mark}" if mark else ""), ha="center", va="center", fontsize=9,
+            color="k" if light else "w", fontweight="bold" if vs == "best" else "normal")  # fmt: skip
+    if vs == "within noise":
+        hatch = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor=(1, 1, 1, 0.45), linewidth=0)
+        ax.add_patch(hatch)
+    elif vs == "best":
+        ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, edgecolor="crimson", linewidth=3))
+
+
+def _key(row: Dict[str, Any], keys: List[str]) -> tuple:
+    return tuple(row.get(k) for k in keys)
+
+
+def _values(rows: List[Dict[str, Any]], key: str) -> List[str]:
+    """A swept key's values: numbers ascending, words in the order the sweep ran them."""
+    return sorted(dict.fromkeys(r[key] for r in rows if r.get(key) is not None), key=_sort_key)
+
+
+def _sort_key(value: str) -> tuple:
     try:
         return (0, float(value))
     except ValueError:
-        return (1, value)
+        return (1, 0.0)  # a stable sort keeps the words in their first-seen order
 
 
 def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
@@ -443,7 +497,7 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
     plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
              "eval.png": plot_eval(rows, os.path.join(out_dir, "eval.png")),
-             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective)}  # fmt: skip
+             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept)}  # fmt: skip
     done = sum(r.get("status") == "completed" for r in rows)
     obj = quality.OBJECTIVES[objective]
     lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from conftest import png_size
 from dpo_lab import quality
 
 
@@ -76,3 +77,22 @@ def test_console_rounds_a_value_to_its_interval():
     assert pm(0.01334, 0.004) == "0.0133 ± 0.0040" and pm(3.2, 12.7) == "3 ± 13"
     assert pm(1.0, 0.0) == "1 ± 0" and pm(0.5, None) == "0.5" and pm(None, None) == ""
 
+
+def test_heatmap_lays_out_any_two_swept_keys_with_seeds_averaged(tmp_path):
+    from dpo_lab.report import heatmap_keys, plot_heatmap
+
+    rows, job = [], 0
+    for lr in ("1e-4", "4e-4", "1e-3"):
+        for epochs in ("1", "2"):
+            for seed in ("0", "1"):
+                win = 0.55 + (0.1 if lr == "4e-4" else 0) + (0.02 if seed == "1" else 0)
+                rows.append({**_run(str(job), "0.1", seed, win), "lr": lr, "epochs": epochs})
+                job += 1
+    rows[-1]["status"] = "failed"
+    assert heatmap_keys(rows, ["lr", "epochs", "seed"]) == ["lr", "epochs"]
+    assert plot_heatmap(rows, str(tmp_path / "two.png"), "win_rate", ["lr", "epochs", "seed"])
+    width, height = png_size(tmp_path / "two.png")
+    assert 500 < width < 1000 and 300 < height < 700
+    assert plot_heatmap(rows, str(tmp_path / "one.png"), "win_rate", ["lr", "seed"])  # one key: a single column
+    assert not plot_heatmap(rows, str(tmp_path / "none.png"), "win_rate", ["seed"])  # nothing but seeds
+    assert not (tmp_path / "none.png").exists()
