@@ -54,10 +54,10 @@ def main(argv=None) -> int:
             return 2
         return 0
     if args.command == "report":
-        from dpo_lab.report import collect, leaderboard, sweep_objective, write_report
+        from dpo_lab.report import collect, sweep_summary, write_report
 
         out = write_report(args.sweep_dir, args.out)
-        print(f"{leaderboard(collect(args.sweep_dir), sweep_objective(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
+        print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
         return 0
     return 2
 

@@ -3,20 +3,23 @@
 report.md ranks the runs by the sweep's objective (quality.py: the judge's win rate over the reference, or the
 log-ratio margin; never the reward margin, which grows with β), with 95% intervals and which runs are within noise
 of the best; aggregates seeds into one row per configuration; and shows each run's checkpoints (win rate per
-checkpoint, best step, degradation). Built only from what job directories hold (result.json, job.json,
-samples.jsonl), so it works for running, partial and failed sweeps, and without wandb:
+checkpoint, best step, degradation). A sweep prints a shorter table (console_summary: 100 columns) and the same
+verdict. Built only from what job directories hold (result.json, job.json, samples.jsonl), so it works for
+running, partial and failed sweeps, and without wandb:
 
     python -m dpo_lab report multirun/loss_beta_grid/2026-11-24_10-00-00 [--out results/my_sweep]
 """
 
 import csv
 import glob
+import itertools
 import math
 import os
+import textwrap
 from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, quality
-from dpo_lab.metrics import means_by_step
+from dpo_lab.metrics import BETTER, means_by_step
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
 HEADLINE = [("samples/win_rate", "win rate"), ("eval/logratios/margins", "log-ratio margin"),
@@ -30,6 +33,20 @@ CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a bes
 RUN_STATS = ["steps", "train_seconds", "seconds_to_first_step", "reference_logps", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
 REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
+CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
+# Short titles of the HEADLINE metrics for the console.
+SHORT = {"samples/win_rate": "win rate", "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
+         "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
+DPI = 100  # a figure's inches x 100: its PNG's pixels
+# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures.
+SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
+               "task_score": "task score\n(share of the required words present)",
+               "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
+               "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
+EVAL_PANELS = [("eval/logratios/margins", "eval log-ratio margin (higher is better)",
+                "log-ratio margin, chosen - rejected\n(nats; TRL's reward margin / beta)"),
+               ("eval/rewards/accuracies", "eval preference accuracy (higher is better)",
+                "share of held-out pairs ranked right\n(chosen reward > rejected; ties count wrong)")]  # fmt: skip
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -80,11 +97,6 @@ def table(rows: List[Dict[str, Any]], columns: List[tuple]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
-def sweep_objective(sweep_dir: str) -> str:
-    """The `objective` the sweep was started with (auto for sweeps from before it was recorded)."""
-    return (files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("objective", "auto")
-
-
 def objective_of(rows: List[Dict[str, Any]], name: str = "auto") -> str:
     """The sweep's objective (after auto: win_rate if every completed run has a judge, else logratio_margin)."""
     return quality.resolve(name, [r for r in rows if r.get("status") == "completed"])
@@ -98,18 +110,21 @@ def _metric_columns(rows: List[Dict[str, Any]], objective: str) -> List[tuple]:
     return cols
 
 
-def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
+def ranked_jobs(rows: List[Dict[str, Any]], objective: str) -> List[Dict[str, Any]]:
     """Every job, best objective first (quality.aggregate by job: each with its own interval), then the jobs that
     did not complete."""
-    objective = objective_of(rows, objective)
     keys = [quality.OBJECTIVES[objective].key] + [k for k, _ in HEADLINE]
-    ranked = quality.aggregate(rows, ["job"], objective, keys)
     by_job = {r["job"]: r for r in rows}
-    ranked = [{**by_job[a["job"]], **a} for a in ranked]
-    ranked += [r for r in rows if r.get("status") != "completed"]
+    ranked = [{**by_job[a["job"]], **a} for a in quality.aggregate(rows, ["job"], objective, keys)]
+    return ranked + [r for r in rows if r.get("status") != "completed"]
+
+
+def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
+    """report.md's leaderboard: every job with every headline metric (the console prints console_summary)."""
+    objective = objective_of(rows, objective)
     cols = [("job", "job"), ("name", "run"), ("status", "status"), *_metric_columns(rows, objective), *CHECKPOINT_COLUMNS,
             ("steps", "steps"), ("train_seconds", "seconds")]  # fmt: skip
-    return table(ranked, cols)
+    return table(ranked_jobs(rows, objective), cols)
 
 
 def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> List[Dict[str, Any]]:
@@ -121,6 +136,112 @@ def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> L
 def config_table(configs: List[Dict[str, Any]], swept: List[str], objective: str) -> str:
     cols = [(k, k) for k in swept if k != "seed"] + [("n", "seeds"), *_metric_columns(configs, objective), ("jobs", "jobs")]
     return table(configs, cols)
+
+
+def ranking(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> List[Dict[str, Any]]:
+    """What the verdict ranks: configurations (by_config) where seeds were swept, else single jobs; best first."""
+    if "seed" in swept:
+        return by_config(rows, swept, objective)
+    return quality.aggregate(rows, ["job"], objective, [quality.OBJECTIVES[objective].key])
+
+
+def verdict(ranked: List[Dict[str, Any]], objective: str, strong: str = "") -> str:
+    """`Best: X (win_rate 0.72 ± 0.12); 3 other(s) within noise of it.`, and whether even the best beats the starting
+    model; empty when nothing ranked. `strong` wraps the name (`**`: bold in report.md)."""
+    obj = quality.OBJECTIVES[objective]
+    if not ranked or obj.key not in ranked[0]:
+        return ""
+    best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
+    if tied:
+        others = f"; {tied} other(s) within noise of it."
+    elif len(ranked) > 1:
+        others = "; every other run is worse beyond noise."
+    else:  # the others failed or are still running
+        others = "; no other run has a result."
+    name = best.get("name") or best.get("jobs")
+    return f"{strong}Best: {name}{strong} ({objective} {_pm(best, obj.key)}){others}{_vs_baseline(best, obj)}"
+
+
+def sweep_summary(sweep_dir: str, rows: List[Dict[str, Any]]) -> str:
+    """console_summary of a sweep's rows, with the swept keys and objective its sweep.json recorded."""
+    sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
+    return console_summary(rows, sweep.get("swept_keys", []), sweep.get("objective", "auto"))
+
+
+def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str = "auto") -> str:
+    """What a sweep prints when it ends, within CONSOLE_WIDTH columns: a short leaderboard, the configurations
+    where seeds were swept, and the verdict. report.md and summary.csv keep every column."""
+    objective = objective_of(rows, objective)
+    ranked, head = ranking(rows, swept, objective), _headline_column(rows, objective)
+    status = [(_status, "status")] if any(r.get("status") != "completed" for r in rows) else []  # all ok: say nothing
+    first = [("job", "job"), _keys_column(swept), *status, *_objective_columns(objective)]
+    rest = [("best_checkpoint_step", "best step"), (CHECKPOINT_COLUMNS[1][0], "degraded"),
+            (lambda r: _duration(r.get("train_seconds")), "time")]  # fmt: skip
+    lines = [f"Ranked by {objective} (± 95% intervals; ≈ best: within noise of the best)",
+             _narrow_table(ranked_jobs(rows, objective), first, head + rest)]
+    if "seed" in swept and ranked:
+        first = [_keys_column([k for k in swept if k != "seed"]), ("n", "seeds"), *_objective_columns(objective)]
+        lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
+    best = verdict(ranked, objective)
+    return "\n".join(lines + ([textwrap.fill(best, CONSOLE_WIDTH)] if best else []))
+
+
+def _narrow_table(rows: List[Dict[str, Any]], columns: List[tuple], optional: List[tuple]) -> str:
+    """table() of `columns` and as many of the `optional` ones, from the left, as fit in CONSOLE_WIDTH."""
+    text = table(rows, columns + optional)
+    while optional and max(map(len, text.splitlines())) > CONSOLE_WIDTH:
+        optional = optional[:-1]
+        text = table(rows, columns + optional)
+    return text
+
+
+def _status(row: Dict[str, Any]) -> str:
+    return "ok" if row.get("status") == "completed" else row.get("status", "")
+
+
+def _objective_columns(objective: str) -> List[tuple]:
+    """The objective, rounded to its interval, and whether it is within noise of the best."""
+    key = quality.OBJECTIVES[objective].key
+    vs_best = lambda r: "≈ best" if r.get("vs_best") == "within noise" else r.get("vs_best", "")  # noqa: E731
+    return [(lambda r: _rounded_pm(r, key), SHORT.get(key, objective)), (vs_best, "vs best")]
+
+
+def _headline_column(rows: List[Dict[str, Any]], objective: str) -> List[tuple]:
+    """The first HEADLINE metric the runs have besides the objective, never the reward margin (it grows with β)."""
+    skip = {quality.OBJECTIVES[objective].key, "eval/rewards/margins"}
+    key = next((k for k, _ in HEADLINE if k not in skip and any(k in r for r in rows)), None)
+    return [(lambda r: _rounded_pm(r, key), SHORT[key])] if key else []
+
+
+def _keys_column(keys: List[str]) -> tuple:
+    """One column of a row's swept values, `sigmoid,0.5` under `loss,beta` (the run name where nothing is swept)."""
+    if not keys:
+        return (lambda r: _clip(r.get("name")), "run")
+    return (lambda r: _clip(",".join(str(r.get(k, "")) for k in keys)), _clip(",".join(keys)))
+
+
+def _clip(value: Any, width: int = 28) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _rounded_pm(row: Dict[str, Any], key: str) -> str:
+    """`0.72 ± 0.12`: the value rounded to its interval's second significant digit (3 digits without one)."""
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if not isinstance(value, (int, float)):
+        return ""
+    if not isinstance(ci, (int, float)) or not ci > 0:
+        return f"{value:.3g}" + (" ± 0" if ci == 0 else "")
+    places = min(max(1 - math.floor(math.log10(ci)), 0), 6)
+    return f"{value:.{places}f} ± {ci:.{places}f}"
+
+
+def _duration(seconds: Any) -> str:
+    """`27s`, `4m05s`, `2h03m`."""
+    if not isinstance(seconds, (int, float)):
+        return ""
+    s = round(seconds)
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def checkpoint_table(rows: List[Dict[str, Any]]) -> str:
@@ -158,106 +279,191 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str) -> bool:
+    """Write the figure all at once (a reader never sees half a PNG) and free it."""
+    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
+        fig.savefig(tmp, dpi=DPI)
+    _pyplot().close(fig)
+    return True
+
+
 def _lines(ax, runs: List[Dict[str, Any]], history: str, key: str, se_key: Optional[str]) -> None:
-    """One line per run: its own marker and line style, x nudged apart a little so equal values stay visible, and a
-    band of ±1.96 standard errors where there is one."""
+    """One line per run: its own marker and line style, x nudged apart a little so equal values stay visible, and
+    error bars of ±1.96 standard errors where `se_key` is given and measured (bars, not bands: four runs' bands
+    overlap into one blob)."""
     span = max((h["step"] for r in runs for h in r[history]), default=1) or 1
     for i, r in enumerate(runs):
         hist = [h for h in r[history] if key in h]
         if not hist:
             continue
-        dx = (i - (len(runs) - 1) / 2) * span * 0.008
+        dx = (i - (len(runs) - 1) / 2) * span * 0.01
         x = [h["step"] + dx for h in hist]
         y = [h[key] for h in hist]
         marker, style = STYLES[i % len(STYLES)]
         (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=5, label=r.get("name"))
         if se_key and all(se_key in h for h in hist):
-            half = [1.96 * h[se_key] for h in hist]
-            ax.fill_between(x, [a - b for a, b in zip(y, half)], [a + b for a, b in zip(y, half)],
-                            color=line.get_color(), alpha=0.12)  # fmt: skip
+            ax.errorbar(x, y, yerr=[1.96 * h[se_key] for h in hist], fmt="none", ecolor=line.get_color(), elinewidth=1,
+                        capsize=3, alpha=0.6)  # fmt: skip
+
+
+def _legend(fig, axes, used: int) -> None:
+    """One legend of the runs for the whole figure: in the grid's spare panel where it has one, else below it."""
+    found = {}
+    for ax in axes.flat[:used]:
+        found.update(zip(*reversed(ax.get_legend_handles_labels())))
+    spare = axes.flat[used:]
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):
+        spare[0].legend(found.values(), found.keys(), loc="center", title="run")
+        fig.tight_layout()
+        return
+    ncol = min(4, len(found))
+    fig.legend(found.values(), found.keys(), loc="lower center", ncol=ncol, title="run", frameon=False)
+    legend_in = 0.3 + 0.25 * math.ceil(len(found) / ncol)  # its title and one line per legend row, in inches
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
 
 
 def plot_eval(rows: List[Dict[str, Any]], path: str) -> bool:
-    """The β-free eval metrics per eval step: log-ratio margin and held-out accuracy, with their 95% bands."""
+    """The β-free eval metrics per eval step: log-ratio margin and held-out accuracy, with 95% error bars over the
+    eval batches; the accuracy panel says why it reads 0 at step 0."""
     runs = [r for r in rows if r.get("eval_history")]
-    panels = [(k, k + "_se", t) for k, t in (("eval/logratios/margins", "eval log-ratio margin (reward margin / beta)"),
-                                              ("eval/rewards/accuracies", "eval preference accuracy"))
-              if any(k in h for r in runs for h in r["eval_history"])]  # fmt: skip
+    panels = [p for p in EVAL_PANELS if any(p[0] in h for r in runs for h in r["eval_history"])]
     if not runs or not panels:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for ax, (key, se_key, title) in zip(axes[0], panels):
-        _lines(ax, runs, "eval_history", key, se_key)
-        ax.set(xlabel="step", title=title)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    for ax, (key, title, ylabel) in zip(axes.flat, panels):
+        _lines(ax, runs, "eval_history", key, key + "_se")
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+        if key == "eval/rewards/accuracies":
+            _mark_ties(ax, runs)
+    _legend(fig, axes, len(panels))
+    return _save(fig, path)
 
 
-def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, x: str = "beta", y: str = "loss") -> bool:
-    """The objective over a loss x beta grid (only when both are swept; seeds averaged)."""
-    key = quality.OBJECTIVES[objective].key
-    configs = quality.aggregate(rows, [y, x], objective, [key])
-    cells = {(c[y], c[x]): c for c in configs if c.get(x) and c.get(y)}
-    ys, xs = sorted({r.get(y) for r in rows if r.get(y)}), sorted({r.get(x) for r in rows if r.get(x)}, key=_sort_key)
-    if len(ys) < 2 or len(xs) < 2:
+def _mark_ties(ax, runs: List[Dict[str, Any]]) -> None:
+    """TRL's accuracy is the share of pairs with chosen reward > rejected: at step 0 the policy is the reference,
+    every margin is exactly 0 and every tie counts as wrong, so a 0 there means untrained, not wrong."""
+    if not any(h["step"] == 0 and h.get("eval/rewards/accuracies") == 0 for r in runs for h in r["eval_history"]):
+        return
+    ax.annotate("step 0: policy = reference, every margin is 0;\nTRL counts these ties as wrong, so 0 here\n"
+                "means untrained, not worse than chance", xy=(0, 0), xytext=(0.4, 0.25), textcoords="axes fraction",
+                fontsize=9, arrowprops={"arrowstyle": "->", "color": "0.3"},
+                bbox={"boxstyle": "round", "fc": "w", "ec": "0.7"})  # fmt: skip
+
+
+def heatmap_keys(rows: List[Dict[str, Any]], swept: List[str]) -> List[str]:
+    """The swept keys a heatmap lays out: all but `seed` (averaged over), each with at least two values."""
+    return [k for k in swept if k != "seed" and len({r.get(k) for r in rows if r.get(k) is not None}) >= 2]
+
+
+def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, swept: List[str]) -> bool:
+    """The objective of each configuration (seeds averaged): the last swept key across, the others down (one key:
+    a single column), each cell with its 95% interval. Cells within noise of the best are hatched and say `≈ best`
+    (their colour differences are not shown to be real), the best is outlined."""
+    keys = heatmap_keys(rows, swept)
+    if not keys:
         return False
+    down, across = (keys[:-1], keys[-1]) if len(keys) > 1 else (keys, None)
+    ys = [y for y in itertools.product(*(_values(rows, k) for k in down)) if any(_key(r, down) == y for r in rows)]
+    xs = _values(rows, across) if across else [None]
+    cells = [[y + ((x,) if across else ()) for x in xs] for y in ys]  # each cell's values of `keys`
+    key = quality.OBJECTIVES[objective].key
+    configs = {_key(c, keys): c for c in quality.aggregate(rows, keys, objective, [key])}
     plt = _pyplot()
-    import numpy as np
-
-    grid = np.array([[_num(cells.get((yv, xv), {}).get(key)) for xv in xs] for yv in ys], dtype=float)
-    grid[~np.isfinite(grid)] = np.nan
-    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(xs), 1.2 + 0.6 * len(ys)))
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), xs)
-    ax.set_yticks(range(len(ys)), ys)
-    ax.set(xlabel=x, ylabel=y, title=f"{objective} (95% interval)")
-    for i, yv in enumerate(ys):
-        for j, xv in enumerate(xs):
-            text = _pm(cells[(yv, xv)], key).replace(" ± ", "\n± ") if (yv, xv) in cells else "failed"
-            light = np.isfinite(grid[i, j]) and im.norm(grid[i, j]) > 0.6  # dark text on viridis' yellow end
-            ax.text(j, i, text, ha="center", va="center", color="k" if light else "w", fontsize=8)
-    fig.colorbar(im)
+    fig, ax = plt.subplots(figsize=(3.8 + 1.7 * len(xs), 2.0 + 0.9 * len(ys)))
+    im = _heat_image(ax, [[configs.get(c, {}).get(key) for c in row] for row in cells], configs.values(), key)
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            status = next((r.get("status", "") for r in rows if _key(r, keys) == c), "")
+            _heat_cell(ax, im, (i, j), configs.get(c), key, status)
+    ax.set_xticks(range(len(xs)), xs) if across else ax.set_xticks([])
+    ax.set_yticks(range(len(ys)), [",".join(y) for y in ys])
+    ax.set(xlabel=across or "", ylabel=",".join(down))
+    seeds = " (mean over seeds)" if "seed" in swept else ""
+    ax.set_title(f"{objective} per configuration{seeds}, ± 95% interval\nhatched: within noise of the best (outlined)",
+                 fontsize=10)  # fmt: skip
+    fig.colorbar(im, label=f"{objective} ({key})")
     fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
-def _sort_key(value: str):
+def _heat_image(ax, values: List[List[Optional[float]]], configs, key: str):
+    """The coloured cells (grey where a configuration has no result). The colour scale spans at least the best's
+    95% interval, so differences inside the noise take a small part of it."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    grid = np.array([[_num(v) for v in row] for row in values], dtype=float)
+    grid[~np.isfinite(grid)] = np.nan
+    best = next((c for c in configs if c.get("vs_best") == "best"), {})
+    half = best.get(f"{key}_ci") or 0.0
+    found = [v for v in grid.flat if np.isfinite(v)] + ([best[key] - half, best[key] + half] if key in best else [])
+    norm = Normalize(min(found), max(found)) if found else None
+    return ax.imshow(grid, cmap=_pyplot().get_cmap("viridis").with_extremes(bad="0.85"), norm=norm, aspect="auto")
+
+
+def _heat_cell(ax, im, at: tuple, config: Optional[Dict[str, Any]], key: str, status: str) -> None:
+    """A cell's text (value ± interval, and `best` / `≈ best`) and its mark: an outline for the best, a hatch for
+    the configurations within noise of it; a configuration without a result says its status."""
+    from matplotlib.patches import Rectangle
+
+    i, j = at
+    if not config or key not in config:
+        ax.text(j, i, status, ha="center", va="center", fontsize=9, color="0.3")  # failed, pending, ...
+        return
+    vs = config.get("vs_best")
+    mark = {"best": "best", "within noise": "≈ best"}.get(vs, "")
+    light = im.norm(config[key]) > 0.6  # dark text on viridis' yellow end
+    ax.text(j, i, _rounded_pm(config, key) + (f"\n{mark}" if mark else ""), ha="center", va="center", fontsize=9,
+            color="k" if light else "w", fontweight="bold" if vs == "best" else "normal")  # fmt: skip
+    if vs == "within noise":
+        hatch = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor=(1, 1, 1, 0.45), linewidth=0)
+        ax.add_patch(hatch)
+    elif vs == "best":
+        ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, edgecolor="crimson", linewidth=3))
+
+
+def _key(row: Dict[str, Any], keys: List[str]) -> tuple:
+    return tuple(row.get(k) for k in keys)
+
+
+def _values(rows: List[Dict[str, Any]], key: str) -> List[str]:
+    """A swept key's values: numbers ascending, words in the order the sweep ran them."""
+    return sorted(dict.fromkeys(r[key] for r in rows if r.get(key) is not None), key=_sort_key)
+
+
+def _sort_key(value: str) -> tuple:
     try:
         return (0, float(value))
     except ValueError:
-        return (1, value)
+        return (1, 0.0)  # a stable sort keeps the words in their first-seen order
 
 
 def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
-    """Sample metrics per checkpoint (win rate first), with 95% bands over the prompts."""
+    """Sample metrics per checkpoint, two panels a row (1200 x 900 px for four), each y axis saying what it
+    measures. Only the first panel, the metric that picks the best checkpoint (win rate, else task score, else
+    repetition: metrics.resolve_metric), has 95% error bars over the prompts, so the others stay uncluttered."""
     runs = [r for r in rows if r.get("sample_history")]
-    metrics = [m for m in ("win_rate", "task_score", "repetition", "ref_nll")
-               if any(m in h for r in runs for h in r["sample_history"])]  # fmt: skip
+    metrics = [m for m in SAMPLE_AXES if any(m in h for r in runs for h in r["sample_history"])]
     if not runs or not metrics:
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        _lines(ax, runs, "sample_history", metric, f"{metric}_se")
+    ncols = min(2, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.5 * nrows), squeeze=False)
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
+        _lines(ax, runs, "sample_history", metric, f"{metric}_se" if i == 0 else None)
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
-        ax.set(xlabel="step", title=f"samples: {metric}")
+        better = "higher" if BETTER[metric] > 0 else "lower"
+        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better} is better"
+               + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with files.atomic_write(path, mode=None) as tmp:  # the temp name keeps .png: savefig picks the format by it
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+    _legend(fig, axes, len(metrics))
+    return _save(fig, path)
 
 
 def _vs_baseline(best: Dict[str, Any], obj: quality.Objective) -> str:
@@ -291,7 +497,7 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
     plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
              "eval.png": plot_eval(rows, os.path.join(out_dir, "eval.png")),
-             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective)}  # fmt: skip
+             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept)}  # fmt: skip
     done = sum(r.get("status") == "completed" for r in rows)
     obj = quality.OBJECTIVES[objective]
     lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",
@@ -299,15 +505,12 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
              f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
              "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
              "difference to the best lies inside the 95% interval of the difference.", ""]  # fmt: skip
-    configs = by_config(rows, swept, objective) if "seed" in swept else []
+    ranked = ranking(rows, swept, objective)
+    configs = ranked if "seed" in swept else []
     if configs:
         lines += ["## Configurations (seeds aggregated)", "", config_table(configs, swept, objective), ""]
-    ranked = configs or quality.aggregate(rows, ["job"], objective, [obj.key])
-    if ranked and obj.key in ranked[0]:
-        best, tied = ranked[0], sum(c.get("vs_best") == "within noise" for c in ranked)
-        lines += [f"**Best: {best.get('name') or best.get('jobs')}** ({objective} {_pm(best, obj.key)})"
-                  + (f"; {tied} other(s) within noise of it." if tied else "; every other run is worse beyond noise.")
-                  + _vs_baseline(best, obj), ""]  # fmt: skip
+    best = verdict(ranked, objective, strong="**")
+    lines += [best, ""] if best else []
     lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]
     checkpoints = checkpoint_table(rows)
     if checkpoints:

@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 
 from dpo_lab.errors import UserError
 from dpo_lab.files import read_json, write_json
-from dpo_lab.report import LOCK_TIMEOUT_S, leaderboard, sweep_objective, write_report
+from dpo_lab.report import LOCK_TIMEOUT_S, sweep_summary, write_report
 from dpo_lab.tracking import sweep_commands
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class SweepCallback(Callback):
             browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
             where = f"report: {out}/report.md" if out else "no report: see the warning above"
             print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed ({where})\n"
-                  f"{leaderboard(rows, sweep_objective(sweep_dir))}\n{browse}", flush=True)  # fmt: skip
+                  f"{sweep_summary(sweep_dir, rows)}\n{browse}", flush=True)  # fmt: skip
         except Exception as e:  # Hydra would make this a warning and exit 0: a sweep it cannot vouch for fails
             print(f"\nSweep {sweep_dir}: its results could not be read back ({type(e).__name__}: {e}); each job's "
                   "result.json holds its own.", flush=True)  # fmt: skip

@@ -83,6 +83,13 @@ def run_py(*args, cwd, check=False, timeout=600, env=None):
     return proc
 
 
+def png_size(path) -> tuple:
+    """(width, height) in pixels, from the PNG's header."""
+    head = open(path, "rb").read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def leet_records(run_dir) -> list:
     """Every record of an offline wandb run, read back with `wandb leet inspect --json`."""
     out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True)

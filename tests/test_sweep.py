@@ -10,17 +10,34 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, run_py
+from conftest import ROOT, TINY, leet_records, leet_summary, png_size, run_py
+
+
+# A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.
+JUDGED = ["samples.count=4", "samples.max_new_tokens=8", "samples.judge=task"]
+
+
+def _console_table(stdout: str) -> list:
+    """The lines of the results a sweep prints at its end: from `Ranked by` to the wandb commands."""
+    lines = stdout.split("\nRanked by ", 1)[1].split("\n  browse all runs:")[0].splitlines()
+    assert len(lines) > 3, stdout[-3000:]
+    return lines
 
 
 def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}  # empty: job 0 builds the toy model
-    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env,
-                  check=True)  # fmt: skip
-    assert "4/4 jobs completed" in proc.stdout and "| loss=ipo,beta=0.5 " in proc.stdout
+    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, *JUDGED, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                  env=env, check=True)  # fmt: skip
+    assert "4/4 jobs completed" in proc.stdout and "| ipo,0.5 " in proc.stdout
     # The sweep says once what its first job builds; the other jobs find it built.
     assert proc.stdout.count("First run on this machine") == 1 and "building the toy data and model" in proc.stdout
+    # The printed table fits a terminal (issue 18: it was ~215 columns); report.md keeps every column.
+    table = _console_table(proc.stdout)
+    assert table[0].startswith("win_rate") and table[1].startswith("| job | loss,beta ")
+    assert max(len(line) for line in table) <= 100, "\n".join(table)
+    assert "Best: loss=" in "\n".join(table)
+    assert png_size(next(tmp_path.glob("results/*/samples.png"))) == (1200, 900)  # four sample metrics, 2 x 2
 
     jobs = sorted(p.parent for p in sweep.glob("*/job.json"))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -173,8 +190,8 @@ def test_default_ranking_is_not_the_reward_margin_order(tmp_path):
 
 def test_seed_replicates_aggregate_into_configurations(tmp_path):
     sweep = tmp_path / "sweep"
-    run_py("-m", TINY, "beta=0.1,0.5", "seed=0,1", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    proc = run_py("-m", TINY, "beta=0.1,0.5", "seed=0,1", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
+                  "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
     out = next((tmp_path / "results").glob("*/"))
     configs = list(csv.DictReader(open(out / "summary_by_config.csv")))
     assert sorted(c["beta"] for c in configs) == ["0.1", "0.5"] and all(c["n"] == "2" for c in configs)
@@ -187,6 +204,11 @@ def test_seed_replicates_aggregate_into_configurations(tmp_path):
     assert configs[0]["vs_best"] == "best" and configs[1]["vs_best"] in ("within noise", "worse")
     report = (out / "report.md").read_text()
     assert "## Configurations (seeds aggregated)" in report and " ± " in report
+    # The console gives the same verdict, on configurations (issue 18: it printed only the per-job table).
+    table = "\n".join(_console_table(proc.stdout))
+    assert "Configurations (seeds aggregated):\n| beta | seeds |" in table
+    verdict = next(line for line in report.splitlines() if line.startswith("**Best: "))
+    assert verdict.replace("**", "").split(";")[0] in table and f"Best: beta={configs[0]['beta']} " in table
 
 
 def test_wandb_sweep_file_drives_run_py(tmp_path):

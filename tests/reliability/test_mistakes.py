@@ -124,7 +124,7 @@ def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_stat
         callback.on_multirun_end(config)
     assert e.value.code == 1
     out = capsys.readouterr().out
-    assert "1/2 jobs completed (no report: see the warning above)" in out and "| 1   | beta=0.2 | failed" in out
+    assert "1/2 jobs completed (no report: see the warning above)" in out and "| 1   | 0.2  | failed" in out
     warnings = [r.getMessage() for r in caplog.records if "Could not write the sweep report" in r.getMessage()]
     assert len(warnings) == 1 and "to /nowhere/dpo-sweep (PermissionError" in warnings[0]
 
