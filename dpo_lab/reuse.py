@@ -107,8 +107,9 @@ def tokenized(dataset, tokenizer, args, name: str, compute: Callable[[], Any]):
     return data
 
 
-def reference_logps(trainer, dataset, name: str, compute: Callable[[], Any]):
-    """`dataset` with TRL's ref_chosen_logps / ref_rejected_logps columns, computed once per key (module docstring)."""
+def reference_logps(trainer, dataset, name: str, compute: Callable[[Any], Any]):
+    """`dataset` with TRL's ref_chosen_logps / ref_rejected_logps columns, computed once per key (module docstring).
+    `compute(dataset)`: TRL's own precompute."""
     import trl
     from datasets import concatenate_datasets
 
@@ -119,7 +120,10 @@ def reference_logps(trainer, dataset, name: str, compute: Callable[[], Any]):
               "ld_alpha": trainer.ld_alpha, "autocast": trainer.accelerator.mixed_precision,
               "device": trainer.accelerator.device.type, "trl": trl.__version__,
               "attention": trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation}  # fmt: skip
-    columns, how = _shared(trainer.args.distributed_state, "ref-logps", params, lambda: compute().select_columns(list(LOGP_COLUMNS)))
+    # TRL caches its result beside the dataset's files, keyed by the dataset's fingerprint and its own model hash,
+    # which miss ld_alpha, autocast and more: under our full key as the fingerprint, its file can only be a true hit.
+    keyed = dataset.select(range(len(dataset)), new_fingerprint=cache.path("ref-logps", params).name)
+    columns, how = _shared(trainer.args.distributed_state, "ref-logps", params, lambda: compute(keyed).select_columns(list(LOGP_COLUMNS)))
     trainer.reference_logps[name] = how
     log.info("Reference log-probs of the %s data (%d pairs): %s (%s).", name, len(columns), how, cache.path("ref-logps", params))
     return concatenate_datasets([dataset.select_columns([c for c in dataset.column_names if c not in LOGP_COLUMNS]),

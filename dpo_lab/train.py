@@ -291,7 +291,7 @@ def _trainer_class():
             return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            return reuse.reference_logps(self, dataset, name, lambda: super(Trainer, self)._precompute_ref_logps(dataset, name, batch_size))
+            return reuse.reference_logps(self, dataset, name, lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size))
 
         def compute_ref_log_probs(self, model, inputs):
             self.reference_batches += 1
