@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TINY = "experiment=tiny"
+# The CLIs of the packages this interpreter has, whatever PATH holds (.ci/run's lower-bound venv is not activated).
+WANDB = [sys.executable, "-m", "wandb"]
 
 
 def pytest_addoption(parser):
@@ -92,11 +94,11 @@ def png_size(path) -> tuple:
 
 def leet_records(run_dir) -> list:
     """Every record of an offline wandb run, read back with `wandb leet inspect --json`."""
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True)
+    out = subprocess.run([*WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 def leet_summary(run_dir) -> dict:
-    out = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
+    out = subprocess.run([*WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
                          text=True, check=True)  # fmt: skip
     return json.loads(out.stdout)

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -64,7 +65,7 @@ def test_two_process_accelerate_launch(tmp_path):
     reward model are built once (outside the process group) and the checkpoint samples are answered and judged by
     both ranks, gathered and written once."""
     job = tmp_path / "job"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", str(ROOT / "run.py"), f"hydra.run.dir={job}", TINY, "sft.steps=8",
            "sft.batch_size=8", "samples.count=3", "samples.max_new_tokens=16", "reward_model.steps=8"]  # fmt: skip
     # A cache of its own: with the tokenized data already cached (by an earlier test), every rank read it from one

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, leet_records, leet_summary, png_size, run_py
+from conftest import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
 
 
 # A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.
@@ -77,7 +77,7 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     for name, folder in folders.items():  # what leet reads through the folder: the run of that name
         assert next(r["run"] for r in leet_records(folder) if r["type"] == "run")["display_name"] == name
         assert (folder / "files" / "output.log").is_file()  # the files wandb sync uploads beside the log
-    dry = subprocess.run(["wandb", "sync", "--dry-run", str(view)], capture_output=True, text=True, timeout=120)
+    dry = subprocess.run([*WANDB, "sync", "--dry-run", str(view)], capture_output=True, text=True, timeout=120)
     assert "Would sync 4 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
