@@ -101,7 +101,7 @@ def explain(error: Exception, overrides: List[str] = ()) -> str:
     if "An item is already at" in text:  # `+beta=0.1`: the key exists, so it is set without the +
         key = text.split("An item is already at '", 1)[1].split("'", 1)[0]
         return f"+{key}=...: {key} is already a config key; set it without the + ({key}=VALUE)."
-    return f"{text.replace(' See https://hydra.cc', '. See https://hydra.cc')}"
+    return text.replace(" See https://hydra.cc", ". See https://hydra.cc")  # the override grammar's parse errors
 
 
 def check_command_line(argv: List[str]) -> None:
@@ -109,7 +109,7 @@ def check_command_line(argv: List[str]) -> None:
     value of the wrong type, a list of values without -m), said before Hydra makes any directory. A sweep's values
     are composed job by job at preflight."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main itself uses
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
