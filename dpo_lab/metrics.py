@@ -13,10 +13,10 @@ from dpo_lab.toy import CJK, task_score
 UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
 REPETITION_N = 4  # toy chosen answers: ~0 repeated 4-grams; looping rejected ones: ~0.55
 # Metrics a run can be ranked by: +1 higher is better, -1 lower is better.
-BETTER = {"win_rate": 1, "task_score": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
+BETTER = {"win_rate": 1, "task_score": 1, "reward": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
 # Per-sample columns (samples.jsonl); a checkpoint's scalar is their mean, named as in MEAN_NAME where it differs.
 SAMPLE_METRICS = ("length", "distinct_1", "distinct_2", "repetition", "stopped", "ref_nll", "task_score",
-                  "judge_policy", "judge_reference", "win")  # fmt: skip
+                  "judge_policy", "judge_reference", "win", "reward", "kl")  # fmt: skip
 MEAN_NAME = {"length": "mean_length", "win": "win_rate"}
 ROW_KEY = {v: k for k, v in MEAN_NAME.items()}  # a checkpoint metric's per-sample column
 
