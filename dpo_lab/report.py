@@ -22,10 +22,14 @@ from dpo_lab import files, quality
 from dpo_lab.metrics import BETTER, means_by_step
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
-HEADLINE = [("samples/win_rate", "win rate"), ("eval/logratios/margins", "log-ratio margin"),
-            ("eval/rewards/accuracies", "accuracy"), ("eval/rewards/margins", "reward margin"),
-            ("samples/task_score", "task score")]  # fmt: skip
-ERRORS = ["samples/win_rate_se", "eval/logratios/margins_se", "eval/rewards/accuracies_se", "samples/task_score_se"]
+HEADLINE = [("samples/win_rate", "win rate"), ("samples/reward", "reward"), ("samples/kl", "KL"),
+            ("eval/logratios/margins", "log-ratio margin"), ("eval/rewards/accuracies", "accuracy"),
+            ("eval/rewards/margins", "reward margin"), ("samples/task_score", "task score")]  # fmt: skip
+ERRORS = ["samples/win_rate_se", "samples/reward_se", "samples/kl_se", "eval/logratios/margins_se",
+          "eval/rewards/accuracies_se", "samples/task_score_se"]  # fmt: skip
+# summary.csv has these columns only where a run measured them (a scoring judge's reward, the answers' KL), so the
+# CSV of a sweep without them keeps the columns it had.
+IF_MEASURED = {"samples/reward", "samples/reward_se", "samples/kl", "samples/kl_se"}
 CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "degraded after")]
 CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
@@ -35,11 +39,16 @@ REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes 
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
 # Short titles of the HEADLINE metrics for the console.
-SHORT = {"samples/win_rate": "win rate", "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
+SHORT = {"samples/win_rate": "win rate", "samples/reward": "reward", "samples/kl": "KL",
+         "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
          "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
 DPI = 100  # a figure's inches x 100: its PNG's pixels
-# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures.
+# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. The reward and KL
+# follow the win rate: a judge that scores the policy's answers scores the reference's too, so a run with a reward
+# has a win rate, and the first panel stays the one that picks the best checkpoint.
 SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
+               "reward": "mean reward of the policy's answers\n(the judge's score of each answer)",
+               "kl": "KL(policy ‖ reference) of the answers\n(nats per answer; 0 at the start)",
                "task_score": "task score\n(share of the required words present)",
                "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
                "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
@@ -458,8 +467,8 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
         _lines(ax, runs, "sample_history", metric, f"{metric}_se" if i == 0 else None)
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
-        better = "higher" if BETTER[metric] > 0 else "lower"
-        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better} is better"
+        better = {1: "higher is better", -1: "lower is better"}.get(BETTER.get(metric), "the reward's cost")  # kl
+        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better}"
                + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
         ax.grid(alpha=0.3)
     _legend(fig, axes, len(metrics))
@@ -530,7 +539,8 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
 
 def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> None:
     samples = sorted({k for r in rows for k in r if k.startswith("samples/")} - {k for k, _ in HEADLINE} - set(ERRORS))
-    keys = ["job", "name", *swept, "status", *(k for k, _ in HEADLINE), *ERRORS, "best_eval/logratios/margins",
+    shown = [k for k in [*(k for k, _ in HEADLINE), *ERRORS] if k not in IF_MEASURED or any(k in r for r in rows)]
+    keys = ["job", "name", *swept, "status", *shown, "best_eval/logratios/margins",
             "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
             "error"]  # fmt: skip
     with files.atomic_write(path, newline="", encoding="utf-8") as f:
