@@ -3,9 +3,10 @@
 report.md ranks the runs by the sweep's objective (quality.py: the judge's win rate over the reference, or the
 log-ratio margin; never the reward margin, which grows with β), with 95% intervals and which runs are within noise
 of the best; aggregates seeds into one row per configuration; and shows each run's checkpoints (win rate per
-checkpoint, best step, degradation). A sweep prints a shorter table (console_summary: 100 columns) and the same
-verdict. Built only from what job directories hold (result.json, job.json, samples.jsonl), so it works for
-running, partial and failed sweeps, and without wandb:
+checkpoint, best step, degradation) and, where a judge scores the answers (a reward) and the sampler measures their KL
+from the reference, the reward-KL frontier of the DPO paper's Fig. 2 (frontier). A sweep prints a shorter table
+(console_summary: 100 columns) and the same verdict. Built only from what job directories hold (result.json,
+job.json, samples.jsonl), so it works for running, partial and failed sweeps, and without wandb:
 
     python -m dpo_lab report multirun/loss_beta_grid/2026-11-24_10-00-00 [--out results/my_sweep]
 """
@@ -191,8 +192,9 @@ def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str
     if "seed" in swept and ranked:
         first = [_keys_column([k for k in swept if k != "seed"]), ("n", "seeds"), *_objective_columns(objective)]
         lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
-    best = verdict(ranked, objective)
-    return "\n".join(lines + ([textwrap.fill(best, CONSOLE_WIDTH)] if best else []))
+    best, front = verdict(ranked, objective), frontier(rows)
+    lines += [textwrap.fill(best, CONSOLE_WIDTH)] if best else []
+    return "\n".join(lines + ([textwrap.fill(frontier_verdict(front), CONSOLE_WIDTH)] if front else []))
 
 
 def _narrow_table(rows: List[Dict[str, Any]], columns: List[tuple], optional: List[tuple]) -> str:
@@ -273,6 +275,57 @@ def _checkpoint_cell(row: Dict[str, Any], step: int) -> str:
         return ""
     se = hist.get(f"{name}_se")
     return f"{hist[name]:.2f} ± {1.96 * se:.2f}" if se is not None else f"{hist[name]:.2f}"
+
+
+def _scored_runs(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The completed runs whose checkpoints have a reward and a KL (a scoring judge's runs, issue 19)."""
+    return [r for r in rows if r.get("status") == "completed" and _scored(r)]
+
+
+def _scored(row: Dict[str, Any]) -> List[Dict[str, float]]:
+    return [h for h in row.get("sample_history") or [] if "reward" in h and "kl" in h]
+
+
+def frontier(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The reward-KL frontier (DPO paper, Fig. 2) of the completed runs' checkpoints but step 0 (the start, KL 0,
+    every run's): the Pareto-optimal ones (no other checkpoint has reward >= and KL <=, one of them strictly), low KL
+    first, each {job, name, step, kl, kl_se, reward, reward_se}; and the run on the best frontier, the one owning the
+    most of them (ties: the higher best reward). By point estimates: the 95% intervals say how far to trust them.
+    None where no run has a reward and a KL."""
+    keep = ("step", "kl", "kl_se", "reward", "reward_se")
+    points = [{"job": r["job"], "name": r.get("name"), **{k: h.get(k) for k in keep}}
+              for r in _scored_runs(rows) for h in _scored(r) if h["step"] != 0]  # fmt: skip
+    pareto = sorted((p for p in points if not any(_beats(q, p) for q in points)), key=lambda p: (p["kl"], -p["reward"]))
+    if not pareto:
+        return None
+    owned: Dict[str, List[Dict[str, Any]]] = {}
+    for p in pareto:
+        owned.setdefault(p["job"], []).append(p)
+    best = max(owned.values(), key=lambda ps: (len(ps), max(p["reward"] for p in ps)))
+    return {"job": best[0]["job"], "name": best[0]["name"], "owned": len(best), "points": pareto}
+
+
+def _beats(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Checkpoint a has reward >= b's and KL <= b's, one of them strictly."""
+    return a["reward"] >= b["reward"] and a["kl"] <= b["kl"] and (a["reward"], a["kl"]) != (b["reward"], b["kl"])
+
+
+def frontier_verdict(front: Dict[str, Any], strong: str = "") -> str:
+    """`Best reward-KL frontier: X (job 2): 3 of the 4 Pareto-optimal checkpoints.`; `strong` wraps the name."""
+    n = len(front["points"])
+    return (f"Best reward-KL frontier: {strong}{front['name'] or front['job']}{strong} (job {front['job']}): "
+            f"{front['owned']} of the {n} Pareto-optimal checkpoint{'s' if n > 1 else ''}.")  # fmt: skip
+
+
+def frontier_table(front: Dict[str, Any]) -> str:
+    """The frontier's checkpoints, low KL first, each value ± its 95% interval over the prompts."""
+    pm = lambda k: lambda p: _rounded_pm({k: p[k], f"{k}_ci": _times(1.96, p[f"{k}_se"])}, k)  # noqa: E731
+    return table(front["points"], [("job", "job"), ("name", "run"), ("step", "step"), (pm("kl"), "KL (nats)"),
+                                   (pm("reward"), "reward")])  # fmt: skip
+
+
+def _times(a: float, b: Any) -> Optional[float]:
+    return a * b if isinstance(b, (int, float)) else None
 
 
 def _num(value: Any) -> float:
@@ -475,6 +528,42 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
     return _save(fig, path)
 
 
+def plot_frontier(rows: List[Dict[str, Any]], path: str) -> bool:
+    """Reward against KL(policy ‖ reference) at each checkpoint, as the DPO paper's Fig. 2 (up and to the left is
+    better): one line per run in step order from the start (step 0, KL 0), the run on the best frontier thicker,
+    black rings on the Pareto-optimal checkpoints (frontier()) with their steps, and light 95% bars both ways."""
+    front = frontier(rows)
+    if front is None:
+        return False
+    runs = _scored_runs(rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 1, figsize=(10, 6.5), squeeze=False)
+    ax = axes[0, 0]
+    for i, r in enumerate(runs):
+        hist, best = _scored(r), r["job"] == front["job"]
+        x, y = [h["kl"] for h in hist], [h["reward"] for h in hist]
+        marker, style = STYLES[i % len(STYLES)]
+        label = (r.get("name") or f"job {r['job']}") + (" (best frontier)" if best else "")
+        (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=6 if best else 5, label=label,
+                          linewidth=3 if best else 1.2, zorder=3 if best else 2)  # fmt: skip
+        if all(h.get("kl_se") is not None and h.get("reward_se") is not None for h in hist):
+            ax.errorbar(x, y, xerr=[1.96 * h["kl_se"] for h in hist], yerr=[1.96 * h["reward_se"] for h in hist],
+                        fmt="none", ecolor=line.get_color(), elinewidth=0.8, alpha=0.3, zorder=1)  # fmt: skip
+    points = front["points"]
+    ax.scatter([p["kl"] for p in points], [p["reward"] for p in points], s=200, facecolors="none", edgecolors="k",
+               linewidths=1.5, zorder=4)  # fmt: skip
+    for p in points:
+        ax.annotate(f"step {p['step']}", (p["kl"], p["reward"]), xytext=(8, -12), textcoords="offset points", size=8)
+    judges = {r.get("samples/judge") for r in runs} - {None}  # e.g. sentiment: what the reward's scale means
+    ax.set(xlabel="KL(policy ‖ reference), nats per answer, from the sampled answers",
+           ylabel="mean reward of the policy's answers" + (f"\n(judge: {judges.pop()})" if len(judges) == 1 else ""),
+           title="reward vs KL per checkpoint, from step 0 (KL 0): up and to the left is better\n"
+                 "black rings: Pareto-optimal checkpoints; bars: 95% over the prompts")  # fmt: skip
+    ax.grid(alpha=0.3)
+    _legend(fig, axes, 1)
+    return _save(fig, path)
+
+
 def _vs_baseline(best: Dict[str, Any], obj: quality.Objective) -> str:
     """Whether even the best run is distinguishable from the starting model, where the objective knows its score."""
     ci = best.get(f"{obj.key}_ci")
@@ -506,7 +595,8 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
     plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
              "eval.png": plot_eval(rows, os.path.join(out_dir, "eval.png")),
-             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept)}  # fmt: skip
+             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept),
+             "frontier.png": plot_frontier(rows, os.path.join(out_dir, "frontier.png"))}  # fmt: skip
     done = sum(r.get("status") == "completed" for r in rows)
     obj = quality.OBJECTIVES[objective]
     lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",
@@ -526,6 +616,13 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         lines += ["## Checkpoints", "", "Each sampled checkpoint's metric (± 95% over the prompts); *best step*: the "
                   "best checkpoint by it; *degraded after*: the last checkpoint fell below the best by more than "
                   "samples.degrade_margin and by more than the noise.", "", checkpoints, ""]  # fmt: skip
+    front = frontier(rows)
+    if front:
+        lines += ["## Reward vs KL", "", "Each checkpoint's mean reward of the policy's answers against their KL from "
+                  "the reference (frontier.png), as in the DPO paper's Fig. 2: the better run gets more reward for the "
+                  "same KL. *Pareto-optimal*: no other checkpoint (step 0, the start, left out) has at least its "
+                  "reward for at most its KL, by the point estimates; `± x`: the 95% interval over the prompts.", "",
+                  frontier_verdict(front, strong="**"), "", frontier_table(front), ""]  # fmt: skip
     failures = [r for r in rows if r.get("status") == "failed"]
     if failures:
         lines += ["## Failures", ""] + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures] + [""]
