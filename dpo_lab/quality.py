@@ -26,6 +26,7 @@ OBJECTIVES = {
     "win_rate": Objective("samples/win_rate", "samples/win_rate_se",
                           "the judge's win rate of the policy's answers over the reference's at the last checkpoint", 0.5),
     "task_score": Objective("samples/task_score", "samples/task_score_se", "the toy task score of the last answers"),
+    "reward": Objective("samples/reward", "samples/reward_se", "the judge's mean reward of the last checkpoint's answers"),
     "logratio_margin": Objective("eval/logratios/margins", "eval/logratios/margins_se",
                                  "the last eval's log-ratio margin: the reward margin / beta"),
     "accuracy": Objective("eval/rewards/accuracies", "eval/rewards/accuracies_se",
@@ -85,6 +86,7 @@ def aggregate(rows: List[Dict[str, Any]], by: Sequence[str], objective: str, key
     for r in rows:
         if r.get("status") == "completed":
             groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    # A key no objective names has its standard error beside it, if measured (samples/kl: samples/kl_se).
     se_of = {o.key: o.se_key for o in OBJECTIVES.values()}
     out = []
     for key, runs in groups.items():
@@ -99,7 +101,7 @@ def aggregate(rows: List[Dict[str, Any]], by: Sequence[str], objective: str, key
                 m = mean_se(vals)
                 agg[k], agg[f"{k}_ci"], agg[f"{k}_dof"] = m["mean"], t95(len(vals) - 1) * m["se"], len(vals) - 1
             else:
-                se = runs[0].get(se_of.get(k) or "")
+                se = runs[0].get(se_of.get(k, f"{k}_se") or "")
                 agg[k], agg[f"{k}_ci"], agg[f"{k}_dof"] = vals[0], 1.96 * se if isinstance(se, (int, float)) else None, None
         out.append(agg)
     obj_key = OBJECTIVES[objective].key

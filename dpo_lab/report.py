@@ -3,9 +3,10 @@
 report.md ranks the runs by the sweep's objective (quality.py: the judge's win rate over the reference, or the
 log-ratio margin; never the reward margin, which grows with β), with 95% intervals and which runs are within noise
 of the best; aggregates seeds into one row per configuration; and shows each run's checkpoints (win rate per
-checkpoint, best step, degradation). A sweep prints a shorter table (console_summary: 100 columns) and the same
-verdict. Built only from what job directories hold (result.json, job.json, samples.jsonl), so it works for
-running, partial and failed sweeps, and without wandb:
+checkpoint, best step, degradation) and, where a judge scores the answers (a reward) and the sampler measures their KL
+from the reference, the reward-KL frontier of the DPO paper's Fig. 2 (frontier). A sweep prints a shorter table
+(console_summary: 100 columns) and the same verdict. Built only from what job directories hold (result.json,
+job.json, samples.jsonl), so it works for running, partial and failed sweeps, and without wandb:
 
     python -m dpo_lab report multirun/loss_beta_grid/2026-11-24_10-00-00 [--out results/my_sweep]
 """
@@ -22,10 +23,14 @@ from dpo_lab import files, quality
 from dpo_lab.metrics import BETTER, means_by_step
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
-HEADLINE = [("samples/win_rate", "win rate"), ("eval/logratios/margins", "log-ratio margin"),
-            ("eval/rewards/accuracies", "accuracy"), ("eval/rewards/margins", "reward margin"),
-            ("samples/task_score", "task score")]  # fmt: skip
-ERRORS = ["samples/win_rate_se", "eval/logratios/margins_se", "eval/rewards/accuracies_se", "samples/task_score_se"]
+HEADLINE = [("samples/win_rate", "win rate"), ("samples/reward", "reward"), ("samples/kl", "KL"),
+            ("eval/logratios/margins", "log-ratio margin"), ("eval/rewards/accuracies", "accuracy"),
+            ("eval/rewards/margins", "reward margin"), ("samples/task_score", "task score")]  # fmt: skip
+ERRORS = ["samples/win_rate_se", "samples/reward_se", "samples/kl_se", "eval/logratios/margins_se",
+          "eval/rewards/accuracies_se", "samples/task_score_se"]  # fmt: skip
+# summary.csv has these columns only where a run measured them (a scoring judge's reward, the answers' KL), so the
+# CSV of a sweep without them keeps the columns it had.
+IF_MEASURED = {"samples/reward", "samples/reward_se", "samples/kl", "samples/kl_se"}
 CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "degraded after")]
 CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
@@ -35,11 +40,16 @@ REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes 
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
 # Short titles of the HEADLINE metrics for the console.
-SHORT = {"samples/win_rate": "win rate", "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
+SHORT = {"samples/win_rate": "win rate", "samples/reward": "reward", "samples/kl": "KL",
+         "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
          "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
 DPI = 100  # a figure's inches x 100: its PNG's pixels
-# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures.
+# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. The reward and KL
+# follow the win rate: a judge that scores the policy's answers scores the reference's too, so a run with a reward
+# has a win rate, and the first panel stays the one that picks the best checkpoint.
 SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
+               "reward": "mean reward of the policy's answers\n(the judge's score of each answer)",
+               "kl": "KL(policy ‖ reference) of the answers\n(nats per answer; 0 at the start)",
                "task_score": "task score\n(share of the required words present)",
                "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
                "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
@@ -182,8 +192,9 @@ def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str
     if "seed" in swept and ranked:
         first = [_keys_column([k for k in swept if k != "seed"]), ("n", "seeds"), *_objective_columns(objective)]
         lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
-    best = verdict(ranked, objective)
-    return "\n".join(lines + ([textwrap.fill(best, CONSOLE_WIDTH)] if best else []))
+    best, front = verdict(ranked, objective), frontier(rows)
+    lines += [textwrap.fill(best, CONSOLE_WIDTH)] if best else []
+    return "\n".join(lines + ([textwrap.fill(frontier_verdict(front), CONSOLE_WIDTH)] if front else []))
 
 
 def _narrow_table(rows: List[Dict[str, Any]], columns: List[tuple], optional: List[tuple]) -> str:
@@ -264,6 +275,57 @@ def _checkpoint_cell(row: Dict[str, Any], step: int) -> str:
         return ""
     se = hist.get(f"{name}_se")
     return f"{hist[name]:.2f} ± {1.96 * se:.2f}" if se is not None else f"{hist[name]:.2f}"
+
+
+def _scored_runs(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The completed runs whose checkpoints have a reward and a KL (a scoring judge's runs, issue 19)."""
+    return [r for r in rows if r.get("status") == "completed" and _scored(r)]
+
+
+def _scored(row: Dict[str, Any]) -> List[Dict[str, float]]:
+    return [h for h in row.get("sample_history") or [] if "reward" in h and "kl" in h]
+
+
+def frontier(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The reward-KL frontier (DPO paper, Fig. 2) of the completed runs' checkpoints but step 0 (the start, KL 0,
+    every run's): the Pareto-optimal ones (no other checkpoint has reward >= and KL <=, one of them strictly), low KL
+    first, each {job, name, step, kl, kl_se, reward, reward_se}; and the run on the best frontier, the one owning the
+    most of them (ties: the higher best reward). By point estimates: the 95% intervals say how far to trust them.
+    None where no run has a reward and a KL."""
+    keep = ("step", "kl", "kl_se", "reward", "reward_se")
+    points = [{"job": r["job"], "name": r.get("name"), **{k: h.get(k) for k in keep}}
+              for r in _scored_runs(rows) for h in _scored(r) if h["step"] != 0]  # fmt: skip
+    pareto = sorted((p for p in points if not any(_beats(q, p) for q in points)), key=lambda p: (p["kl"], -p["reward"]))
+    if not pareto:
+        return None
+    owned: Dict[str, List[Dict[str, Any]]] = {}
+    for p in pareto:
+        owned.setdefault(p["job"], []).append(p)
+    best = max(owned.values(), key=lambda ps: (len(ps), max(p["reward"] for p in ps)))
+    return {"job": best[0]["job"], "name": best[0]["name"], "owned": len(best), "points": pareto}
+
+
+def _beats(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Checkpoint a has reward >= b's and KL <= b's, one of them strictly."""
+    return a["reward"] >= b["reward"] and a["kl"] <= b["kl"] and (a["reward"], a["kl"]) != (b["reward"], b["kl"])
+
+
+def frontier_verdict(front: Dict[str, Any], strong: str = "") -> str:
+    """`Best reward-KL frontier: X (job 2): 3 of the 4 Pareto-optimal checkpoints.`; `strong` wraps the name."""
+    n = len(front["points"])
+    return (f"Best reward-KL frontier: {strong}{front['name'] or front['job']}{strong} (job {front['job']}): "
+            f"{front['owned']} of the {n} Pareto-optimal checkpoint{'s' if n > 1 else ''}.")  # fmt: skip
+
+
+def frontier_table(front: Dict[str, Any]) -> str:
+    """The frontier's checkpoints, low KL first, each value ± its 95% interval over the prompts."""
+    pm = lambda k: lambda p: _rounded_pm({k: p[k], f"{k}_ci": _times(1.96, p[f"{k}_se"])}, k)  # noqa: E731
+    return table(front["points"], [("job", "job"), ("name", "run"), ("step", "step"), (pm("kl"), "KL (nats)"),
+                                   (pm("reward"), "reward")])  # fmt: skip
+
+
+def _times(a: float, b: Any) -> Optional[float]:
+    return a * b if isinstance(b, (int, float)) else None
 
 
 def _num(value: Any) -> float:
@@ -458,11 +520,47 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
         _lines(ax, runs, "sample_history", metric, f"{metric}_se" if i == 0 else None)
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
-        better = "higher" if BETTER[metric] > 0 else "lower"
-        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better} is better"
+        better = {1: "higher is better", -1: "lower is better"}.get(BETTER.get(metric), "the reward's cost")  # kl
+        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better}"
                + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
         ax.grid(alpha=0.3)
     _legend(fig, axes, len(metrics))
+    return _save(fig, path)
+
+
+def plot_frontier(rows: List[Dict[str, Any]], path: str) -> bool:
+    """Reward against KL(policy ‖ reference) at each checkpoint, as the DPO paper's Fig. 2 (up and to the left is
+    better): one line per run in step order from the start (step 0, KL 0), the run on the best frontier thicker,
+    black rings on the Pareto-optimal checkpoints (frontier()) with their steps, and light 95% bars both ways."""
+    front = frontier(rows)
+    if front is None:
+        return False
+    runs = _scored_runs(rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 1, figsize=(10, 6.5), squeeze=False)
+    ax = axes[0, 0]
+    for i, r in enumerate(runs):
+        hist, best = _scored(r), r["job"] == front["job"]
+        x, y = [h["kl"] for h in hist], [h["reward"] for h in hist]
+        marker, style = STYLES[i % len(STYLES)]
+        label = (r.get("name") or f"job {r['job']}") + (" (best frontier)" if best else "")
+        (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=6 if best else 5, label=label,
+                          linewidth=3 if best else 1.2, zorder=3 if best else 2)  # fmt: skip
+        if all(h.get("kl_se") is not None and h.get("reward_se") is not None for h in hist):
+            ax.errorbar(x, y, xerr=[1.96 * h["kl_se"] for h in hist], yerr=[1.96 * h["reward_se"] for h in hist],
+                        fmt="none", ecolor=line.get_color(), elinewidth=0.8, alpha=0.3, zorder=1)  # fmt: skip
+    points = front["points"]
+    ax.scatter([p["kl"] for p in points], [p["reward"] for p in points], s=200, facecolors="none", edgecolors="k",
+               linewidths=1.5, zorder=4)  # fmt: skip
+    for p in points:
+        ax.annotate(f"step {p['step']}", (p["kl"], p["reward"]), xytext=(8, -12), textcoords="offset points", size=8)
+    judges = {r.get("samples/judge") for r in runs} - {None}  # e.g. sentiment: what the reward's scale means
+    ax.set(xlabel="KL(policy ‖ reference), nats per answer, from the sampled answers",
+           ylabel="mean reward of the policy's answers" + (f"\n(judge: {judges.pop()})" if len(judges) == 1 else ""),
+           title="reward vs KL per checkpoint, from step 0 (KL 0): up and to the left is better\n"
+                 "black rings: Pareto-optimal checkpoints; bars: 95% over the prompts")  # fmt: skip
+    ax.grid(alpha=0.3)
+    _legend(fig, axes, 1)
     return _save(fig, path)
 
 
@@ -497,7 +595,8 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
     plots = {"samples.png": plot_samples(rows, os.path.join(out_dir, "samples.png")),
              "eval.png": plot_eval(rows, os.path.join(out_dir, "eval.png")),
-             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept)}  # fmt: skip
+             "heatmap.png": plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept),
+             "frontier.png": plot_frontier(rows, os.path.join(out_dir, "frontier.png"))}  # fmt: skip
     done = sum(r.get("status") == "completed" for r in rows)
     obj = quality.OBJECTIVES[objective]
     lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",
@@ -517,6 +616,13 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         lines += ["## Checkpoints", "", "Each sampled checkpoint's metric (± 95% over the prompts); *best step*: the "
                   "best checkpoint by it; *degraded after*: the last checkpoint fell below the best by more than "
                   "samples.degrade_margin and by more than the noise.", "", checkpoints, ""]  # fmt: skip
+    front = frontier(rows)
+    if front:
+        lines += ["## Reward vs KL", "", "Each checkpoint's mean reward of the policy's answers against their KL from "
+                  "the reference (frontier.png), as in the DPO paper's Fig. 2: the better run gets more reward for the "
+                  "same KL. *Pareto-optimal*: no other checkpoint (step 0, the start, left out) has at least its "
+                  "reward for at most its KL, by the point estimates; `± x`: the 95% interval over the prompts.", "",
+                  frontier_verdict(front, strong="**"), "", frontier_table(front), ""]  # fmt: skip
     failures = [r for r in rows if r.get("status") == "failed"]
     if failures:
         lines += ["## Failures", ""] + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures] + [""]
@@ -530,7 +636,8 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
 
 def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> None:
     samples = sorted({k for r in rows for k in r if k.startswith("samples/")} - {k for k, _ in HEADLINE} - set(ERRORS))
-    keys = ["job", "name", *swept, "status", *(k for k, _ in HEADLINE), *ERRORS, "best_eval/logratios/margins",
+    shown = [k for k in [*(k for k, _ in HEADLINE), *ERRORS] if k not in IF_MEASURED or any(k in r for r in rows)]
+    keys = ["job", "name", *swept, "status", *shown, "best_eval/logratios/margins",
             "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
             "error"]  # fmt: skip
     with files.atomic_write(path, newline="", encoding="utf-8") as f:
