@@ -3,7 +3,8 @@
 At step 0 and at every save (optionally every eval) a fixed, seeded set of eval prompts is answered by the policy;
 the reference answers them once per run. Each checkpoint's rows (prompt, policy, reference, ground truth, per-sample
 metrics from metrics.py, the judge's verdict from judges.py) go to `<job>/samples.jsonl` and to a wandb Table; their
-means and standard errors go to `samples/*` scalars (`samples/win_rate`: the policy's answers against the reference's).
+means and standard errors go to `samples/*` scalars (`samples/win_rate`: the policy's answers against the reference's;
+`samples/reward`: a scoring judge's mean score of the policy's answers; `samples/kl`: their KL from the reference).
 At the end the run names its best checkpoint by `samples.best_metric` and is flagged if its last checkpoint fell
 clearly below it. Settings are checked by validate.py; `python -m dpo_lab samples JOB_DIR` shows the rows (viewer.py).
 """
@@ -84,8 +85,9 @@ def generate(model, tokenizer, prompts: List[List[int]], gen: Dict[str, Any], se
     return completions
 
 
-def mean_nll(model, prompts: List[List[int]], completions: List[List[int]]) -> List[float]:
-    """The model's negative log-likelihood per completion token, one sequence at a time (bounded memory)."""
+def logps(model, prompts: List[List[int]], completions: List[List[int]]) -> List[float]:
+    """The model's log-probability of each completion given its prompt (summed over the completion's tokens), one
+    sequence at a time (bounded memory)."""
     import torch
 
     device = next(model.parameters()).device
@@ -94,7 +96,7 @@ def mean_nll(model, prompts: List[List[int]], completions: List[List[int]]) -> L
         for p, c in zip(prompts, completions):
             logits = model(input_ids=torch.tensor([p + c], device=device)).logits[0, len(p) - 1 : -1].float()
             target = torch.tensor(c, device=device)
-            out.append(torch.nn.functional.cross_entropy(logits, target).item())
+            out.append(-torch.nn.functional.cross_entropy(logits, target, reduction="sum").item())
     return out
 
 
@@ -166,7 +168,10 @@ class Sampler:
         return policy, self.load_reference().to(self.trainer.accelerator.device).eval(), contextlib.nullcontext
 
     def _answer(self, step: int) -> List[Dict[str, Any]]:
-        """This rank's rows for `step`: policy answers, their metrics, the reference's NLL of them."""
+        """This rank's rows for `step`: policy answers, their metrics, the reference's NLL of them and their KL: log
+        policy - log reference of each answer, summed over its tokens. The answers are drawn from the policy, so the
+        mean over prompts estimates KL(policy || reference) per answer (exactly so with plain sampling: temperature 1,
+        no top-k / top-p cut, as samples=default)."""
         acc = self.trainer.accelerator
         policy, ref, ref_on = self._models()
         with acc.split_between_processes(list(range(len(self.rows))), apply_padding=True) as mine:
@@ -175,10 +180,11 @@ class Sampler:
                 self._say(step, f"the policy answers {len(self.rows)} eval prompts (up to {self.s.max_new_tokens} new "
                                 "tokens each)")  # fmt: skip
                 answers = generate(policy, self.tokenizer, prompts, self.gen, self.s.seed)
+                own = logps(policy, prompts, answers)
                 ref_answers = None
                 self._say(step, "the reference scores those answers and writes its own")
                 with ref_on():
-                    nll = mean_nll(ref, prompts, answers)
+                    ref_logps = logps(ref, prompts, answers)
                     if self.reference is None:
                         ref_answers = generate(ref, self.tokenizer, prompts, self.gen, self.s.seed)
             stop, out = eos_ids(policy, self.tokenizer), []
@@ -193,7 +199,8 @@ class Sampler:
                 rows = [self.rows[i] for i in mine]
                 verdicts = self.judge.compare([r["prompt"] for r in rows], texts, ref_texts, rows)
             for k, i in enumerate(mine):
-                out.append({"index": self.index[i], "policy": texts[k], "reference": ref_texts[k], "ref_nll": nll[k],
+                out.append({"index": self.index[i], "policy": texts[k], "reference": ref_texts[k],
+                            "ref_nll": -ref_logps[k] / len(answers[k]), "kl": own[k] - ref_logps[k],
                             "stopped": float(bool(answers[k]) and answers[k][-1] in stop), **verdicts[k],
                             **text_metrics(texts[k], self.rows[i].get("required_words"))})  # fmt: skip
             return out

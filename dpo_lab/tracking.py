@@ -28,6 +28,7 @@ EVAL_SUMMARIES = {
     "eval/rewards/accuracies": "max,last",
     "eval/loss": "min,last",
     "samples/win_rate": "max,last",
+    "samples/reward": "max,last",
 }
 
 
