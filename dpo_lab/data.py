@@ -1,4 +1,5 @@
-"""Preference data: read files or a hub dataset, check every row, apply the prompt format, split.
+"""Preference data: read files or a hub dataset (or the files of generated data: toy.py, sentiment.py), check every
+row, apply the prompt format, split.
 
 Every problem a user can fix is raised as UserError naming the file, row and field. Rows that would
 teach nothing (chosen == rejected, or a prompt that alone fills max_length, which TRL drops silently)
@@ -363,14 +364,14 @@ def _usable(rows: List[Dict[str, Any]], source: str, prompt_format: str, tokeniz
     return drop_long_prompts(format_prompts(kept, prompt_format), tokenizer, max_length, source)
 
 
-def load_preferences(cfg: DictConfig, tokenizer, max_length: int, toy_files: Optional[Dict[str, str]] = None) -> Preferences:
+def load_preferences(cfg: DictConfig, tokenizer, max_length: int, built: Optional[Dict[str, str]] = None) -> Preferences:
     """Read, check, format and split the data described by the `data` config group: the run's one path from data to
-    trainer rows, which preflight runs too."""
+    trainer rows, which preflight runs too. `built`: the train_file / eval_file of generated data (toy, sentiment)."""
     if cfg.source == "hub":
         train, evals = _load_hub(cfg)
         train_name, eval_name = f"hub:{cfg.name}[{cfg.train_split}]", f"hub:{cfg.name}[{cfg.eval_split}]"
     else:
-        files = toy_files if cfg.source == "toy" else {"train_file": cfg.train_file, "eval_file": cfg.eval_file}
+        files = built if cfg.source in ("toy", "sentiment") else {"train_file": cfg.train_file, "eval_file": cfg.eval_file}
         train_name, eval_name = files["train_file"], files.get("eval_file")
         train = read_rows(train_name)
         evals = read_rows(eval_name) if eval_name else None

@@ -7,7 +7,10 @@
 - `reward_model`: a local sequence-classification reward model (`samples.judge_model`, a directory or hub id)
   scores each answer; on toy data without a judge_model, dpo-lab trains and caches one (reward_model.py);
 - `pairwise_lm`: a local instruction model (`samples.judge_model`) is asked which of two answers is better, in both
-  orders, so a preference for the first (or second) position cancels; the win is its probability for the policy's.
+  orders, so a preference for the first (or second) position cancels; the win is its probability for the policy's;
+- `sentiment`: VADER's sentiment score of each answer, from -1 to 1 (data=sentiment's reward: sentiment.py).
+
+A judge that scores each answer alone also logs that score of the policy's answer as its `reward`.
 
 At step 0 the policy is the reference and both sample with the same seed, so the answers are equal: every judge
 calls that a tie and the win rate starts at 0.5.
@@ -21,15 +24,18 @@ from dpo_lab.toy import task_score
 
 log = logging.getLogger(__name__)
 
-JUDGES = ("auto", "none", "task", "reward_model", "pairwise_lm")
+JUDGES = ("auto", "none", "task", "reward_model", "pairwise_lm", "sentiment")
 PAIRWISE_TEMPLATE = ("Which answer follows the request better?\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\n"
                      "Answer B:\n{b}\n\nReply with one letter: A or B.")  # fmt: skip
 
 
 def resolve(judge: str, judge_model: Optional[str], data_source: str) -> str:
-    """samples.judge=auto: a reward model where there is one (given, or the toy one on toy data), else none."""
+    """samples.judge=auto: the sentiment scorer on data=sentiment, a reward model where there is one (given, or the
+    toy one on toy data), else none."""
     if judge != "auto":
         return judge
+    if data_source == "sentiment":
+        return "sentiment"
     return "reward_model" if judge_model or data_source == "toy" else "none"
 
 
@@ -42,9 +48,10 @@ class Judge:
         raise NotImplementedError
 
     def compare(self, prompts, policy: Sequence[str], reference: Sequence[str], rows) -> List[Dict[str, float]]:
-        """Per prompt: the judge's score of each answer and the policy's win (1, 0.5 for a tie, 0)."""
+        """Per prompt: the judge's score of each answer (the policy's is its reward) and the policy's win (1, 0.5 for
+        a tie, 0)."""
         a, b = self.scores(prompts, policy, rows), self.scores(prompts, reference, rows)
-        return [{"judge_policy": x, "judge_reference": y, "win": 0.5 if p == r or x == y else float(x > y)}
+        return [{"judge_policy": x, "judge_reference": y, "reward": x, "win": 0.5 if p == r or x == y else float(x > y)}
                 for x, y, p, r in zip(a, b, policy, reference)]  # fmt: skip
 
 
@@ -53,6 +60,20 @@ class TaskJudge(Judge):
 
     def scores(self, prompts, answers, rows):
         return [task_score(a, r["required_words"]) for a, r in zip(answers, rows)]
+
+
+class SentimentJudge(Judge):
+    """VADER's compound score of each answer, from -1 (negative) to 1 (positive): data=sentiment's reward."""
+
+    name = "sentiment"
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def scores(self, prompts, answers, rows=()):
+        return [self.analyzer.polarity_scores(a)["compound"] for a in answers]
 
 
 class RewardModelJudge(Judge):
@@ -138,6 +159,8 @@ def load(kind: str, judge_model: Optional[str], device: str, trust_remote_code: 
         return None
     if kind == "task":
         return TaskJudge()
+    if kind == "sentiment":
+        return SentimentJudge()
     log.info("Samples judge: %s %s", kind, judge_model)
     if kind == "reward_model":
         return RewardModelJudge(judge_model, device, trust_remote_code)

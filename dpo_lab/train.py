@@ -142,16 +142,26 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         from dpo_lab.toy import ensure_toy
 
         toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
-    model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
+    if cfg.model.source == "smollm2":
+        from dpo_lab.smollm2 import ensure_smollm2
+
+        model_path = ensure_smollm2()
+    else:
+        model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
     device = modeling.pick_device(cfg.trainer.device)
     precision = resolve(cfg.trainer.precision, device)
+    built = toy  # the files of generated data
+    if cfg.data.source == "sentiment":  # answered by the starting model itself
+        from dpo_lab.sentiment import ensure_sentiment
+
+        built = ensure_sentiment(model_path, device, **OmegaConf.to_container(cfg.sentiment))
 
     from transformers import set_seed
 
     set_seed(cfg.seed)
     # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
     tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
-    prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, toy)
+    prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
     log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
         from dpo_lab.sft import ensure_sft
@@ -199,8 +209,9 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
 
 
 # Seconds per step of the models trained into the cache, measured on 2 idle CPU cores (warm-up 400 steps in 130 s,
-# reward model 200 in ~120 s) and on an H200 (31 s, 22 s); a busy machine takes longer.
-SECONDS_PER_STEP = {"cpu": {"sft": 0.33, "rm": 0.6}, "cuda": {"sft": 0.08, "rm": 0.11}}
+# reward model 200 in ~120 s) and on an H200 (31 s, 22 s); a busy machine takes longer. sentiment_token: per token
+# of the sentiment data's answers, SmolLM2 on 2 CPU cores (320 answers of <= 32 tokens in 84 s).
+SECONDS_PER_STEP = {"cpu": {"sft": 0.33, "rm": 0.6, "sentiment_token": 0.008}, "cuda": {"sft": 0.08, "rm": 0.11}}
 
 
 def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
@@ -210,6 +221,8 @@ def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     from dpo_lab.sft import cached_sft
     from dpo_lab.toy import cached_toy
 
+    if cfg.model.source == "smollm2" or cfg.data.source == "sentiment":
+        return _first_use_real(cfg, device)
     if cfg.model.source != "tiny" and cfg.data.source != "toy":
         return []
     rate = SECONDS_PER_STEP["cuda" if device.startswith("cuda") else "cpu"]
@@ -223,6 +236,24 @@ def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     if needs_rm:
         rm = cached_reward_model(toy, base, cfg.data.prompt_format, **OmegaConf.to_container(cfg.reward_model))
         out.append((Path(rm).parent, "the toy reward model", _about(cfg.reward_model.steps * rate["rm"])))
+    return out
+
+
+def _first_use_real(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
+    """first_use for model=smollm2 and data=sentiment: the converted checkpoint, then the data it answers."""
+    from dpo_lab.sentiment import cached_sentiment
+    from dpo_lab.smollm2 import cached_smollm2
+
+    out, model = [], os.path.expanduser(cfg.model.path or "")
+    if cfg.model.source == "smollm2":
+        model = cached_smollm2()
+        out.append((Path(model).parent, "SmolLM2-135M-Instruct as an fp32 checkpoint", "under a minute"))
+    if cfg.data.source == "sentiment":
+        s = cfg.sentiment
+        answers = (s.n_train_prompts + s.n_eval_prompts) * s.answers_per_prompt
+        seconds = answers * s.max_new_tokens * SECONDS_PER_STEP["cpu"]["sentiment_token"] if device == "cpu" else 0
+        out.append((cached_sentiment(model, **OmegaConf.to_container(s)),
+                    f"the sentiment data ({answers} answers sampled from the model)", _about(seconds) if seconds else ""))  # fmt: skip
     return out
 
 

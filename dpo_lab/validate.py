@@ -11,6 +11,7 @@ from dpo_lab.errors import UserError
 from dpo_lab.judges import JUDGES
 from dpo_lab.metrics import BETTER
 from dpo_lab.sampling import judge_kind
+from dpo_lab.smollm2 import INSTALL, gguf_file
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -125,7 +126,8 @@ def validate(cfg: DictConfig) -> None:
         )
 
     d = cfg.data
-    _check(d.source in ("toy", "files", "hub"), f"data.source={d.source!r}: use toy, files or hub (data=toy|json|hub).")
+    _check(d.source in ("toy", "files", "hub", "sentiment"),
+           f"data.source={d.source!r}: use toy, files, hub or sentiment (data=toy|json|hub|sentiment).")  # fmt: skip
     no_file = OmegaConf.is_missing(d, "train_file") or d.train_file is None
     _check(d.source != "files" or not no_file, "data=json needs data.train_file: your preference file (JSON array, "
            "JSON Lines, .parquet or .csv with prompt, chosen, rejected), e.g. data.train_file=train.jsonl.")  # fmt: skip
@@ -137,7 +139,12 @@ def validate(cfg: DictConfig) -> None:
         f"data.prompt_format={fmt!r} is neither 'chat', a named format ({', '.join(PROMPT_FORMATS)}) "
         "nor a format string containing {prompt}.",
     )
-    _check(cfg.model.source in ("tiny", "hf"), f"model.source={cfg.model.source!r}: use tiny or hf (model=tiny|hf).")
+    _check(cfg.model.source in ("tiny", "hf", "smollm2"),
+           f"model.source={cfg.model.source!r}: use tiny, hf or smollm2 (model=tiny|hf|smollm2).")  # fmt: skip
+    if cfg.model.source == "smollm2":
+        gguf_file()  # installed, or a UserError with the command that installs it
+    if d.source == "sentiment":
+        _check_sentiment(cfg)
     _check(cfg.wandb.mode in ("auto", "online", "offline", "disabled"),
            f"wandb.mode={cfg.wandb.mode!r}: use auto, online, offline or disabled.")  # fmt: skip
     _check(cfg.isolate in ("auto", "always", "never"), f"isolate={cfg.isolate!r}: use auto, always or never.")
@@ -194,6 +201,9 @@ def _check_samples(cfg: DictConfig) -> None:
     _check(s.best_metric != "task_score" or cfg.data.source == "toy",
            "samples.best_metric=task_score needs the toy data (it scores required words); use repetition or distinct_2.")  # fmt: skip
     _check(not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0).")
+    _check(s.best_metric != "reward" or judge_kind(cfg) not in ("none", "pairwise_lm"),
+           "samples.best_metric=reward needs a judge that scores each answer: samples.judge=sentiment, reward_model "
+           "or task (pairwise_lm only compares two answers).")  # fmt: skip
     _check(s.judge in JUDGES, f"samples.judge={s.judge!r}: use one of {', '.join(JUDGES)} (see dpo_lab/judges.py).")
     _check(s.judge != "task" or cfg.data.source == "toy",
            "samples.judge=task needs the toy data (it scores required words); use samples.judge=reward_model with "
@@ -201,6 +211,8 @@ def _check_samples(cfg: DictConfig) -> None:
     _check(s.judge != "reward_model" or s.judge_model or cfg.data.source == "toy",
            "samples.judge=reward_model needs samples.judge_model (a sequence-classification reward model dir or hub "
            "id) on data other than the toy data, which has its own.")  # fmt: skip
+    _check(s.judge != "sentiment" or _installed("vaderSentiment"),
+           f"samples.judge=sentiment scores answers with vaderSentiment, which is not installed:\n  {INSTALL}")
     _check(s.judge != "pairwise_lm" or s.judge_model,
            "samples.judge=pairwise_lm needs samples.judge_model: an instruction-tuned causal LM dir or hub id.")
     _check(s.best_metric != "win_rate" or s.count == 0 or judge_kind(cfg) != "none",
@@ -211,11 +223,44 @@ def _check_samples(cfg: DictConfig) -> None:
            f"{t.save_steps} must be a multiple of trainer.eval_steps={t.eval_steps}.")  # fmt: skip
 
 
+def _check_sentiment(cfg: DictConfig) -> None:
+    from dpo_lab.sentiment import INSTRUCTIONS, TOPICS
+
+    s, total = cfg.sentiment, len(TOPICS) * len(INSTRUCTIONS)
+    _check(cfg.model.source != "tiny", "data=sentiment samples its answers from the starting model, and the tiny toy "
+           "model writes only toy stories: use model=smollm2 or model=hf model.path=<a chat model>.")  # fmt: skip
+    _check(_installed("vaderSentiment"), f"data=sentiment scores answers with vaderSentiment, which is not installed:\n  {INSTALL}")
+    _check(s.n_train_prompts > 0 and s.n_eval_prompts > 0,
+           f"sentiment.n_train_prompts={s.n_train_prompts} and sentiment.n_eval_prompts={s.n_eval_prompts} must be > 0.")  # fmt: skip
+    _check(s.n_train_prompts + s.n_eval_prompts <= total,
+           f"sentiment.n_train_prompts + n_eval_prompts = {s.n_train_prompts + s.n_eval_prompts}, but there are "
+           f"{total} distinct prompts ({len(TOPICS)} topics x {len(INSTRUCTIONS)} instructions); for more pairs raise "
+           "sentiment.pairs_per_prompt (with answers_per_prompt at least twice it).")  # fmt: skip
+    _check(s.answers_per_prompt >= 2 * max(s.pairs_per_prompt, 1),
+           f"sentiment.answers_per_prompt={s.answers_per_prompt} gives at most {s.answers_per_prompt // 2} pair(s) per "
+           f"prompt, and sentiment.pairs_per_prompt={s.pairs_per_prompt}: raise answers_per_prompt to at least "
+           f"{2 * max(s.pairs_per_prompt, 1)} or lower pairs_per_prompt (>= 1).")  # fmt: skip
+    _check(s.pairs_per_prompt >= 1 and s.batch_size >= 1,
+           f"sentiment.pairs_per_prompt={s.pairs_per_prompt} and sentiment.batch_size={s.batch_size} must be >= 1.")  # fmt: skip
+    _check(s.max_new_tokens > 0 and s.temperature > 0,
+           f"sentiment.max_new_tokens={s.max_new_tokens} and sentiment.temperature={s.temperature} must be > 0.")  # fmt: skip
+    _check(0 <= s.min_gap < 2, f"sentiment.min_gap={s.min_gap} must lie in [0, 2): VADER scores lie in [-1, 1].")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _check_objective(cfg: DictConfig) -> None:
     name = cfg.objective
     _check(name == "auto" or name in quality.OBJECTIVES,
            f"objective={name!r} is not one of auto or:\n{quality.choices()}\n(auto: win_rate where a judge is on, "
            "else logratio_margin).")  # fmt: skip
+    _check(name != "reward" or judge_kind(cfg) not in ("none", "pairwise_lm"),
+           "objective=reward needs checkpoint samples and a judge that scores each answer: samples.judge=sentiment, "
+           "reward_model or task.")  # fmt: skip
     _check(name not in ("win_rate", "task_score") or cfg.samples.count > 0,
            f"objective={name} is measured on checkpoint samples, and samples.count=0 turns them off.")
     _check(name != "win_rate" or judge_kind(cfg) != "none",
