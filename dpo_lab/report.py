@@ -44,12 +44,9 @@ SHORT = {"samples/win_rate": "win rate", "samples/reward": "reward", "samples/kl
          "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
          "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
 DPI = 100  # a figure's inches x 100: its PNG's pixels
-# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. The reward and KL
-# follow the win rate: a judge that scores the policy's answers scores the reference's too, so a run with a reward
-# has a win rate, and the first panel stays the one that picks the best checkpoint.
+# Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. A judge's reward and
+# the answers' KL are frontier.png's axes (plot_frontier), so samples.png stays at four panels.
 SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
-               "reward": "mean reward of the policy's answers\n(the judge's score of each answer)",
-               "kl": "KL(policy ‖ reference) of the answers\n(nats per answer; 0 at the start)",
                "task_score": "task score\n(share of the required words present)",
                "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
                "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
@@ -520,7 +517,7 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
         _lines(ax, runs, "sample_history", metric, f"{metric}_se" if i == 0 else None)
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
-        better = {1: "higher is better", -1: "lower is better"}.get(BETTER.get(metric), "the reward's cost")  # kl
+        better = "higher is better" if BETTER[metric] > 0 else "lower is better"
         ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better}"
                + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
         ax.grid(alpha=0.3)

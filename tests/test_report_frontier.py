@@ -85,7 +85,7 @@ def test_report_plots_the_frontier_and_names_the_best_run(tmp_path):
     report.write_report(str(sweep), str(out))
     width, height = png_size(out / "frontier.png")
     assert (width, height) == (1000, 650)
-    assert png_size(out / "samples.png") == (1200, 900)  # win rate, reward, KL and repetition, 2 x 2
+    assert png_size(out / "samples.png") == (1200, 450)  # win rate and repetition: reward and KL are frontier.png's
     text = (out / "report.md").read_text()
     assert "## Reward vs KL" in text and "![frontier.png](frontier.png)" in text
     assert "Best reward-KL frontier: **beta=0.1** (job 0): 2 of the 3 Pareto-optimal checkpoints." in text
