@@ -23,12 +23,12 @@ def _nll(model_dir: str, rows) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dpo_lab.data import prompt_ids
-    from dpo_lab.sampling import mean_nll
+    from dpo_lab.sampling import logps
 
     tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [prompt_ids(tok, r["prompt"]) for r in rows]
     answers = [tok(r["chosen"])["input_ids"] + [tok.eos_token_id] for r in rows]
-    values = mean_nll(model, prompts, answers)
+    values = [-lp / len(a) for lp, a in zip(logps(model, prompts, answers), answers)]  # NLL per token
     return sum(values) / len(values)
 
 
