@@ -36,12 +36,22 @@ def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
     return cfg
 
 
+def same_config(saved: str, cfg: Dict[str, Any]) -> bool:
+    """Whether the config saved at `saved` is `cfg` (resolved, without the hydra node). Both are read through the
+    schema, so a key added since the job was saved, at its default, makes no difference."""
+    try:
+        before = OmegaConf.to_container(load_config(saved), resolve=True)
+    except UserError:  # it no longer fits the schema: not this config
+        return False
+    return before == OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), cfg), resolve=True)
+
+
 def completed_result(cfg: DictConfig, job_dir: str) -> Optional[Dict[str, Any]]:
     """The saved result if `job_dir` already completed this exact config; UserError if it holds another config."""
     saved = os.path.join(job_dir, files.CONFIG)
     if not os.path.isfile(saved):
         return None
-    if OmegaConf.to_container(OmegaConf.load(saved)) != OmegaConf.to_container(cfg, resolve=True):
+    if not same_config(saved, OmegaConf.to_container(cfg, resolve=True)):
         raise UserError(f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
                         "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...).")  # fmt: skip
     result = files.read_json(os.path.join(job_dir, files.RESULT)) or {}

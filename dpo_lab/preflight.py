@@ -223,6 +223,7 @@ def check_job_dir(job: DictConfig, num: int) -> None:
     from omegaconf import OmegaConf, open_dict, read_write
 
     from dpo_lab.files import read_json
+    from dpo_lab.job import same_config
 
     if not os.path.isdir(str(job.hydra.sweep.dir)):  # a new sweep: nothing to clash with
         return
@@ -245,7 +246,7 @@ def check_job_dir(job: DictConfig, num: int) -> None:
         now = OmegaConf.to_container(cfg, resolve=True)
     finally:
         hydra.cfg = previous
-    if OmegaConf.to_container(OmegaConf.load(saved)) != now:
+    if not same_config(saved, now):
         earlier = (read_json(os.path.join(str(job.hydra.sweep.dir), "sweep.json")) or {}).get("overrides")
         again = f": python run.py -m {' '.join(earlier)} hydra.sweep.dir={job.hydra.sweep.dir}" if earlier else ""
         raise UserError(f"{job_dir} already holds job {num} of an earlier launch with a different config, so it can be "

@@ -220,3 +220,25 @@ def test_wandb_sweep_file_drives_run_py(tmp_path):
     grid = [f"{k}={','.join(map(str, v['values']))}" for k, v in spec["parameters"].items()]
     proc = run_py("-m", *grid, TINY, "preflight_only=true", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "all 4 jobs check out" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_relaunch_skips_a_job_saved_before_a_config_key_existed(tmp_path):
+    """A job dir whose config.yaml predates a key (here `sentiment`, added with data=sentiment) holds the same job:
+    relaunching the sweep skips it as completed instead of refusing the dir as another config."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", TINY, "seed=1", f"hydra.sweep.dir={sweep}"]
+    run_py(*args, cwd=tmp_path, check=True)
+    saved = sweep / "0" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["sentiment"]
+    saved.write_text(yaml.safe_dump(old))
+    first = json.loads((sweep / "0" / "result.json").read_text())
+    again = run_py(*args, cwd=tmp_path, check=True)
+    assert "1/1 jobs completed" in again.stdout
+    assert json.loads((sweep / "0" / "result.json").read_text()) == first  # skipped, untouched
+    old["seed"] = 2  # a config that really differs is still refused
+    saved.write_text(yaml.safe_dump(old))
+    refused = run_py(*args, cwd=tmp_path)
+    assert refused.returncode == 2 and "different config" in refused.stdout
