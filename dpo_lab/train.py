@@ -58,12 +58,17 @@ def _step_guard(trainer):
 
 
 def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool):
-    """Map our config onto trl.DPOConfig (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
+    """trl.DPOConfig of `trainer_kwargs`."""
     from trl import DPOConfig
 
+    return DPOConfig(**trainer_kwargs(cfg, out_dir, device, precision, checkpointing))
+
+
+def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool) -> Dict[str, Any]:
+    """Our config as trl.DPOConfig fields (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
     t = cfg.trainer
     loss = OmegaConf.to_container(cfg.loss)
-    return DPOConfig(
+    return dict(
         output_dir=os.path.join(out_dir, "checkpoints"),
         beta=cfg.beta,
         learning_rate=cfg.lr,
