@@ -6,9 +6,10 @@ from typing import Any, Dict
 def checkpointing_arg(on: bool) -> Dict[str, Any]:
     """The TrainingArguments field for activation checkpointing: transformers renamed `gradient_checkpointing` to
     `activation_checkpointing` after 5.17 and warns on the old name, which 5.17 alone knows."""
-    from trl import DPOConfig
+    from transformers import TrainingArguments  # every method's TRL config derives from it
 
-    name = "activation_checkpointing" if "activation_checkpointing" in DPOConfig.__dataclass_fields__ else "gradient_checkpointing"
+    fields = TrainingArguments.__dataclass_fields__
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return {name: on}
 
 

@@ -43,6 +43,14 @@ class LossConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The preference method (dpo_lab/methods/<name>.py, conf/method/<name>.yaml). The defaults are DPO's, so a config
+    saved before methods existed reruns as DPO."""
+
+    name: str = "dpo"
+
+
+@dataclass
 class ToyConfig:
     """The offline default: generated preference data plus a tiny Llama whose tokenizer is trained on it."""
 
@@ -203,6 +211,7 @@ class Config:
     objective: str = "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
     preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop
+    method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

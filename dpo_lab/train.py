@@ -16,18 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import cache, checkpoints, console, data, faults, files, judges, memory, modeling, quality, reuse, sampling, tracking
+from dpo_lab import cache, checkpoints, console, data, faults, files, judges, memory, methods, modeling, reuse, sampling, tracking
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
+from dpo_lab.methods.trainer import trainer_class
 from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
-
-EVAL_KEYS = ("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
-             "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logratios/margins",
-             "eval_logratios/margins_se", "eval_rewards/accuracies_se")  # fmt: skip
-
 
 def _step_guard(trainer):
     from transformers import TrainerCallback
@@ -57,26 +53,18 @@ def _step_guard(trainer):
     return StepGuard()
 
 
-def dpo_args(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool):
-    """trl.DPOConfig of `trainer_kwargs`."""
-    from trl import DPOConfig
-
-    return DPOConfig(**trainer_kwargs(cfg, out_dir, device, precision, checkpointing))
-
-
 def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool) -> Dict[str, Any]:
-    """Our config as trl.DPOConfig fields (field names in cfg.loss and cfg.trainer.extra are DPOConfig's)."""
+    """Our config as the fields of the method's TRL config: the training loop's, then the method's own (its
+    `args`); cfg.trainer.extra passes any other field of that config."""
     t = cfg.trainer
-    loss = OmegaConf.to_container(cfg.loss)
     return dict(
         output_dir=os.path.join(out_dir, "checkpoints"),
-        beta=cfg.beta,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        **loss,
+        **methods.get(cfg.method.name).args(cfg),
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -93,7 +81,6 @@ def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precis
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         **checkpointing_arg(checkpointing),
-        precompute_ref_log_probs=t.precompute_ref_log_probs,
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=device == "cpu",
         **precision.trainer_args(),
@@ -126,7 +113,8 @@ def _peak_memory_mb(device: str) -> Dict[str, float]:
 class Setup:
     """Everything `setup` decided and built, for `fit` and `summarize`."""
 
-    trainer: Any  # trl.DPOTrainer
+    trainer: Any  # the method's TRL trainer (methods/trainer.py)
+    method: str  # its name (methods.NAMES)
     base_model: str  # the checkpoint the policy started from
     device: str
     precision: Precision
@@ -175,7 +163,8 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     plan = memory.plan(model_path, cfg, precision, device)
     if run is not None:  # what the `auto` settings became
         tracking.safely(lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}}))
-    args = dpo_args(cfg, out_dir, device, precision, plan.checkpointing)
+    method = methods.get(cfg.method.name)
+    args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
     ref_model = None  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
     if not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy, in the frozen dtype
@@ -187,7 +176,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
     clock = _first_step_clock()
     quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
-    trainer = _trainer_class()(
+    trainer = trainer_class(method)(
         model=model,
         ref_model=ref_model,
         args=args,
@@ -210,7 +199,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
             lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
         sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(sampler.callback())
-    return Setup(trainer, model_path, device, precision, plan, dtypes, sampler, run, clock)
+    return Setup(trainer, method.name, model_path, device, precision, plan, dtypes, sampler, run, clock)
 
 
 # Seconds per step of the models trained into the cache, measured on 2 idle CPU cores (warm-up 400 steps in 130 s,
@@ -301,75 +290,6 @@ def _first_step_clock():
     return FirstStepClock()
 
 
-def _trainer_class():
-    from trl import DPOTrainer
-
-    class Trainer(DPOTrainer):
-        """TRL's DPOTrainer with what a sweep shares (reuse.py: tokenized data and reference log-probs, counted in
-        `reference_batches`), the β-free metrics in `log`, and one model card, written by `model_card` into final/.
-        TRL writes its card into checkpoints/ at every save, names no base model when that is a local checkpoint
-        ("fine-tuned version of [None]"), and reads the wandb run's URL, which warns at every save of an offline
-        run."""
-
-        def __init__(self, *args, **kwargs):
-            self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
-            self.reference_batches = 0  # reference forward passes run to precompute log-probs
-            self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
-            super().__init__(*args, **kwargs)
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
-            return loss
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
-            return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
-
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            return reuse.reference_logps(self, dataset, name, lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size))
-
-        def compute_ref_log_probs(self, model, inputs):
-            self.reference_batches += 1
-            return super().compute_ref_log_probs(model, inputs)
-
-        def create_model_card(self, *args, **kwargs):
-            pass  # the per-checkpoint card: see the class docstring
-
-        def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
-            """Add the β-free metrics to what TRL averages and logs: the log-ratio margin (reward margin / β, as TRL's
-            rewards are β × log-ratios) and, from the spread of the per-batch values, standard errors of it and of
-            the accuracy (the batch-means estimate: the eval pass keeps no per-pair values)."""
-            m = self._metrics["train" if self.model.training else "eval"]
-            if m.get("rewards/margins"):
-                m["logratios/margins"] = [v / self.beta for v in m["rewards/margins"]]
-                if not self.model.training:
-                    for key in ("logratios/margins", "rewards/accuracies"):
-                        se = quality.mean_se(m[key])["se"]
-                        m[f"{key}_se"] = [se] * len(m[key])  # TRL logs the mean of each list
-            super().log(logs, start_time)
-
-        def model_card(self, out_dir: str, base_model: str, run) -> None:
-            from trl.trainer.utils import generate_model_card
-
-            if not self.is_world_process_zero():
-                return
-            card = generate_model_card(
-                base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
-                hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
-                wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
-                trainer_name=getattr(self, "_name", "DPO"), trainer_citation=getattr(self, "_paper", {}).get("citation"),
-                template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
-                paper_id=getattr(self, "_paper", {}).get("id"),
-            )  # fmt: skip
-            if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
-                card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
-                                              f"the local checkpoint `{base_model}`")  # fmt: skip
-            card.save(os.path.join(out_dir, "README.md"))
-
-    return Trainer
-
-
 def fit(s: Setup, out_dir: str) -> None:
     """Train (resuming from the job's last complete checkpoint, if any), end on an eval, save the final model."""
     s.resumed_from, skipped = checkpoints.resumable(os.path.join(out_dir, "checkpoints"))
@@ -392,7 +312,8 @@ def summarize(s: Setup) -> Dict[str, Any]:
     """The run's result: final and best eval metrics, eval history, sample summary, what ran how, and its cost."""
     history = s.trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
-    metrics = lambda h: {k.replace("eval_", "eval/"): h[k] for k in EVAL_KEYS if k in h}  # noqa: E731
+    keys = methods.get(s.method).eval_keys
+    metrics = lambda h: {k.replace("eval_", "eval/"): h[k] for k in keys if k in h}  # noqa: E731
     result = metrics(evals[-1])
     result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
     result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)

@@ -5,15 +5,14 @@ from typing import Any, Dict, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import memory, precision, quality
-from dpo_lab.config import LOSS_TYPES, PROMPT_FORMATS, START_METHODS, Config
+from dpo_lab import memory, methods, precision, quality
+from dpo_lab.config import PROMPT_FORMATS, START_METHODS, Config
 from dpo_lab.errors import UserError
 from dpo_lab.judges import JUDGES
 from dpo_lab.metrics import BETTER
 from dpo_lab.sampling import judge_kind
 from dpo_lab.smollm2 import INSTALL, gguf_file
 
-F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -61,44 +60,9 @@ def _check_known_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the offending key and a fix for the first problem found."""
     _check_known_keys(cfg)
-    loss = cfg.loss
-    types = list(loss.loss_type)
-    _check(len(types) > 0, "loss.loss_type is empty: give at least one loss type, e.g. loss=sigmoid.")
-    for t in types:
-        _check(t in LOSS_TYPES, f"loss.loss_type contains {t!r}, which TRL does not know. Valid: {', '.join(LOSS_TYPES)}.")
-    if loss.loss_weights is not None:
-        _check(
-            len(loss.loss_weights) == len(types),
-            f"loss.loss_weights has {len(loss.loss_weights)} entries for {len(types)} loss types {types}: "
-            "give one weight per loss type, or leave loss_weights unset for equal weights.",
-        )
-        _check(all(w >= 0 for w in loss.loss_weights), f"loss.loss_weights {list(loss.loss_weights)} must be >= 0.")
-    if "robust" in types:
-        _check(
-            0.0 <= loss.label_smoothing < 0.5,
-            f"loss.label_smoothing={loss.label_smoothing} is out of range for the robust loss: it is the probability "
-            "that a label is flipped and must lie in [0, 0.5) (the Robust DPO paper suggests 0.1).",
-        )
-    if "exo_pair" in types:
-        _check(
-            0.0 < loss.label_smoothing < 1.0,
-            f"loss.label_smoothing={loss.label_smoothing} is out of range for exo_pair: it is EXO's epsilon and must "
-            "lie in (0, 1) (the paper suggests 1e-3).",
-        )
-    _check(
-        not (loss.use_weighting and {"aot", "aot_unpaired"} & set(types)),
-        "loss.use_weighting=true (WPO) is not implemented for aot / aot_unpaired in TRL: drop one of them.",
-    )
-    _check(loss.discopop_tau > 0, f"loss.discopop_tau={loss.discopop_tau} must be > 0 (the paper uses 0.05).")
-    if loss.ld_alpha is not None:
-        _check(0.0 <= loss.ld_alpha <= 1.0, f"loss.ld_alpha={loss.ld_alpha} must lie in [0, 1] (or be null).")
-    if loss.f_divergence_type != "reverse_kl":
-        unsupported = sorted(set(types) - F_DIVERGENCE_LOSSES)
-        _check(
-            not unsupported,
-            f"loss.f_divergence_type={loss.f_divergence_type!r} is not defined for loss types {unsupported}; "
-            f"use it only with {sorted(F_DIVERGENCE_LOSSES)} or keep reverse_kl.",
-        )
+    _check(cfg.method.name in methods.NAMES,
+           f"method.name={cfg.method.name!r}: use one of {', '.join(methods.NAMES)} (method=NAME).")  # fmt: skip
+    methods.get(cfg.method.name).check(cfg)
 
     _check(cfg.beta > 0, f"beta={cfg.beta} must be > 0 (typical values: 0.01 .. 0.5).")
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0.")

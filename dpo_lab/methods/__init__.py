@@ -1,0 +1,20 @@
+"""Preference methods (issue 20): one module per method here, each holding a `Method` record (base.py), and one
+config file per method in conf/method/. The rest of dpo-lab asks the chosen method's record instead of assuming DPO;
+only this package names TRL's trainer classes (tests/test_structure.py checks it)."""
+
+import importlib
+from typing import Tuple
+
+from dpo_lab.methods.base import Method
+
+NAMES = ("dpo",)
+
+
+def get(name: str) -> Method:
+    return importlib.import_module(f"dpo_lab.methods.{name}").METHOD
+
+
+def trl_classes(method: Method) -> Tuple[type, type]:
+    """(config class, trainer class) of the method, imported now."""
+    module = importlib.import_module(method.trl_module)
+    return getattr(module, method.config_class), getattr(module, method.trainer_class)

@@ -1,0 +1,79 @@
+"""The TRL trainer of a method with what dpo-lab adds: what a sweep shares (reuse.py), the β-free metrics, the step
+loss for the divergence guard, and one model card."""
+
+import os
+from typing import Dict, Optional
+
+from dpo_lab import quality, reuse
+from dpo_lab.methods import trl_classes
+from dpo_lab.methods.base import Method
+
+
+def trainer_class(method: Method):
+    """The method's TRL trainer with what dpo-lab adds (below)."""
+    base = trl_classes(method)[1]
+
+    class Trainer(base):
+        """The TRL trainer with what a sweep shares (reuse.py: tokenized data and reference log-probs, counted in
+        `reference_batches`), the β-free metrics in `log`, and one model card, written by `model_card` into final/.
+        TRL writes its card into checkpoints/ at every save, names no base model when that is a local checkpoint
+        ("fine-tuned version of [None]"), and reads the wandb run's URL, which warns at every save of an offline
+        run."""
+
+        def __init__(self, *args, **kwargs):
+            self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
+            self.reference_batches = 0  # reference forward passes run to precompute log-probs
+            self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
+            super().__init__(*args, **kwargs)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
+            return loss
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
+            return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            return reuse.reference_logps(self, dataset, name, lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size))
+
+        def compute_ref_log_probs(self, model, inputs):
+            self.reference_batches += 1
+            return super().compute_ref_log_probs(model, inputs)
+
+        def create_model_card(self, *args, **kwargs):
+            pass  # the per-checkpoint card: see the class docstring
+
+        def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+            """Add the β-free metrics to what TRL averages and logs: the log-ratio margin (reward margin / β, as TRL's
+            rewards are β × log-ratios) and, from the spread of the per-batch values, standard errors of it and of
+            the accuracy (the batch-means estimate: the eval pass keeps no per-pair values)."""
+            m = self._metrics["train" if self.model.training else "eval"]
+            if m.get("rewards/margins"):
+                m["logratios/margins"] = [v / self.beta for v in m["rewards/margins"]]
+                if not self.model.training:
+                    for key in ("logratios/margins", "rewards/accuracies"):
+                        se = quality.mean_se(m[key])["se"]
+                        m[f"{key}_se"] = [se] * len(m[key])  # TRL logs the mean of each list
+            super().log(logs, start_time)
+
+        def model_card(self, out_dir: str, base_model: str, run) -> None:
+            from trl.trainer.utils import generate_model_card
+
+            if not self.is_world_process_zero():
+                return
+            card = generate_model_card(
+                base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
+                hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
+                wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
+                trainer_name=getattr(self, "_name", method.title), trainer_citation=getattr(self, "_paper", {}).get("citation"),
+                template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
+                paper_id=getattr(self, "_paper", {}).get("id"),
+            )  # fmt: skip
+            if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
+                card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
+                                              f"the local checkpoint `{base_model}`")  # fmt: skip
+            card.save(os.path.join(out_dir, "README.md"))
+
+    return Trainer
