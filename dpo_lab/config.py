@@ -48,6 +48,7 @@ class MethodConfig:
     saved before methods existed reruns as DPO."""
 
     name: str = "dpo"
+    simpo_gamma: Optional[float] = None  # simpo: SimPO's target margin (conf/method/simpo.yaml)
 
 
 @dataclass

@@ -148,7 +148,9 @@ class DtypeReport:
         # torchao's 8-bit state is a tensor subclass whose .dtype is the dequantized one: name the class instead
         state = {dtype_name(v.dtype) if type(v) is torch.Tensor else type(v).__name__
                  for s in states for v in s.values() if torch.is_tensor(v) and v.dim() > 0}  # fmt: skip
-        if trainer.ref_model is not None:
+        if not trainer.method.reference:
+            reference = set()
+        elif trainer.ref_model is not None:
             reference = {dtype_name(p.dtype) for p in trainer.ref_model.parameters()}
         elif is_peft_model(model):  # the reference is the base model with the adapter off
             reference = {dtype_name(p.dtype) for p in model.parameters() if not p.requires_grad}

@@ -131,7 +131,10 @@ def reference_logps(trainer, dataset, name: str, compute: Callable[[Any], Any]):
 
 
 def status(trainer) -> str:
-    """`live` (a reference forward at every step), `reused` (every split's log-probs loaded), or `computed`."""
+    """`live` (a reference forward at every step), `reused` (every split's log-probs loaded), `computed`, or `none`
+    (a reference-free method)."""
+    if not trainer.method.reference:
+        return "none"
     if not trainer.args.precompute_ref_log_probs:
         return "live"
     return "reused" if set(trainer.reference_logps.values()) == {"reused"} else "computed"

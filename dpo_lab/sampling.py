@@ -160,8 +160,9 @@ class Sampler:
 
         unwrap = self.trainer.accelerator.unwrap_model
         policy = unwrap(self.trainer.model)
-        if self.trainer.ref_model is not None:  # full fine-tuning: TRL's frozen copy
-            return policy, unwrap(self.trainer.ref_model), contextlib.nullcontext
+        ref_model = getattr(self.trainer, "ref_model", None)  # reference-free methods have no attribute
+        if ref_model is not None:  # full fine-tuning: TRL's frozen copy
+            return policy, unwrap(ref_model), contextlib.nullcontext
         if is_peft_model(policy):  # LoRA: the base model with the adapter off (or TRL's "ref" adapter)
             return policy, policy, lambda: use_adapter(policy, "ref" if "ref" in policy.peft_config else None)
         # Full fine-tuning with precomputed log-probs keeps no reference: load it for these samples.

@@ -166,9 +166,11 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     method = methods.get(cfg.method.name)
     args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
-    ref_model = None  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
-    if not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy, in the frozen dtype
-        ref_model = modeling.load_model(model_path, cfg.model, precision.frozen)
+    reference = {}  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
+    if method.reference and not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy
+        reference["ref_model"] = modeling.load_model(model_path, cfg.model, precision.frozen)
+    elif method.reference:
+        reference["ref_model"] = None  # a reference-free method's trainer takes no ref_model
 
     from datasets import Dataset
     from transformers.trainer_callback import ProgressCallback
@@ -178,7 +180,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
     trainer = trainer_class(method)(
         model=model,
-        ref_model=ref_model,
+        **reference,
         args=args,
         train_dataset=columns(prefs.train),
         eval_dataset=columns(prefs.eval),
@@ -188,14 +190,15 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     )
     trainer.add_callback(_step_guard(trainer))
     if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
-        trainer.add_callback(console.progress_callback(_bar_label(out_dir)))
+        trainer.add_callback(console.progress_callback(_bar_label(out_dir, method.title)))
     dtypes = DtypeReport(trainer, run)
     trainer.add_callback(dtypes.callback())
     sampler = None
     if cfg.samples.count:
         judge = _judge(cfg, toy, str(trainer.accelerator.device))
-        # Full fine-tuning with precomputed log-probs keeps no reference: the sampler loads it for each checkpoint.
-        load_reference = None if trainer.ref_model is not None or cfg.peft.enabled else (
+        # Full fine-tuning with precomputed log-probs or a reference-free method keeps no reference: the sampler
+        # loads the starting model for each checkpoint, so every method's samples compare with the same answers.
+        load_reference = None if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled else (
             lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
         sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(sampler.callback())
@@ -255,12 +258,12 @@ def _about(seconds: float) -> str:
     return "under a minute" if seconds < 60 else f"~{round(seconds / 60)} min"
 
 
-def _bar_label(out_dir: str) -> str:
-    """The training bar's label: DPO and the run's name, which tells a sweep's jobs apart."""
+def _bar_label(out_dir: str, title: str) -> str:
+    """The training bar's label: the method (DPO, SimPO, ...) and the run's name, which tells a sweep's jobs apart."""
     name = (files.read_json(os.path.join(out_dir, files.JOB)) or {}).get("name")
     if not name:
-        return "DPO"
-    return f"DPO {name}" if len(name) <= 32 else f"DPO {name[:31]}…"  # a single run's name is all its overrides
+        return title
+    return f"{title} {name}" if len(name) <= 32 else f"{title} {name[:31]}…"  # a single run's name is all its overrides
 
 
 def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges.Judge]:

@@ -29,3 +29,30 @@ def test_dpo_trainer_arguments_are_unchanged(case):
 
 if __name__ == "__main__":  # python tests/test_methods.py: rewrite the golden file (only for an intended change)
     GOLDEN.write_text(json.dumps({c: dpo_kwargs(o) for c, o in sorted(CASES.items())}, indent=1, sort_keys=True) + "\n")
+
+
+def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model(tmp_path):
+    from conftest import train_job
+
+    result = train_job(tmp_path / "job", ["method=simpo", "samples.count=2", "samples.judge=task", "samples.max_new_tokens=16"])
+    assert result["status"] == "completed"
+    assert result["reference_logps"] == "none" and result["reference_batches"] == 0 and result["reference_dtype"] is None
+    assert isinstance(result["eval/logps/margins"], float) and "eval/logratios/margins" not in result  # β-free, SimPO's
+    rows = [json.loads(line) for line in (tmp_path / "job" / "samples.jsonl").read_text().splitlines()]
+    start = [r for r in rows if r["step"] == 0]
+    assert start and all(r["kl"] == 0 and r["win"] == 0.5 for r in start)  # the starting model, loaded for the samples
+    config = (tmp_path / "job" / "config.yaml").read_text()
+    assert "name: simpo" in config and "simpo_gamma: 1.0" in config and "beta: 2.0" in config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=simpo", "method.simpo_gamma=-1"], "method.simpo_gamma=-1.0 must be >= 0"),
+    (["method=simpo", "loss=ipo"], "method=simpo has one loss"),
+    (["method.name=nope"], "method.name='nope': use one of dpo, simpo"),
+])  # fmt: skip
+def test_a_wrong_method_setting_is_refused_at_preflight(overrides, message):
+    from dpo_lab.errors import UserError
+    from dpo_lab.validate import validate
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate(compose_cfg([TINY, *overrides]))

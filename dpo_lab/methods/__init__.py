@@ -7,7 +7,7 @@ from typing import Tuple
 
 from dpo_lab.methods.base import Method
 
-NAMES = ("dpo",)
+NAMES = ("dpo", "simpo")
 
 
 def get(name: str) -> Method:
@@ -16,5 +16,9 @@ def get(name: str) -> Method:
 
 def trl_classes(method: Method) -> Tuple[type, type]:
     """(config class, trainer class) of the method, imported now."""
-    module = importlib.import_module(method.trl_module)
+    import warnings
+
+    with warnings.catch_warnings():  # trl.experimental says once that it is experimental; the method's docs say so
+        warnings.filterwarnings("ignore", message=".*experimental.*", category=UserWarning)
+        module = importlib.import_module(method.trl_module)
     return getattr(module, method.config_class), getattr(module, method.trainer_class)

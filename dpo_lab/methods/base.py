@@ -5,6 +5,8 @@ from typing import Any, Callable, Dict, Tuple
 
 from omegaconf import DictConfig
 
+from dpo_lab.quality import mean_se
+
 
 @dataclass(frozen=True)
 class Method:
@@ -20,3 +22,10 @@ class Method:
     eval_keys: Tuple[str, ...]  # the eval metrics result.json keeps (TRL's names, eval_ prefixed)
     args: Callable[[DictConfig], Dict[str, Any]]  # the method's own config fields: beta, loss, its parameters
     check: Callable[[DictConfig], None]  # preflight: a UserError naming the key and the fix
+    derive: Callable[[Any, bool], None]  # (trainer, training): add β-free metrics to the trainer's before it logs
+
+
+def se_of_batches(values, n: int):
+    """The standard error of a mean of per-batch values, repeated n times: TRL logs the mean of each metric's list
+    (the batch-means estimate: the eval pass keeps no per-pair values)."""
+    return [mean_se(values)["se"]] * n

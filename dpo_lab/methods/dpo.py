@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method
+from dpo_lab.methods.base import Method, se_of_batches
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -63,6 +63,17 @@ def check(cfg: DictConfig) -> None:
         )
 
 
+def derive(trainer, training: bool) -> None:
+    """The log-ratio margin (TRL's reward margin / β: its rewards are β x log-ratios) and, at eval, the standard
+    errors of it and of the accuracy."""
+    m = trainer._metrics["train" if training else "eval"]
+    if m.get("rewards/margins"):
+        m["logratios/margins"] = [v / trainer.beta for v in m["rewards/margins"]]
+        if not training:
+            for key in ("logratios/margins", "rewards/accuracies"):
+                m[f"{key}_se"] = se_of_batches(m[key], len(m[key]))
+
+
 METHOD = Method(
     name="dpo",
     title="DPO",
@@ -76,4 +87,5 @@ METHOD = Method(
                "eval_logratios/margins_se", "eval_rewards/accuracies_se"),  # fmt: skip
     args=args,
     check=check,
+    derive=derive,
 )

@@ -4,7 +4,7 @@ loss for the divergence guard, and one model card."""
 import os
 from typing import Dict, Optional
 
-from dpo_lab import quality, reuse
+from dpo_lab import reuse
 from dpo_lab.methods import trl_classes
 from dpo_lab.methods.base import Method
 
@@ -21,6 +21,7 @@ def trainer_class(method: Method):
         run."""
 
         def __init__(self, *args, **kwargs):
+            self.method = method  # the Method record, for the rest of dpo-lab
             self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
             self.reference_batches = 0  # reference forward passes run to precompute log-probs
             self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
@@ -46,16 +47,8 @@ def trainer_class(method: Method):
             pass  # the per-checkpoint card: see the class docstring
 
         def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
-            """Add the β-free metrics to what TRL averages and logs: the log-ratio margin (reward margin / β, as TRL's
-            rewards are β × log-ratios) and, from the spread of the per-batch values, standard errors of it and of
-            the accuracy (the batch-means estimate: the eval pass keeps no per-pair values)."""
-            m = self._metrics["train" if self.model.training else "eval"]
-            if m.get("rewards/margins"):
-                m["logratios/margins"] = [v / self.beta for v in m["rewards/margins"]]
-                if not self.model.training:
-                    for key in ("logratios/margins", "rewards/accuracies"):
-                        se = quality.mean_se(m[key])["se"]
-                        m[f"{key}_se"] = [se] * len(m[key])  # TRL logs the mean of each list
+            """Add the method's β-free metrics (its `derive`) to what TRL averages and logs."""
+            method.derive(self, self.model.training)
             super().log(logs, start_time)
 
         def model_card(self, out_dir: str, base_model: str, run) -> None:

@@ -1,0 +1,55 @@
+"""method=simpo: SimPO (Meng et al. 2024) through TRL's experimental CPOTrainer (loss_type simpo, no NLL term): no
+reference model; the reward is β x the length-normalised log-probability, and the margin must exceed γ (simpo_gamma).
+β is ~2-10 here, not DPO's 0.01-0.5 (conf/method/simpo.yaml: 2.0, γ 1.0, the SimPO README's γ/β = 0.5)."""
+
+from typing import Any, Dict
+
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_lab.config import LossConfig
+from dpo_lab.errors import UserError
+from dpo_lab.methods.base import Method, se_of_batches
+
+
+def args(cfg: DictConfig) -> Dict[str, Any]:
+    return {"beta": cfg.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.method.simpo_gamma}
+
+
+def check(cfg: DictConfig) -> None:
+    if OmegaConf.to_container(cfg.loss) != OmegaConf.to_container(OmegaConf.structured(LossConfig)):
+        raise UserError(f"method=simpo has one loss, SimPO's (loss=sigmoid, the default); loss.loss_type="
+                        f"{list(cfg.loss.loss_type)} and the other loss.* settings are DPO's: use method=dpo for "
+                        "them.")  # fmt: skip
+    gamma = cfg.method.simpo_gamma
+    if gamma is None or gamma < 0:
+        raise UserError(f"method.simpo_gamma={gamma} must be >= 0: SimPO's target margin γ (the SimPO README starts "
+                        "at γ = β / 2; conf/method/simpo.yaml sets 1.0 for β 2.0).")  # fmt: skip
+
+
+def derive(trainer, training: bool) -> None:
+    """The β-free margin: log-prob margin per token (TRL's reward margin / β), with its standard error at eval."""
+    prefix = "" if training else "eval_"
+    m = trainer._stored_metrics["train" if training else "eval"]
+    margins = m.get(f"{prefix}rewards/margins")
+    if margins:
+        m[f"{prefix}logps/margins"] = [v / trainer.beta for v in margins]
+        if not training:
+            for key in ("eval_logps/margins", "eval_rewards/accuracies"):
+                m[f"{key}_se"] = se_of_batches(m[key], len(m[key]))
+
+
+METHOD = Method(
+    name="simpo",
+    title="SimPO",
+    trl_module="trl.experimental.cpo",
+    config_class="CPOConfig",
+    trainer_class="CPOTrainer",
+    experimental=True,
+    reference=False,
+    eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
+               "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
+               "eval_rewards/accuracies_se"),  # fmt: skip
+    args=args,
+    check=check,
+    derive=derive,
+)
