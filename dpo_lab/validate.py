@@ -62,7 +62,12 @@ def validate(cfg: DictConfig) -> None:
     _check_known_keys(cfg)
     _check(cfg.method.name in methods.NAMES,
            f"method.name={cfg.method.name!r}: use one of {', '.join(methods.NAMES)} (method=NAME).")  # fmt: skip
-    methods.get(cfg.method.name).check(cfg)
+    method = methods.get(cfg.method.name)
+    for key, value in cfg.method.items():
+        _check(key == "name" or key in method.params or value is None,
+               f"method.{key}={value} is not a setting of method={method.name} (its own: "
+               f"{', '.join(method.params) or 'none'}); drop it or choose the method it belongs to.")  # fmt: skip
+    method.check(cfg)
 
     _check(cfg.beta > 0, f"beta={cfg.beta} must be > 0 (typical values: 0.01 .. 0.5).")
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0.")

@@ -56,3 +56,19 @@ def test_a_wrong_method_setting_is_refused_at_preflight(overrides, message):
 
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate(compose_cfg([TINY, *overrides]))
+
+
+def test_orpo_trains_with_lora_and_logs_its_odds_ratio(tmp_path):
+    from conftest import train_job
+
+    result = train_job(tmp_path / "job", ["method=orpo", "peft=lora", "lr=1e-3"])
+    assert result["status"] == "completed" and result["reference_logps"] == "none"
+    assert isinstance(result["eval/log_odds_ratio"], float) and isinstance(result["eval/logps/margins"], float)
+
+
+def test_a_setting_of_another_method_is_refused():
+    from dpo_lab.errors import UserError
+    from dpo_lab.validate import validate
+
+    with pytest.raises(UserError, match="method.simpo_gamma=1.0 is not a setting of method=orpo"):
+        validate(compose_cfg([TINY, "method=orpo", "method.simpo_gamma=1.0"]))

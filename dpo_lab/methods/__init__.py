@@ -7,7 +7,7 @@ from typing import Tuple
 
 from dpo_lab.methods.base import Method
 
-NAMES = ("dpo", "simpo")
+NAMES = ("dpo", "simpo", "orpo")
 
 
 def get(name: str) -> Method:

@@ -3,8 +3,10 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dpo_lab.config import LossConfig
+from dpo_lab.errors import UserError
 from dpo_lab.quality import mean_se
 
 
@@ -20,6 +22,7 @@ class Method:
     experimental: bool  # TRL ships it under trl.experimental: it may change in any release
     reference: bool  # it has a reference model (TRL's ref_model; reference log-probs shared by reuse.py)
     eval_keys: Tuple[str, ...]  # the eval metrics result.json keeps (TRL's names, eval_ prefixed)
+    params: Tuple[str, ...]  # the method.* settings it reads (config.MethodConfig); the others must stay unset
     args: Callable[[DictConfig], Dict[str, Any]]  # the method's own config fields: beta, loss, its parameters
     check: Callable[[DictConfig], None]  # preflight: a UserError naming the key and the fix
     derive: Callable[[Any, bool], None]  # (trainer, training): add β-free metrics to the trainer's before it logs
@@ -29,3 +32,25 @@ def se_of_batches(values, n: int):
     """The standard error of a mean of per-batch values, repeated n times: TRL logs the mean of each metric's list
     (the batch-means estimate: the eval pass keeps no per-pair values)."""
     return [mean_se(values)["se"]] * n
+
+
+def derive_policy_margin(trainer, training: bool) -> None:
+    """For TRL's reference-free trainers (CPO, ORPO), whose rewards are β x the policy's own log-probs: the log-prob
+    margin (reward margin / β) and, at eval, the standard errors of it and of the accuracy. They keep their metrics
+    in `_stored_metrics`, eval ones with the eval_ prefix."""
+    prefix = "" if training else "eval_"
+    m = trainer._stored_metrics["train" if training else "eval"]
+    margins = m.get(f"{prefix}rewards/margins")
+    if margins:
+        m[f"{prefix}logps/margins"] = [v / trainer.beta for v in margins]
+        if not training:
+            for key in ("eval_logps/margins", "eval_rewards/accuracies"):
+                m[f"{key}_se"] = se_of_batches(m[key], len(m[key]))
+
+
+def only_default_loss(cfg: DictConfig, whose: str) -> None:
+    """A method with one loss of its own: the loss group must be left at its default (loss=sigmoid)."""
+    if OmegaConf.to_container(cfg.loss) != OmegaConf.to_container(OmegaConf.structured(LossConfig)):
+        raise UserError(f"method={cfg.method.name} has one loss, {whose} (loss=sigmoid, the default); loss.loss_type="
+                        f"{list(cfg.loss.loss_type)} and the other loss.* settings are DPO's: use method=dpo for "
+                        "them.")  # fmt: skip

@@ -85,6 +85,7 @@ METHOD = Method(
     eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logratios/margins",
                "eval_logratios/margins_se", "eval_rewards/accuracies_se"),  # fmt: skip
+    params=(),
     args=args,
     check=check,
     derive=derive,

@@ -4,11 +4,10 @@ reference model; the reward is β x the length-normalised log-probability, and t
 
 from typing import Any, Dict
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from dpo_lab.config import LossConfig
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method, se_of_batches
+from dpo_lab.methods.base import Method, derive_policy_margin, only_default_loss
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
@@ -16,26 +15,11 @@ def args(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def check(cfg: DictConfig) -> None:
-    if OmegaConf.to_container(cfg.loss) != OmegaConf.to_container(OmegaConf.structured(LossConfig)):
-        raise UserError(f"method=simpo has one loss, SimPO's (loss=sigmoid, the default); loss.loss_type="
-                        f"{list(cfg.loss.loss_type)} and the other loss.* settings are DPO's: use method=dpo for "
-                        "them.")  # fmt: skip
+    only_default_loss(cfg, "SimPO's")
     gamma = cfg.method.simpo_gamma
     if gamma is None or gamma < 0:
         raise UserError(f"method.simpo_gamma={gamma} must be >= 0: SimPO's target margin γ (the SimPO README starts "
                         "at γ = β / 2; conf/method/simpo.yaml sets 1.0 for β 2.0).")  # fmt: skip
-
-
-def derive(trainer, training: bool) -> None:
-    """The β-free margin: log-prob margin per token (TRL's reward margin / β), with its standard error at eval."""
-    prefix = "" if training else "eval_"
-    m = trainer._stored_metrics["train" if training else "eval"]
-    margins = m.get(f"{prefix}rewards/margins")
-    if margins:
-        m[f"{prefix}logps/margins"] = [v / trainer.beta for v in margins]
-        if not training:
-            for key in ("eval_logps/margins", "eval_rewards/accuracies"):
-                m[f"{key}_se"] = se_of_batches(m[key], len(m[key]))
 
 
 METHOD = Method(
@@ -49,7 +33,8 @@ METHOD = Method(
     eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
                "eval_rewards/accuracies_se"),  # fmt: skip
+    params=("simpo_gamma",),
     args=args,
     check=check,
-    derive=derive,
+    derive=derive_policy_margin,
 )

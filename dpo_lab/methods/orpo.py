@@ -1,0 +1,34 @@
+"""method=orpo: ORPO (Hong et al. 2024) through TRL's experimental ORPOTrainer: no reference model; the loss is the
+chosen answer's NLL plus λ x the odds-ratio term, and `beta` is that λ (conf/method/orpo.yaml: 0.1, the paper's)."""
+
+from typing import Any, Dict
+
+from omegaconf import DictConfig
+
+from dpo_lab.methods.base import Method, derive_policy_margin, only_default_loss
+
+
+def args(cfg: DictConfig) -> Dict[str, Any]:
+    return {"beta": cfg.beta}
+
+
+def check(cfg: DictConfig) -> None:
+    only_default_loss(cfg, "ORPO's odds-ratio loss")
+
+
+METHOD = Method(
+    name="orpo",
+    title="ORPO",
+    trl_module="trl.experimental.orpo",
+    config_class="ORPOConfig",
+    trainer_class="ORPOTrainer",
+    experimental=True,
+    reference=False,
+    eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
+               "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
+               "eval_rewards/accuracies_se", "eval_log_odds_ratio", "eval_log_odds_chosen", "eval_nll_loss"),  # fmt: skip
+    params=(),
+    args=args,
+    check=check,
+    derive=derive_policy_margin,
+)
