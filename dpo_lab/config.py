@@ -49,6 +49,8 @@ class MethodConfig:
 
     name: str = "dpo"
     simpo_gamma: Optional[float] = None  # simpo: SimPO's target margin (conf/method/simpo.yaml)
+    desirable_weight: Optional[float] = None  # kto: the loss weights of desirable and undesirable rows (kto.yaml)
+    undesirable_weight: Optional[float] = None
 
 
 @dataclass

@@ -175,15 +175,15 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     from datasets import Dataset
     from transformers.trainer_callback import ProgressCallback
 
-    columns = lambda rows: Dataset.from_list([{k: r[k] for k in data.FIELDS} for r in rows])  # noqa: E731
+    columns = lambda rows, seed: Dataset.from_list([{k: r[k] for k in method.columns} for r in method.rows(rows, seed)])  # noqa: E731
     clock = _first_step_clock()
     quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
     trainer = trainer_class(method)(
         model=model,
         **reference,
         args=args,
-        train_dataset=columns(prefs.train),
-        eval_dataset=columns(prefs.eval),
+        train_dataset=columns(prefs.train, cfg.seed),
+        eval_dataset=columns(prefs.eval, cfg.data.split_seed),
         processing_class=tokenizer,
         peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
         callbacks=[clock] + ([tracking.trainer_logger()] if run is not None else []),

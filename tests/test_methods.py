@@ -72,3 +72,39 @@ def test_a_setting_of_another_method_is_refused():
 
     with pytest.raises(UserError, match="method.simpo_gamma=1.0 is not a setting of method=orpo"):
         validate(compose_cfg([TINY, "method=orpo", "method.simpo_gamma=1.0"]))
+
+
+def test_kto_trains_on_pairs_as_desirable_and_undesirable_rows(tmp_path):
+    from conftest import train_job
+
+    result = train_job(tmp_path / "job", ["method=kto"])
+    assert result["status"] == "completed" and result["reference_batches"] > 0  # a reference model: precomputed
+    assert isinstance(result["eval/kl"], float) and isinstance(result["eval/logratios/margins"], float)
+    assert "eval/rewards/accuracies" not in result  # KTO's rows are unpaired: no pair to rank
+    from dpo_lab.methods.kto import rows
+
+    pairs = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(8)]
+    out = rows(pairs, seed=1)
+    assert sorted((r["completion"], r["label"]) for r in out) == sorted([(f"c{i}", True) for i in range(8)] + [(f"r{i}", False) for i in range(8)])
+    assert out == rows(pairs, seed=1) and [r["label"] for r in out] != [True, False] * 8  # seeded shuffle
+
+
+def test_kto_refuses_a_per_device_batch_of_one():
+    from dpo_lab.errors import UserError
+    from dpo_lab.validate import validate
+
+    with pytest.raises(UserError, match="per_device_train_batch_size=1: KTO estimates its KL term"):
+        validate(compose_cfg([TINY, "method=kto", "trainer.per_device_train_batch_size=1"]))
+
+
+@pytest.mark.slow
+def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
+    from conftest import run_py
+
+    proc = run_py("-m", TINY, "method=dpo,simpo,orpo,kto", "samples.count=4", "samples.max_new_tokens=8",
+                  "samples.judge=task", f"hydra.sweep.dir={tmp_path}/sweep", f"results_dir={tmp_path}/results",
+                  cwd=tmp_path, check=True)  # fmt: skip
+    assert "4/4 jobs completed" in proc.stdout and "Ranked by win_rate" in proc.stdout
+    results = [json.loads((tmp_path / "sweep" / str(j) / "result.json").read_text()) for j in range(4)]
+    assert [r["reference_logps"] for r in results] == ["computed", "none", "none", "computed"]
+    assert all(isinstance(r["samples/win_rate"], float) for r in results)

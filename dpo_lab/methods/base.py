@@ -1,7 +1,7 @@
 """What a preference method is to dpo-lab: one `Method` record per method module (dpo.py, ...)."""
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,12 +20,16 @@ class Method:
     config_class: str
     trainer_class: str
     experimental: bool  # TRL ships it under trl.experimental: it may change in any release
-    reference: bool  # it has a reference model (TRL's ref_model; reference log-probs shared by reuse.py)
+    reference: bool  # it has a reference model (TRL's ref_model)
+    shares: bool  # a sweep's jobs share its tokenized data and reference log-probs (reuse.py: DPO's columns)
     eval_keys: Tuple[str, ...]  # the eval metrics result.json keeps (TRL's names, eval_ prefixed)
     params: Tuple[str, ...]  # the method.* settings it reads (config.MethodConfig); the others must stay unset
     args: Callable[[DictConfig], Dict[str, Any]]  # the method's own config fields: beta, loss, its parameters
     check: Callable[[DictConfig], None]  # preflight: a UserError naming the key and the fix
     derive: Callable[[Any, bool], None]  # (trainer, training): add β-free metrics to the trainer's before it logs
+    rows: Callable[[List[Dict[str, Any]], int], List[Dict[str, Any]]] = lambda rows, seed: rows  # the trainer's
+    # rows from checked preference pairs (KTO: two unpaired rows per pair)
+    columns: Tuple[str, ...] = ("prompt", "chosen", "rejected")  # the columns of those rows the trainer reads
 
 
 def se_of_batches(values, n: int):

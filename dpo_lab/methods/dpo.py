@@ -81,6 +81,7 @@ METHOD = Method(
     config_class="DPOConfig",
     trainer_class="DPOTrainer",
     experimental=False,
+    shares=True,
     reference=True,
     eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logratios/margins",

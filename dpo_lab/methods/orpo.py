@@ -23,6 +23,7 @@ METHOD = Method(
     config_class="ORPOConfig",
     trainer_class="ORPOTrainer",
     experimental=True,
+    shares=False,
     reference=False,
     eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",

@@ -34,10 +34,15 @@ def trainer_class(method: Method):
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
+            if not method.shares:
+                return compute()
             return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            return reuse.reference_logps(self, dataset, name, lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size))
+            compute = lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size)  # noqa: E731
+            if not method.shares:
+                return compute(dataset)
+            return reuse.reference_logps(self, dataset, name, compute)
 
         def compute_ref_log_probs(self, model, inputs):
             self.reference_batches += 1
