@@ -48,7 +48,9 @@ class MethodConfig:
     saved before methods existed reruns as DPO."""
 
     name: str = "dpo"
-    simpo_gamma: Optional[float] = None  # simpo: SimPO's target margin (conf/method/simpo.yaml)
+    simpo_gamma: Optional[float] = None  # simpo, alphapo: SimPO's target margin (conf/method/simpo.yaml)
+    cpo_alpha: Optional[float] = None  # cpo: the weight of the chosen answer's NLL (cpo.yaml)
+    alpha: Optional[float] = None  # alphapo: the reward's shape (alphapo.yaml)
     desirable_weight: Optional[float] = None  # kto: the loss weights of desirable and undesirable rows (kto.yaml)
     undesirable_weight: Optional[float] = None
 

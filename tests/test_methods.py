@@ -108,3 +108,22 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     results = [json.loads((tmp_path / "sweep" / str(j) / "result.json").read_text()) for j in range(4)]
     assert [r["reference_logps"] for r in results] == ["computed", "none", "none", "computed"]
     assert all(isinstance(r["samples/win_rate"], float) for r in results)
+
+
+@pytest.mark.parametrize("method", ["cpo", "alphapo", "kto"])
+def test_a_method_reruns_to_the_same_metrics_from_its_job_dir(method, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import train_job
+
+    from dpo_lab.files import read_json
+
+    original = train_job(tmp_path / "job", ["wandb.mode=disabled", f"method={method}"])
+    assert original["status"] == "completed", original.get("error")
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_json(tmp_path / "again" / "result.json")
+    assert again["eval/loss"] == pytest.approx(original["eval/loss"], rel=1e-5, abs=1e-6)
+    assert again["eval/rewards/margins"] == pytest.approx(original["eval/rewards/margins"], rel=1e-5, abs=1e-6)

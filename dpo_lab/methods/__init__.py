@@ -7,7 +7,7 @@ from typing import Tuple
 
 from dpo_lab.methods.base import Method
 
-NAMES = ("dpo", "simpo", "orpo", "kto")
+NAMES = ("dpo", "simpo", "cpo", "alphapo", "orpo", "kto")
 
 
 def get(name: str) -> Method:
