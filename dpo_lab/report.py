@@ -35,7 +35,7 @@ CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "d
 CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
                        "degraded after")]  # fmt: skip
-RUN_STATS = ["steps", "train_seconds", "seconds_to_first_step", "reference_logps", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+RUN_STATS = ["method", "steps", "train_seconds", "seconds_to_first_step", "reference_logps", "reference_batches", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
 REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)

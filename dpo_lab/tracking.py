@@ -55,8 +55,9 @@ def resolve_mode(mode: str) -> str:
 
 
 def default_tags(cfg: DictConfig) -> List[str]:
-    """Tags to filter a project's runs by, before the user's own: the loss types and full fine-tuning or LoRA."""
-    return [f"loss:{t}" for t in cfg.loss.loss_type] + ["peft:lora" if cfg.peft.enabled else "peft:none"]
+    """Tags to filter a project's runs by, before the user's own: the method, the loss types, full fine-tuning or LoRA."""
+    return ([f"method:{cfg.method.name}"] + [f"loss:{t}" for t in cfg.loss.loss_type] +
+            ["peft:lora" if cfg.peft.enabled else "peft:none"])  # fmt: skip
 
 
 def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
@@ -80,7 +81,7 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
         dir=job_dir,
         name=meta["name"],
         group=meta["group"],
-        job_type="dpo",
+        job_type=cfg.method.name,  # "dpo" for DPO, as before methods
         tags=default_tags(cfg) + list(w.tags),
         config=config,
         id=run_id,

@@ -328,6 +328,7 @@ def summarize(s: Setup) -> Dict[str, Any]:
         result["tokens_per_second"] = round(tokens / train_logs[-1]["train_runtime"], 1)
     result.update(s.sampler.finish() if s.sampler else {})
     result.update(
+        method=s.method,
         steps=s.trainer.state.global_step,
         resumed_from=s.resumed_from,
         incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],

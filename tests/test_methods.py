@@ -127,3 +127,26 @@ def test_a_method_reruns_to_the_same_metrics_from_its_job_dir(method, tmp_path):
     again = read_json(tmp_path / "again" / "result.json")
     assert again["eval/loss"] == pytest.approx(original["eval/loss"], rel=1e-5, abs=1e-6)
     assert again["eval/rewards/margins"] == pytest.approx(original["eval/rewards/margins"], rel=1e-5, abs=1e-6)
+
+
+def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import train_job
+
+    from dpo_lab.files import read_json
+
+    original = train_job(tmp_path / "job", ["wandb.mode=disabled"])
+    saved = tmp_path / "job" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["method"]  # what a job saved before methods existed holds
+    saved.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_json(tmp_path / "again" / "result.json")
+    assert again["method"] == original["method"] == "dpo"
+    for key in ("eval/loss", "eval/rewards/margins", "eval/logratios/margins"):
+        assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
