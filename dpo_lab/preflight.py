@@ -148,18 +148,35 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
     numbered = jobs is not None  # the basic sweeper's job i runs in sweep dir's subdir i: a relaunch finds it there
     if jobs is None:  # optuna & co. choose values as they go: check the base config only
         jobs = [[o for o in task_overrides(config) if "," not in o and "(" not in o]]
-    failures, seen = [], {}
+    failures, seen, ranked_by = [], {}, {}
     for num, overrides in enumerate(jobs):
         try:
             job = loader.load_sweep_config(config, list(overrides))
             check_job(job, seen)
+            ranked_by[job.method.name] = comparable(job)
             if numbered:
                 check_job_dir(job, num)
         except UserError as e:
             failures.append((overrides, str(e)))
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
             failures.append((overrides, explain(e, list(overrides))))
+    if len(ranked_by) > 1 and not all(ranked_by.values()) and not failures:
+        failures.append(([], f"The sweep compares methods ({', '.join(ranked_by)}), and their eval metrics are not "
+                             "comparable (each method's margin and accuracy measure its own loss): rank them on what "
+                             "their answers say. Turn on checkpoint samples with a judge (samples.count > 0 and "
+                             "samples.judge=reward_model with samples.judge_model=..., or the toy data's default "
+                             "judge), or set objective=win_rate, reward or task_score."))  # fmt: skip
     return jobs, failures
+
+
+def comparable(job: DictConfig) -> bool:
+    """Whether the job's objective ranks runs of different methods fairly: one measured on checkpoint samples."""
+    from dpo_lab.quality import ACROSS_METHODS
+    from dpo_lab.sampling import judge_kind
+
+    if job.objective != "auto":
+        return job.objective in ACROSS_METHODS
+    return judge_kind(job) != "none"  # auto ranks by the judge's win rate where there is one
 
 
 def check_writable_dir(path: str, key: str) -> None:

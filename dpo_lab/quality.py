@@ -34,6 +34,7 @@ OBJECTIVES = {
     "reward_margin": Objective("eval/rewards/margins", None,
                                "the last eval's reward margin: grows with beta, compare runs of one beta only"),
 }  # fmt: skip
+ACROSS_METHODS = ("win_rate", "reward", "task_score")  # measured on answers: comparable across methods (issue 20)
 AUTO_ORDER = ("win_rate", "logratio_margin")  # what `auto` picks: the first one the runs have
 
 

@@ -150,3 +150,13 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
     assert again["method"] == original["method"] == "dpo"
     for key in ("eval/loss", "eval/rewards/margins", "eval/logratios/margins"):
         assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_sweep_over_methods_without_a_judge_is_refused_at_preflight(tmp_path):
+    from conftest import run_py
+
+    proc = run_py("-m", TINY, "method=dpo,simpo", "preflight_only=true", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert proc.returncode == 2 and "their eval metrics are not comparable" in proc.stdout, proc.stdout[-2000:]
+    judged = run_py("-m", TINY, "method=dpo,simpo", "samples.count=2", "samples.judge=task", "preflight_only=true",
+                    f"hydra.sweep.dir={tmp_path}/sweep2", cwd=tmp_path)  # fmt: skip
+    assert judged.returncode == 0 and "all 2 jobs check out" in judged.stdout, judged.stdout[-2000:]
