@@ -68,6 +68,7 @@ def validate(cfg: DictConfig) -> None:
                f"method.{key}={value} is not a setting of method={method.name} (its own: "
                f"{', '.join(method.params) or 'none'}); drop it or choose the method it belongs to.")  # fmt: skip
     method.check(cfg)
+    methods.trl_classes(method)  # a TRL without the method's classes fails here, before any job starts
 
     _check(cfg.beta > 0, f"beta={cfg.beta} must be > 0 (typical values: 0.01 .. 0.5).")
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0.")

@@ -160,3 +160,14 @@ def test_a_sweep_over_methods_without_a_judge_is_refused_at_preflight(tmp_path):
     judged = run_py("-m", TINY, "method=dpo,simpo", "samples.count=2", "samples.judge=task", "preflight_only=true",
                     f"hydra.sweep.dir={tmp_path}/sweep2", cwd=tmp_path)  # fmt: skip
     assert judged.returncode == 0 and "all 2 jobs check out" in judged.stdout, judged.stdout[-2000:]
+
+
+def test_a_trl_without_the_methods_trainer_is_a_clear_error():
+    from dataclasses import replace
+
+    from dpo_lab import methods
+    from dpo_lab.errors import UserError
+
+    gone = replace(methods.get("orpo"), trl_module="trl.experimental.orpo_moved")  # as a later TRL might have it
+    with pytest.raises(UserError, match=r"method=orpo needs trl\.experimental\.orpo_moved\.ORPOTrainer, which trl .* lacks"):
+        methods.trl_classes(gone)

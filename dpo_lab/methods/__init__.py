@@ -5,6 +5,7 @@ only this package names TRL's trainer classes (tests/test_structure.py checks it
 import importlib
 from typing import Tuple
 
+from dpo_lab.errors import UserError
 from dpo_lab.methods.base import Method
 
 NAMES = ("dpo", "simpo", "cpo", "alphapo", "orpo", "kto")
@@ -18,7 +19,15 @@ def trl_classes(method: Method) -> Tuple[type, type]:
     """(config class, trainer class) of the method, imported now."""
     import warnings
 
-    with warnings.catch_warnings():  # trl.experimental says once that it is experimental; the method's docs say so
-        warnings.filterwarnings("ignore", message=".*experimental.*", category=UserWarning)
-        module = importlib.import_module(method.trl_module)
-    return getattr(module, method.config_class), getattr(module, method.trainer_class)
+    import trl
+
+    try:
+        with warnings.catch_warnings():  # trl.experimental says once that it is experimental; the method's docs say so
+            warnings.filterwarnings("ignore", message=".*experimental.*", category=UserWarning)
+            module = importlib.import_module(method.trl_module)
+        return getattr(module, method.config_class), getattr(module, method.trainer_class)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"method={method.name} needs {method.trl_module}.{method.trainer_class}, which trl "
+                        f"{trl.__version__} lacks ({e}). dpo-lab's methods are tested with trl 1.16, which has it"
+                        f"{' (under trl.experimental: TRL may move it in any release)' if method.experimental else ''}: "
+                        "pip install 'trl==1.16.*'.") from None  # fmt: skip
