@@ -51,6 +51,9 @@ class MethodConfig:
     simpo_gamma: Optional[float] = None  # simpo, alphapo: SimPO's target margin (conf/method/simpo.yaml)
     cpo_alpha: Optional[float] = None  # cpo: the weight of the chosen answer's NLL (cpo.yaml)
     alpha: Optional[float] = None  # alphapo: the reward's shape (alphapo.yaml)
+    beta_grid: Dict[str, float] = field(default_factory=lambda: {"low": 0.05, "mid": 0.1, "high": 0.5})  # the
+    # method's own beta range, for sweeps over methods (+sweep=methods: beta=${method.beta_grid.${method.point}})
+    point: Optional[str] = None  # which beta_grid entry such a sweep's job takes
     desirable_weight: Optional[float] = None  # kto: the loss weights of desirable and undesirable rows (kto.yaml)
     undesirable_weight: Optional[float] = None
 

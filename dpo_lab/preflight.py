@@ -161,11 +161,11 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
             failures.append((overrides, explain(e, list(overrides))))
     if len(ranked_by) > 1 and not all(ranked_by.values()) and not failures:
-        failures.append(([], f"The sweep compares methods ({', '.join(ranked_by)}), and their eval metrics are not "
-                             "comparable (each method's margin and accuracy measure its own loss): rank them on what "
-                             "their answers say. Turn on checkpoint samples with a judge (samples.count > 0 and "
-                             "samples.judge=reward_model with samples.judge_model=..., or the toy data's default "
-                             "judge), or set objective=win_rate, reward or task_score."))  # fmt: skip
+        raise UserError(f"the sweep compares methods ({', '.join(ranked_by)}), and their eval metrics are not "
+                        "comparable (each method's margin and accuracy measure its own loss): rank them on what their "
+                        "answers say. Turn on checkpoint samples with a judge (samples.count > 0 and "
+                        "samples.judge=reward_model with samples.judge_model=..., or the toy data's default judge), "
+                        "or set objective=win_rate, reward or task_score. Nothing was started.")  # fmt: skip
     return jobs, failures
 
 

@@ -64,9 +64,11 @@ def validate(cfg: DictConfig) -> None:
            f"method.name={cfg.method.name!r}: use one of {', '.join(methods.NAMES)} (method=NAME).")  # fmt: skip
     method = methods.get(cfg.method.name)
     for key, value in cfg.method.items():
-        _check(key == "name" or key in method.params or value is None,
+        _check(key in ("name", "beta_grid", "point") or key in method.params or value is None,
                f"method.{key}={value} is not a setting of method={method.name} (its own: "
                f"{', '.join(method.params) or 'none'}); drop it or choose the method it belongs to.")  # fmt: skip
+    _check(cfg.method.point is None or cfg.method.point in cfg.method.beta_grid,
+           f"method.point={cfg.method.point!r}: use one of {', '.join(cfg.method.beta_grid)} (method.beta_grid).")
     method.check(cfg)
     methods.trl_classes(method)  # a TRL without the method's classes fails here, before any job starts
 

@@ -171,3 +171,10 @@ def test_a_trl_without_the_methods_trainer_is_a_clear_error():
     gone = replace(methods.get("orpo"), trl_module="trl.experimental.orpo_moved")  # as a later TRL might have it
     with pytest.raises(UserError, match=r"method=orpo needs trl\.experimental\.orpo_moved\.ORPOTrainer, which trl .* lacks"):
         methods.trl_classes(gone)
+
+
+def test_the_methods_sweep_gives_each_method_its_own_beta_range():
+    betas = {(m, p): compose_cfg([TINY, "+sweep=methods", f"method={m}", f"method.point={p}"]).beta
+             for m in ("dpo", "simpo", "orpo", "kto") for p in ("low", "high")}  # fmt: skip
+    assert betas == {("dpo", "low"): 0.05, ("dpo", "high"): 0.5, ("simpo", "low"): 2.0, ("simpo", "high"): 10.0,
+                     ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
