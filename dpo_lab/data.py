@@ -23,6 +23,7 @@ from dpo_lab.errors import UserError
 log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
+UNPAIRED = ("prompt", "completion", "label")  # one answer per row, labelled desirable or not (method=kto)
 # The roles of TRL's conversational format (tool: a tool's answer in an agent transcript). A model's chat template
 # may accept fewer (the toy model's knows only user and assistant): check_chat_template asks the template itself.
 ROLES = ("system", "user", "assistant", "tool")
@@ -36,6 +37,7 @@ class Preferences:
 
     train: List[Dict[str, Any]]
     eval: List[Dict[str, Any]]
+    shape: str = "paired"  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
 
 
 def _kind(value: Any) -> str:
@@ -256,6 +258,66 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
     return kept
 
 
+def is_unpaired(rows: List[Dict[str, Any]]) -> bool:
+    """Whether a file holds unpaired rows (prompt, completion, label), judged by its first row as TRL does."""
+    return bool(rows) and isinstance(rows[0], dict) and "chosen" not in rows[0] and {"completion", "label"} <= set(rows[0])
+
+
+def check_unpaired_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
+    """Unpaired rows with their fields checked (naming row and field) and each label a bool."""
+    out, kinds = [], set()
+    for i, row in enumerate(rows, start=1):
+        for name in UNPAIRED:
+            if name not in row:
+                raise UserError(f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Unpaired "
+                                "rows need prompt, completion and label; fix the row.")  # fmt: skip
+        for name in ("prompt", "completion"):
+            problem = _field_problem(row[name])
+            if problem:
+                raise UserError(f"{source} row {i} field {name!r} {problem}. {FIELD_FIX}")
+        label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
+        if not (isinstance(label, (bool, int, float)) and label in (0, 1) or label in ("true", "false")):
+            raise UserError(f"{source} row {i} field 'label' is {_kind(row['label'])}: use true (a desirable answer) or "
+                            "false (an undesirable one); 1/0 and \"true\"/\"false\" work too.")  # fmt: skip
+        kinds.add((isinstance(row["prompt"], list), isinstance(row["completion"], list)))
+        out.append({**row, "label": label == "true" if isinstance(label, str) else bool(label)})
+    if len(kinds) > 1 or any(p != c for p, c in kinds):
+        raise UserError(f"{source} mixes plain text with lists of messages: make every prompt and completion one kind "
+                        "(both lists of messages, or both text).")  # fmt: skip
+    labels = {r["label"] for r in out}
+    if len(labels) == 1:
+        log.warning("%s: every row is %s; KTO learns best from both kinds.", source,
+                    "desirable" if labels == {True} else "undesirable")  # fmt: skip
+    return out
+
+
+def format_unpaired(rows: List[Dict[str, Any]], prompt_format: str) -> List[Dict[str, Any]]:
+    """format_prompts for unpaired rows: 'chat' makes prompt and completion messages, a named format the prompt."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if isinstance(row["prompt"], str) and prompt_format == "chat":
+            row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+            row["completion"] = [{"role": "assistant", "content": row["completion"]}]
+        elif isinstance(row["prompt"], str):
+            row["prompt"] = PROMPT_FORMATS.get(prompt_format, prompt_format).format(prompt=row["prompt"])
+        out.append(row)
+    return out
+
+
+def sample_rows(prefs: "Preferences") -> List[Dict[str, Any]]:
+    """The eval rows checkpoint samples answer: the pairs, or one row per prompt of unpaired rows (its desirable
+    completion, if any, as the ground truth `chosen`)."""
+    if prefs.shape == "paired":
+        return prefs.eval
+    by_prompt: Dict[str, Dict[str, Any]] = {}
+    for r in prefs.eval:
+        key = json.dumps(r["prompt"], sort_keys=True)
+        if key not in by_prompt or (r["label"] and not by_prompt[key]["label"]):
+            by_prompt[key] = r
+    return [{**r, "chosen": r["completion"] if r["label"] else ""} for r in by_prompt.values()]
+
+
 def check_chat_template(rows: List[Dict[str, Any]], tokenizer, source: str) -> None:
     """Render every conversational row as TRL will (the prompt, prompt + chosen, prompt + rejected), so a chat
     template that refuses one (a role it lacks, turns out of order) names the row instead of raising in Jinja.
@@ -266,8 +328,8 @@ def check_chat_template(rows: List[Dict[str, Any]], tokenizer, source: str) -> N
 
     require_chat_template(tokenizer, source)
     for i, row in enumerate(rows, start=1):
-        for part, messages in (("prompt", row["prompt"]), ("prompt + chosen", row["prompt"] + row["chosen"]),
-                               ("prompt + rejected", row["prompt"] + row["rejected"])):  # fmt: skip
+        answers = [("completion", row["completion"])] if "completion" in row else [("chosen", row["chosen"]), ("rejected", row["rejected"])]
+        for part, messages in [("prompt", row["prompt"])] + [(f"prompt + {k}", row["prompt"] + a) for k, a in answers]:
             try:
                 tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=part == "prompt")
             except TemplateError as e:
@@ -359,6 +421,10 @@ def _load_hub(cfg: DictConfig):
 def _usable(rows: List[Dict[str, Any]], source: str, prompt_format: str, tokenizer, max_length: int):
     """A file's rows ready for the trainer: checked (errors name the file's row numbers), formatted, and without the
     pairs that teach nothing (counted)."""
+    if is_unpaired(rows):
+        kept = check_unpaired_rows(rows, source)
+        check_chat_template(rows, tokenizer, source)
+        return drop_long_prompts(format_unpaired(kept, prompt_format), tokenizer, max_length, source)
     kept = check_rows(rows, source)
     check_chat_template(rows, tokenizer, source)
     return drop_long_prompts(format_prompts(kept, prompt_format), tokenizer, max_length, source)
@@ -400,4 +466,8 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, built: Optiona
         train = train[: cfg.max_train_samples]
     if cfg.max_eval_samples:
         evals = evals[: cfg.max_eval_samples]
-    return Preferences(train=train, eval=evals)
+    shapes = {"unpaired" if "completion" in rows[0] else "paired" for rows in (train, evals)}
+    if len(shapes) > 1:
+        raise UserError(f"{train_name} and {eval_name} hold different kinds of rows (one paired: prompt, chosen, "
+                        "rejected; the other unpaired: prompt, completion, label): give both files one kind.")  # fmt: skip
+    return Preferences(train=train, eval=evals, shape=shapes.pop())

@@ -44,6 +44,7 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
     across the jobs of a sweep: the data outcome per (data config, tokenizer, max_length), and each tokenizer."""
     import json
 
+    from dpo_lab import methods
     from dpo_lab.data import load_preferences
     from dpo_lab.modeling import check_model_path, load_tokenizer
     from dpo_lab.validate import validate
@@ -68,12 +69,12 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
             try:
                 if tokenizer not in seen_files:
                     seen_files[tokenizer] = load_tokenizer(*model)  # a UserError when it cannot load, as in the job
-                load_preferences(cfg.data, seen_files[tokenizer], cfg.trainer.max_length)
-                seen_files[key] = None
+                seen_files[key] = load_preferences(cfg.data, seen_files[tokenizer], cfg.trainer.max_length).shape
             except UserError as e:
-                seen_files[key] = str(e)
-        if seen_files[key]:
-            raise UserError(seen_files[key])
+                seen_files[key] = UserError(str(e))
+        if isinstance(seen_files[key], UserError):
+            raise seen_files[key]
+        methods.check_data(methods.get(cfg.method.name), seen_files[key], cfg.data.train_file)
 
 
 def explain(error: Exception, overrides: List[str] = ()) -> str:

@@ -155,6 +155,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
     tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
     prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
+    methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
     log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
         from dpo_lab.sft import ensure_sft
@@ -200,7 +201,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         # loads the starting model for each checkpoint, so every method's samples compare with the same answers.
         load_reference = None if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled else (
             lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
-        sampler = sampling.Sampler(trainer, prefs.eval, cfg, out_dir, run, judge, load_reference)
+        sampler = sampling.Sampler(trainer, data.sample_rows(prefs), cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(sampler.callback())
     return Setup(trainer, method.name, model_path, device, precision, plan, dtypes, sampler, run, clock)
 

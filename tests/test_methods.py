@@ -178,3 +178,47 @@ def test_the_methods_sweep_gives_each_method_its_own_beta_range():
              for m in ("dpo", "simpo", "orpo", "kto") for p in ("low", "high")}  # fmt: skip
     assert betas == {("dpo", "low"): 0.05, ("dpo", "high"): 0.5, ("simpo", "low"): 2.0, ("simpo", "high"): 10.0,
                      ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
+
+
+def _unpaired_files(tmp_path):
+    """The tiny toy pairs as unpaired rows: a JSONL train file, a CSV eval file with "true"/"false" labels."""
+    import csv
+
+    from conftest import tiny_toy
+
+    toy = tiny_toy()
+    train = json.loads(open(toy["train_file"], encoding="utf-8").read())
+    evals = json.loads(open(toy["eval_file"], encoding="utf-8").read())
+    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(train):
+            key = "chosen" if i % 3 else "rejected"  # 2 desirable : 1 undesirable, answers of different prompts
+            f.write(json.dumps({"prompt": r["prompt"], "completion": r[key], "label": key == "chosen"}) + "\n")
+    with open(tmp_path / "eval.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "completion", "label"])
+        for r in evals:
+            w.writerows([[r["prompt"], r["chosen"], "true"], [r["prompt"], r["rejected"], "false"]])
+    return [f"data.train_file={tmp_path / 'train.jsonl'}", f"data.eval_file={tmp_path / 'eval.csv'}"]
+
+
+def test_kto_trains_on_unpaired_files_and_dpo_refuses_them(tmp_path):
+    from conftest import run_py, train_job
+
+    files = _unpaired_files(tmp_path)
+    result = train_job(tmp_path / "job", ["method=kto", "data=json", *files, "samples.count=2", "samples.max_new_tokens=8"])
+    assert result["status"] == "completed", result.get("error")
+    assert isinstance(result["eval/kl"], float)
+    samples = [json.loads(line) for line in (tmp_path / "job" / "samples.jsonl").read_text().splitlines()]
+    assert len({r["prompt"] for r in samples if r["step"] == 0}) == 2  # one row per eval prompt, not per answer
+    refused = run_py(TINY, "data=json", *files, "preflight_only=true", cwd=tmp_path)
+    assert refused.returncode == 2 and "method=dpo trains on pairs" in refused.stdout and "method=kto" in refused.stdout
+
+
+def test_an_unpaired_row_with_a_bad_label_is_named():
+    from dpo_lab.data import check_unpaired_rows
+    from dpo_lab.errors import UserError
+
+    rows = [{"prompt": "p", "completion": "a", "label": 1}, {"prompt": "p", "completion": "b", "label": "maybe"}]
+    with pytest.raises(UserError, match="f row 2 field 'label' is the text 'maybe': use true"):
+        check_unpaired_rows(rows, "f")
+    assert [r["label"] for r in check_unpaired_rows(rows[:1] + [{**rows[1], "label": " False "}], "f")] == [True, False]

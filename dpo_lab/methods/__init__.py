@@ -31,3 +31,11 @@ def trl_classes(method: Method) -> Tuple[type, type]:
                         f"{trl.__version__} lacks ({e}). dpo-lab's methods are tested with trl 1.16, which has it"
                         f"{' (under trl.experimental: TRL may move it in any release)' if method.experimental else ''}: "
                         "pip install 'trl==1.16.*'.") from None  # fmt: skip
+
+
+def check_data(method: Method, shape: str, source: str) -> None:
+    """UserError unless the method trains on `shape` rows (data.Preferences.shape)."""
+    if shape not in method.data:
+        takers = [n for n in NAMES if shape in get(n).data]
+        raise UserError(f"method={method.name} trains on pairs (prompt, chosen, rejected); {source} holds unpaired rows "
+                        f"(prompt, completion, label), which only method={' or method='.join(takers)} takes.")  # fmt: skip

@@ -30,6 +30,7 @@ class Method:
     rows: Callable[[List[Dict[str, Any]], int], List[Dict[str, Any]]] = lambda rows, seed: rows  # the trainer's
     # rows from checked preference pairs (KTO: two unpaired rows per pair)
     columns: Tuple[str, ...] = ("prompt", "chosen", "rejected")  # the columns of those rows the trainer reads
+    data: Tuple[str, ...] = ("paired",)  # the kinds of rows it trains on (data.Preferences.shape)
 
 
 def se_of_batches(values, n: int):

@@ -33,12 +33,17 @@ def check(cfg: DictConfig) -> None:
                         "16 or more).")  # fmt: skip
 
 
-def rows(pairs: List[Dict[str, Any]], seed: int) -> List[Dict[str, Any]]:
-    """Two unpaired rows per pair, shuffled with `seed`."""
-    out = [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"} for p in pairs for key in ("chosen", "rejected")]
+def rows(given: List[Dict[str, Any]], seed: int) -> List[Dict[str, Any]]:
+    """Unpaired rows shuffled with `seed`: a file's, or two per pair (the chosen answer desirable, the rejected not)."""
+    if given and "completion" in given[0]:
+        out = [dict(r) for r in given]
+        how = f"{len(out)} unpaired rows"
+    else:
+        out = [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"} for p in given for key in ("chosen", "rejected")]
+        how = f"{len(given)} pairs -> {len(out)} rows"
     random.Random(seed).shuffle(out)
-    log.info("KTO: %d pairs -> %d rows (%d desirable, %d undesirable), shuffled with seed %d.", len(pairs), len(out),
-             len(pairs), len(pairs), seed)  # fmt: skip
+    good = sum(r["label"] for r in out)
+    log.info("KTO: %s (%d desirable, %d undesirable), shuffled with seed %d.", how, good, len(out) - good, seed)
     return out
 
 
@@ -68,4 +73,5 @@ METHOD = Method(
     derive=derive,
     rows=rows,
     columns=("prompt", "completion", "label"),
+    data=("paired", "unpaired"),
 )
