@@ -106,7 +106,9 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
                   cwd=tmp_path, check=True)  # fmt: skip
     assert "4/4 jobs completed" in proc.stdout and "Ranked by win_rate" in proc.stdout
     results = [json.loads((tmp_path / "sweep" / str(j) / "result.json").read_text()) for j in range(4)]
-    assert [r["reference_logps"] for r in results] == ["computed", "none", "none", "computed"]
+    # DPO's reference log-probs may come from the session's cache (an earlier test computed the same ones)
+    assert [r["reference_logps"] for r in results][1:] == ["none", "none", "computed"]
+    assert results[0]["reference_logps"] in ("computed", "reused")
     assert all(isinstance(r["samples/win_rate"], float) for r in results)
 
 
