@@ -24,24 +24,29 @@ from dpo_lab.metrics import BETTER, means_by_step
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
 HEADLINE = [("samples/win_rate", "win rate"), ("samples/reward", "reward"), ("samples/kl", "KL"),
-            ("eval/logratios/margins", "log-ratio margin"), ("eval/rewards/accuracies", "accuracy"),
+            ("eval/logratios/margins", "log-ratio margin"), ("eval/logps/margins", "log-prob margin"),
+            ("eval/rewards/accuracies", "accuracy"),
             ("eval/rewards/margins", "reward margin"), ("samples/task_score", "task score")]  # fmt: skip
-ERRORS = ["samples/win_rate_se", "samples/reward_se", "samples/kl_se", "eval/logratios/margins_se",
+ERRORS = ["samples/win_rate_se", "samples/reward_se", "samples/kl_se", "eval/logratios/margins_se", "eval/logps/margins_se",
           "eval/rewards/accuracies_se", "samples/task_score_se"]  # fmt: skip
 # summary.csv has these columns only where a run measured them (a scoring judge's reward, the answers' KL), so the
 # CSV of a sweep without them keeps the columns it had.
-IF_MEASURED = {"samples/reward", "samples/reward_se", "samples/kl", "samples/kl_se"}
+IF_MEASURED = {"samples/reward", "samples/reward_se", "samples/kl", "samples/kl_se", "eval/logps/margins",
+               "eval/logps/margins_se"}  # fmt: skip
 CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "degraded after")]
 CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
                       (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
                        "degraded after")]  # fmt: skip
-RUN_STATS = ["method", "steps", "train_seconds", "seconds_to_first_step", "reference_logps", "reference_batches", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+# What each run was and cost, for a fair comparison across methods: a reference-free method scores no reference batches.
+COST_COLUMNS = [("method", "method"), (lambda r: r.get("method_settings") or "", "settings"), ("steps", "steps"), ("train_seconds", "seconds"),
+                ("train_tokens", "train tokens"), ("reference_batches", "reference batches")]  # fmt: skip
+RUN_STATS = ["method", "method_settings", "train_tokens", "steps", "train_seconds", "seconds_to_first_step", "reference_logps", "reference_batches", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
 REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
 # Short titles of the HEADLINE metrics for the console.
 SHORT = {"samples/win_rate": "win rate", "samples/reward": "reward", "samples/kl": "KL",
-         "eval/logratios/margins": "log-ratio", "eval/rewards/accuracies": "accuracy",
+         "eval/logratios/margins": "log-ratio", "eval/logps/margins": "log-prob margin", "eval/rewards/accuracies": "accuracy",
          "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
 DPI = 100  # a figure's inches x 100: its PNG's pixels
 # Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. A judge's reward and
@@ -130,7 +135,7 @@ def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
     """report.md's leaderboard: every job with every headline metric (the console prints console_summary)."""
     objective = objective_of(rows, objective)
     cols = [("job", "job"), ("name", "run"), ("status", "status"), *_metric_columns(rows, objective), *CHECKPOINT_COLUMNS,
-            ("steps", "steps"), ("train_seconds", "seconds")]  # fmt: skip
+            *COST_COLUMNS]  # fmt: skip
     return table(ranked_jobs(rows, objective), cols)
 
 
@@ -637,6 +642,7 @@ def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> 
     keys = ["job", "name", *swept, "status", *shown, "best_eval/logratios/margins",
             "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
             "error"]  # fmt: skip
+    keys = list(dict.fromkeys(keys))  # a swept key may also be a run stat (method)
     with files.atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

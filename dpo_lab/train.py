@@ -115,6 +115,7 @@ class Setup:
 
     trainer: Any  # the method's TRL trainer (methods/trainer.py)
     method: str  # its name (methods.NAMES)
+    settings: str  # its β, loss and parameters, for the report (methods.settings)
     base_model: str  # the checkpoint the policy started from
     device: str
     precision: Precision
@@ -203,7 +204,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
             lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
         sampler = sampling.Sampler(trainer, data.sample_rows(prefs), cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(sampler.callback())
-    return Setup(trainer, method.name, model_path, device, precision, plan, dtypes, sampler, run, clock)
+    return Setup(trainer, method.name, methods.settings(method, cfg), model_path, device, precision, plan, dtypes, sampler, run, clock)
 
 
 # Seconds per step of the models trained into the cache, measured on 2 idle CPU cores (warm-up 400 steps in 130 s,
@@ -324,12 +325,13 @@ def summarize(s: Setup) -> Dict[str, Any]:
     result["best_eval/logratios/margins"] = max(h.get("eval_logratios/margins", -math.inf) for h in evals)
     result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
     train_logs = [h for h in history if "train_runtime" in h]
-    tokens = max((h["num_tokens"] for h in history if "num_tokens" in h and "eval_loss" not in h), default=0)
-    if train_logs and tokens:
-        result["tokens_per_second"] = round(tokens / train_logs[-1]["train_runtime"], 1)
+    if train_logs and s.trainer.session_tokens:
+        result["tokens_per_second"] = round(s.trainer.session_tokens / train_logs[-1]["train_runtime"], 1)
     result.update(s.sampler.finish() if s.sampler else {})
     result.update(
         method=s.method,
+        method_settings=s.settings,
+        train_tokens=s.trainer.state.num_input_tokens_seen,
         steps=s.trainer.state.global_step,
         resumed_from=s.resumed_from,
         incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],

@@ -41,8 +41,20 @@ def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model
     rows = [json.loads(line) for line in (tmp_path / "job" / "samples.jsonl").read_text().splitlines()]
     start = [r for r in rows if r["step"] == 0]
     assert start and all(r["kl"] == 0 and r["win"] == 0.5 for r in start)  # the starting model, loaded for the samples
+    assert result["method_settings"] == "beta=2.0 loss=simpo simpo_gamma=1.0"  # the report's settings column
+    assert result["train_tokens"] > 0 and result["train_tokens"] == _checkpoint_state(tmp_path / "job")["num_input_tokens_seen"]
     config = (tmp_path / "job" / "config.yaml").read_text()
     assert "name: simpo" in config and "simpo_gamma: 1.0" in config and "beta: 2.0" in config
+
+
+@pytest.mark.parametrize("method, settings", [("cpo", "beta=0.1 loss=sigmoid cpo_alpha=1.0"),
+                                               ("alphapo", "beta=2.0 loss=alphapo alpha=0.25 simpo_gamma=1.0")])
+def test_cpo_and_alphapo_train_on_the_default_without_a_reference(method, settings, tmp_path):
+    from conftest import train_job
+
+    result = train_job(tmp_path / "job", [f"method={method}"])
+    assert result["status"] == "completed" and result["reference_logps"] == "none" and result["reference_batches"] == 0
+    assert result["method_settings"] == settings and isinstance(result["eval/logps/margins"], float)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -81,6 +93,7 @@ def test_kto_trains_on_pairs_as_desirable_and_undesirable_rows(tmp_path):
     assert result["status"] == "completed" and result["reference_batches"] > 0  # a reference model: precomputed
     assert isinstance(result["eval/kl"], float) and isinstance(result["eval/logratios/margins"], float)
     assert "eval/rewards/accuracies" not in result  # KTO's rows are unpaired: no pair to rank
+    assert result["train_tokens"] == _trl_num_tokens(tmp_path / "job")  # our count is TRL's where TRL counts
     from dpo_lab.methods.kto import rows
 
     pairs = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(8)]
@@ -110,25 +123,41 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     assert [r["reference_logps"] for r in results][1:] == ["none", "none", "computed"]
     assert results[0]["reference_logps"] in ("computed", "reused")
     assert all(isinstance(r["samples/win_rate"], float) for r in results)
+    dpo, simpo, orpo, kto = results  # the cost columns: the same pairs, so about the same tokens; KTO a row per answer
+    assert simpo["reference_batches"] == orpo["reference_batches"] == 0 < kto["reference_batches"]
+    assert simpo["train_tokens"] == pytest.approx(dpo["train_tokens"], rel=0.05) and kto["train_tokens"] < dpo["train_tokens"]
+    report = next((tmp_path / "results").glob("*/report.md")).read_text()
+    assert "| reference batches |" in report and "beta=2.0 loss=simpo simpo_gamma=1.0" in report
 
 
-@pytest.mark.parametrize("method", ["cpo", "alphapo", "kto"])
-def test_a_method_reruns_to_the_same_metrics_from_its_job_dir(method, tmp_path):
+@pytest.mark.parametrize("method", ["simpo", "cpo", "alphapo", "orpo", "kto"])
+def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its_wandb_config(method, tmp_path):
     import subprocess
     import sys
 
-    from conftest import train_job
+    from conftest import leet_records, leet_summary, tiny_toy, train_job
 
     from dpo_lab.files import read_json
+    from dpo_lab.rerun import write_logged_config
 
-    original = train_job(tmp_path / "job", ["wandb.mode=disabled", f"method={method}"])
+    toy = tiny_toy()  # the toy pairs as the user's own JSON files
+    for split in ("train", "eval"):
+        (tmp_path / f"{split}.json").write_text(open(toy[f"{split}_file"], encoding="utf-8").read(), encoding="utf-8")
+    user_data = ["data=json", f"data.train_file={tmp_path / 'train.json'}", f"data.eval_file={tmp_path / 'eval.json'}"]
+    original = train_job(tmp_path / "job", [f"method={method}", *user_data])
     assert original["status"] == "completed", original.get("error")
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = read_json(tmp_path / "again" / "result.json")
-    assert again["eval/loss"] == pytest.approx(original["eval/loss"], rel=1e-5, abs=1e-6)
-    assert again["eval/rewards/margins"] == pytest.approx(original["eval/rewards/margins"], rel=1e-5, abs=1e-6)
+    run = next(r["run"] for r in leet_records(original["wandb_dir"]) if r["type"] == "run")
+    assert run["job_type"] == method and f"method:{method}" in run["tags"], run
+    write_logged_config(leet_summary(original["wandb_dir"])["config"], str(tmp_path / "from-wandb"))
+    for source in ("job", "from-wandb"):
+        proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / source), "wandb.mode=disabled",
+                               "--out", str(tmp_path / f"again-{source}")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        again = read_json(tmp_path / f"again-{source}" / "result.json")
+        assert again["method"] == method and again["method_settings"] == original["method_settings"], source
+        for key in ("eval/loss", "eval/rewards/margins"):
+            assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), (source, key)
 
 
 def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
@@ -150,6 +179,7 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_json(tmp_path / "again" / "result.json")
     assert again["method"] == original["method"] == "dpo"
+    assert original["train_tokens"] == _trl_num_tokens(tmp_path / "job") > 0  # our count is TRL's where TRL counts
     for key in ("eval/loss", "eval/rewards/margins", "eval/logratios/margins"):
         assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
 
@@ -180,6 +210,17 @@ def test_the_methods_sweep_gives_each_method_its_own_beta_range():
              for m in ("dpo", "simpo", "orpo", "kto") for p in ("low", "high")}  # fmt: skip
     assert betas == {("dpo", "low"): 0.05, ("dpo", "high"): 0.5, ("simpo", "low"): 2.0, ("simpo", "high"): 10.0,
                      ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
+
+
+def _checkpoint_state(job) -> dict:
+    """The last checkpoint's trainer_state.json: transformers' own record of the run, saved for resuming."""
+    states = sorted(job.glob("checkpoints/*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+    return json.loads(states[-1].read_text())
+
+
+def _trl_num_tokens(job) -> int:
+    """The tokens TRL's DPO and KTO trainers count themselves (`num_tokens` in their training logs)."""
+    return int([h["num_tokens"] for h in _checkpoint_state(job)["log_history"] if "num_tokens" in h][-1])
 
 
 def _unpaired_files(tmp_path):

@@ -33,6 +33,15 @@ def trl_classes(method: Method) -> Tuple[type, type]:
                         "pip install 'trl==1.16.*'.") from None  # fmt: skip
 
 
+def settings(method: Method, cfg) -> str:
+    """The method's own settings in one short string for reports: β, its TRL loss type, its parameters."""
+    args = method.args(cfg)
+    loss = args.get("loss_type")
+    shown = {"beta": args["beta"], "loss": "+".join(loss) if isinstance(loss, list) else loss,
+             **{p: args[p] for p in method.params}}  # fmt: skip
+    return " ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
+
+
 def check_data(method: Method, shape: str, source: str) -> None:
     """UserError unless the method trains on `shape` rows (data.Preferences.shape)."""
     if shape not in method.data:

@@ -6,12 +6,13 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method, derive_policy_margin, only_default_loss
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
 from dpo_lab.methods.simpo import METHOD as SIMPO
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": "alphapo", "alpha": cfg.method.alpha, "simpo_gamma": cfg.method.simpo_gamma}
+    return {"beta": cfg.beta, "loss_type": "alphapo", "alpha": cfg.method.alpha, "simpo_gamma": cfg.method.simpo_gamma,
+            **OLDER_PIPELINE_ARGS}  # fmt: skip
 
 
 def check(cfg: DictConfig) -> None:
@@ -35,6 +36,7 @@ METHOD = Method(
     reference=False,
     eval_keys=SIMPO.eval_keys,
     params=("alpha", "simpo_gamma"),
+    token_masks=POLICY_ONLY_MASKS,
     args=args,
     check=check,
     derive=derive_policy_margin,

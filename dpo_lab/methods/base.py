@@ -10,6 +10,12 @@ from dpo_lab.errors import UserError
 from dpo_lab.quality import mean_se
 
 
+# TRL's older pipeline (CPO, ORPO) collates one mask per answer, each over prompt + answer.
+POLICY_ONLY_MASKS = ("chosen_attention_mask", "rejected_attention_mask")
+# Their collator reads columns transformers' Trainer would drop; TRL sets this itself, with a warning at every job.
+OLDER_PIPELINE_ARGS = {"remove_unused_columns": False}
+
+
 @dataclass(frozen=True)
 class Method:
     """A preference method: its TRL classes, what it needs, what it logs, and how our config maps onto it."""
@@ -31,6 +37,7 @@ class Method:
     # rows from checked preference pairs (KTO: two unpaired rows per pair)
     columns: Tuple[str, ...] = ("prompt", "chosen", "rejected")  # the columns of those rows the trainer reads
     data: Tuple[str, ...] = ("paired",)  # the kinds of rows it trains on (data.Preferences.shape)
+    token_masks: Tuple[str, ...] = ("attention_mask",)  # the masks of a collated batch whose sum is its tokens
 
 
 def se_of_batches(values, n: int):

@@ -6,14 +6,14 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method, derive_policy_margin
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin
 
 LOSSES = ("sigmoid", "hinge", "ipo")  # CPOConfig's loss types besides simpo / alphapo (their own methods)
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
     return {"beta": cfg.beta, "loss_type": cfg.loss.loss_type[0], "label_smoothing": cfg.loss.label_smoothing,
-            "cpo_alpha": cfg.method.cpo_alpha}  # fmt: skip
+            "cpo_alpha": cfg.method.cpo_alpha, **OLDER_PIPELINE_ARGS}  # fmt: skip
 
 
 def check(cfg: DictConfig) -> None:
@@ -44,6 +44,7 @@ METHOD = Method(
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
                "eval_rewards/accuracies_se", "eval_nll_loss"),  # fmt: skip
     params=("cpo_alpha",),
+    token_masks=POLICY_ONLY_MASKS,
     args=args,
     check=check,
     derive=derive_policy_margin,

@@ -5,11 +5,11 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from dpo_lab.methods.base import Method, derive_policy_margin, only_default_loss
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta}
+    return {"beta": cfg.beta, **OLDER_PIPELINE_ARGS}
 
 
 def check(cfg: DictConfig) -> None:
@@ -29,6 +29,7 @@ METHOD = Method(
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
                "eval_rewards/accuracies_se", "eval_log_odds_ratio", "eval_log_odds_chosen", "eval_nll_loss"),  # fmt: skip
     params=(),
+    token_masks=POLICY_ONLY_MASKS,
     args=args,
     check=check,
     derive=derive_policy_margin,

@@ -7,11 +7,12 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method, derive_policy_margin, only_default_loss
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.method.simpo_gamma}
+    return {"beta": cfg.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.method.simpo_gamma,
+            **OLDER_PIPELINE_ARGS}  # fmt: skip
 
 
 def check(cfg: DictConfig) -> None:
@@ -35,6 +36,7 @@ METHOD = Method(
                "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
                "eval_rewards/accuracies_se"),  # fmt: skip
     params=("simpo_gamma",),
+    token_masks=POLICY_ONLY_MASKS,
     args=args,
     check=check,
     derive=derive_policy_margin,

@@ -23,7 +23,8 @@ def trainer_class(method: Method):
         def __init__(self, *args, **kwargs):
             self.method = method  # the Method record, for the rest of dpo-lab
             self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
-            self.reference_batches = 0  # reference forward passes run to precompute log-probs
+            self.reference_batches = 0  # batches the reference model scored: precomputed or live
+            self.session_tokens = 0  # tokens trained on in this process (state.num_input_tokens_seen: since step 0)
             self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
             super().__init__(*args, **kwargs)
 
@@ -31,6 +32,19 @@ def trainer_class(method: Method):
             loss = super().training_step(model, inputs, num_items_in_batch)
             self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
             return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if method.reference and not self.args.precompute_ref_log_probs:  # TRL runs the reference on this batch
+                self.reference_batches += 1
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _track_num_input_tokens(self, inputs):
+            """Count the batch's tokens (transformers counts only an `input_ids`/`attention_mask` batch, which CPO's
+            and ORPO's are not) into the checkpointed state.num_input_tokens_seen."""
+            n = sum(inputs[k].sum() for k in method.token_masks)
+            n = int(self.accelerator.gather(n.to(self.args.device)).sum())
+            self.state.num_input_tokens_seen += n
+            self.session_tokens += n
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
