@@ -212,6 +212,15 @@ def test_the_methods_sweep_gives_each_method_its_own_beta_range():
                      ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
 
 
+def test_the_methods_sweep_preflights_twelve_jobs_each_with_its_own_beta(tmp_path):
+    from conftest import run_py
+
+    proc = run_py("-m", TINY, "+sweep=methods", "samples.count=2", "samples.judge=task", "preflight_only=true",
+                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and "all 12 jobs check out" in proc.stdout, proc.stdout[-3000:]
+    assert "#5: python run.py method=simpo method.point=high" in proc.stdout  # 4 methods x 3 points of their own grid
+
+
 def _checkpoint_state(job) -> dict:
     """The last checkpoint's trainer_state.json: transformers' own record of the run, saved for resuming."""
     states = sorted(job.glob("checkpoints/*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
