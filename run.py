@@ -14,12 +14,11 @@ from omegaconf import DictConfig
 
 from dpo_lab import console
 from dpo_lab.config import register_configs
-from dpo_lab.errors import UserError
-from dpo_lab.job import check_free, completed_result, cpu_threads, launch, prepare
+from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from dpo_lab.job import TRAIN, check_free, completed_result, cpu_threads, launch, prepare
 from dpo_lab.preflight import check_command_line
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys
-from dpo_lab.train import train
 
 register_configs()
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         log.error("%s", e)
         if multirun:  # the sweep goes on with its other jobs; this one's row keeps what its dir says
             return float("nan")
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     if done:
         log.info("Job %s already completed; skipping it.", job_dir)
         return objective(done, cfg.objective)
@@ -54,16 +53,16 @@ def main(cfg: DictConfig) -> float:
     n_jobs = int(hc.launcher.get("n_jobs") or 1) if multirun else 1  # jobs running at once (joblib: n_jobs)
     threads = cfg.cpu_threads or cpu_threads(n_jobs)
     try:
-        result = launch(job_dir, train, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
+        result = launch(job_dir, TRAIN, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
                         threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)  # fmt: skip
     except KeyboardInterrupt:  # the job recorded `interrupted` and kept its checkpoints
         if multirun:
             raise  # the sweep's message, below
         print(f"\nStopped. This resumes the run from its last checkpoint: python run.py {' '.join(overrides)} "
               f"hydra.run.dir={job_dir}", file=sys.stderr)  # fmt: skip
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     if not multirun and result["status"] != "completed":
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     return objective(result, cfg.objective)
 
 
@@ -73,7 +72,7 @@ def refuse_multirun_cfg(argv: list) -> None:
         print("--cfg shows one job's config, and -m runs many. Drop -m (with one value per key) to see a job's config "
               "(python run.py loss=ipo beta=0.5 --cfg job), or add preflight_only=true to the sweep to check every job "
               "and list the command line of each.", file=sys.stderr)  # fmt: skip
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":
@@ -82,10 +81,10 @@ if __name__ == "__main__":
         check_command_line(sys.argv[1:])
     except UserError as e:
         print(f"Preflight: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     try:
         main()
     except KeyboardInterrupt:  # a sweep stopped by Ctrl-C or `kill`: its running job recorded `interrupted`
         print("\nStopped. The same command resumes: finished jobs are skipped, the stopped one continues from its "
               "last checkpoint.", file=sys.stderr)  # fmt: skip
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from dpo_lab import console
+from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
 
 
 def main(argv=None) -> int:
@@ -33,33 +34,31 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "execute":
-        from dpo_lab.job import execute
-        from dpo_lab.train import train
+        from dpo_lab.job import TRAIN, execute
 
         console.setup_logging(args.job_dir)
-        return 0 if execute(args.job_dir, train)["status"] == "completed" else 1
+        return EXIT_OK if execute(args.job_dir, TRAIN)["status"] == "completed" else EXIT_FAILED
     if args.command == "rerun":
         from dpo_lab.rerun import rerun
 
         console.setup_logging()
         return rerun(args.job_dir, args.overrides, args.out)
     if args.command == "samples":
-        from dpo_lab.errors import UserError
         from dpo_lab.viewer import show
 
         try:
             print(show(args.job_dir, args.step, args.width))
         except UserError as e:
             print(e, file=sys.stderr)
-            return 2
-        return 0
+            return EXIT_USER_ERROR
+        return EXIT_OK
     if args.command == "report":
         from dpo_lab.report import collect, sweep_summary, write_report
 
         out = write_report(args.sweep_dir, args.out)
         print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
-        return 0
-    return 2
+        return EXIT_OK
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fresh process per job is how a sweep stays clean: no memory, CUDA context, wandb
 to the next; forking it from a server that already imported the stack makes it start in about a second. The task itself (train.train) is handed in by the entry point, so this module never imports it.
 """
 
+import importlib
 import logging
 import os
 import secrets
@@ -14,17 +15,27 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab import checkpoints, faults, files, provenance, tracking
 from dpo_lab.config import START_METHODS, Config
-from dpo_lab.errors import UserError
+from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[DictConfig, str, Any], Dict[str, Any]]  # (config, job dir, wandb run or None) -> result
+TRAIN = "dpo_lab.train:train"  # the task of every training job, imported by name in the process that runs it
+
+
+def task_function(task: Union[str, Task]) -> Task:
+    """`task`, or the function a "module:function" name points at (imported now: the training stack is imported
+    only by the process that trains)."""
+    if not isinstance(task, str):
+        return task
+    module, name = task.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
@@ -138,7 +149,7 @@ def _locked(job_dir: str):
             f.truncate(0)
 
 
-def execute(job_dir: str, task: Task, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def execute(job_dir: str, task: Union[str, Task], cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run a prepared job in this process, holding its dir's lock (JobBusy if another process holds it); always
     writes result.json (status: faults.STATUSES) and closes the wandb run; raises only KeyboardInterrupt (after
     recording `interrupted`). `cfg` and `meta` default to what prepare() saved in `job_dir`."""
@@ -155,7 +166,7 @@ def execute(job_dir: str, task: Task, cfg: Optional[DictConfig] = None, meta: Op
                 run = tracking.start_run(cfg, job_dir, meta)
                 if run is not None:  # recorded whatever the outcome: where to look
                     result.update(wandb_run_id=run.id, wandb_dir=run.settings.sync_dir)
-                result.update(task(cfg, job_dir, run))
+                result.update(task_function(task)(cfg, job_dir, run))
             result["status"] = "completed"
         except UserError as e:
             log.error("%s", e)
@@ -228,7 +239,7 @@ def start_server(start_method: str) -> None:
         forkserver.ensure_running()
 
 
-def _child(job_dir: str, task: Task, env: Dict[str, str], threads: Optional[int], parent: int) -> None:
+def _child(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: Optional[int], parent: int) -> None:
     """A job's process: this job's environment, log file and CPU threads, then `execute`; exit 0 if it completed."""
     os.environ.clear()
     os.environ.update(env)
@@ -240,19 +251,16 @@ def _child(job_dir: str, task: Task, env: Dict[str, str], threads: Optional[int]
     if torch.cuda._is_in_bad_fork():  # CUDA was initialised before the fork: it would fail at the first CUDA call
         log.error("This job was forked from a process that had initialised CUDA. Run the sweep with "
                   "start_method=spawn.")  # fmt: skip
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     _stop_with(parent)
     _use_threads(threads)
     try:
-        sys.exit(0 if execute(job_dir, task)["status"] == "completed" else 1)
+        sys.exit(EXIT_OK if execute(job_dir, task)["status"] == "completed" else EXIT_FAILED)
     except KeyboardInterrupt:  # recorded as `interrupted` by execute
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except JobBusy as e:
         log.error("%s", e)
-        sys.exit(BUSY_EXIT)
-
-
-BUSY_EXIT = 75  # the job's process found its dir locked by another and wrote nothing
+        sys.exit(EXIT_BUSY)
 
 
 def _stop_with(parent: int) -> None:
@@ -285,7 +293,7 @@ def _use_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def launch(job_dir: str, task: Task, isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None,
+def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None,
            start_method: str = "forkserver", threads: Optional[int] = None, jobs_per_gpu: int = 1) -> Dict[str, Any]:  # fmt: skip
     """Run a prepared job and return its result: here, or (`isolate`) in a process of its own, started by
     `start_method` (forkserver: forked from a server that preloaded PRELOAD; spawn: a fresh interpreter), with
@@ -313,7 +321,7 @@ def launch(job_dir: str, task: Task, isolate: bool, cfg: Optional[DictConfig] = 
                 proc.terminate()  # SIGTERM: the job records `interrupted`, closes its wandb run, keeps its checkpoints
                 proc.join()
                 raise
-    if proc.exitcode == BUSY_EXIT:
+    if proc.exitcode == EXIT_BUSY:
         return {"status": "failed", "error": f"{job_dir} is in use by another process; not started.", "job_dir": job_dir}
     path = os.path.join(job_dir, files.RESULT)
     result = files.read_json(path) or {}

@@ -107,21 +107,6 @@ class DtypeReport:
         self.compute: Optional[str] = None
         self._hook = None
 
-    def callback(self):
-        from transformers import TrainerCallback
-
-        report = self
-
-        class _Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kwargs):
-                report.watch(model)
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if not report.dtypes:
-                    report.read()
-
-        return _Callback()
-
     def watch(self, model) -> None:
         """Hook the first linear layer: what autocast really computed in, seen in the first training forward."""
         import torch

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config import Config
 from dpo_lab.console import setup_logging
-from dpo_lab.errors import UserError
+from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
 from dpo_lab.files import read_json
-from dpo_lab.job import launch, load_config, prepare
+from dpo_lab.job import TRAIN, launch, load_config, prepare
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,15 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
         out = out or new_rerun_dir(job_dir)
     except UserError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_USER_ERROR
     meta = read_json(os.path.join(job_dir, "job.json")) or {"name": "rerun", "group": None, "overrides": [], "choices": {}}
     prepare(cfg, out, name=rerun_name(meta["name"], overrides), group=meta["group"], overrides=meta["overrides"] + list(overrides),
             choices=meta["choices"])  # fmt: skip
     setup_logging(out)  # the rerun's log goes to its own train.log too
     _warn_on_version_drift(job_dir, out)
-    from dpo_lab.train import train
-
-    result = launch(out, train, isolate=False)
+    result = launch(out, TRAIN, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
-    return 0 if result["status"] == "completed" else 1
+    return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
 
 
 def rerun_name(name: str, overrides: List[str]) -> str:

@@ -56,7 +56,7 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     from transformers.trainer_callback import ProgressCallback
     from trl import RewardConfig, RewardTrainer
 
-    from dpo_lab.console import progress_callback
+    from dpo_lab.callbacks import Progress
     from dpo_lab.data import FIELDS, format_prompts
 
     out_dir = Path(out_dir)
@@ -71,7 +71,7 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in rows]))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):
-        trainer.add_callback(progress_callback("reward model"))
+        trainer.add_callback(Progress("reward model"))
     trainer.train()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")

@@ -265,23 +265,3 @@ class Sampler:
             # Keys with a define_metric summary (max, last) keep it rather than a plain last value.
             tracking.safely(lambda: self.run.summary.update({k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES}))
         return out
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        sampler = self
-
-        class SampleCallback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                sampler.start(state.global_step)  # the baseline (step 0) and the reference's answers
-
-            def on_save(self, args, state, control, **kwargs):
-                sampler(state.global_step)
-
-            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-                if sampler.s.on_eval or sampler.s.keep_best:
-                    value = sampler(state.global_step).get(sampler.metric)
-                    if metrics is not None and value is not None:  # what load_best_model_at_end ranks by
-                        metrics[f"eval_samples_{sampler.metric}"] = value
-
-        return SampleCallback()

@@ -41,7 +41,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
 
     from transformers.trainer_callback import ProgressCallback
 
-    from dpo_lab.console import progress_callback
+    from dpo_lab.callbacks import Progress
     from dpo_lab.data import format_prompts
 
     out_dir = Path(out_dir)
@@ -53,7 +53,7 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
     if trainer.pop_callback(ProgressCallback):  # the bar with the loss on it, not a metrics dict per log
-        trainer.add_callback(progress_callback("warm-up"))
+        trainer.add_callback(Progress("warm-up"))
     trainer.train()
     model.save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")

@@ -195,24 +195,6 @@ def sweep_commands(sweep_dir: str) -> List[str]:
     return [f"browse all runs:  wandb leet {view}", f"upload them all:  wandb sync {view}"]
 
 
-def trainer_logger():
-    """transformers' WandbCallback, except that the TrainingArguments it logs go under `trl` in the run's config:
-    merged flat (its default) they would bury ours and overwrite keys such as `max_steps` (null -> -1) or
-    `run_name`, and a config read back from wandb would no longer rerun. Metrics, summaries and WANDB_LOG_MODEL
-    artifacts are the parent's; WANDB_WATCH is not supported."""
-    from transformers.integrations import WandbCallback
-
-    class TrainerLogger(WandbCallback):
-        def setup(self, args, state, model, **kwargs):
-            self._initialized = True
-            if state.is_world_process_zero and self._wandb.run is not None:
-                safely(lambda: self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True))
-
-    for event in ("on_train_begin", "on_train_end", "on_log", "on_save", "on_predict"):  # what WandbCallback does
-        setattr(TrainerLogger, event, _guarded(getattr(WandbCallback, event)))
-    return TrainerLogger()
-
-
 _wandb_failed = False  # per process, so per job
 
 
@@ -231,7 +213,9 @@ def safely(call: Callable[[], Any]) -> None:
                     "samples.jsonl still get every result.", type(e).__name__, e)  # fmt: skip
 
 
-def _guarded(method):
+def guarded(method):
+    """`method` (a WandbCallback hook) called through `safely`."""
+
     def call(self, *args, **kwargs):
         safely(lambda: method(self, *args, **kwargs))
 

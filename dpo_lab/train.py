@@ -1,22 +1,29 @@
-"""The DPO recipe: composed config -> data + model -> trl.DPOTrainer -> results.
+"""One training run: composed config -> data + model -> the method's TRL trainer -> results.
 
 `train` reads in the order things happen, as TRL's scripts/dpo.py and torchtune's recipes do: `setup` (device,
 precision, data, weights, trainer), `fit` (train or resume, end on an eval, save), `summarize` (the result dict).
-Everything a user can get wrong is checked before the weights load. `job.execute` wraps it: status, timing and the
-wandb run are the wrapper's.
+Everything a user can get wrong is checked before the weights load. `job.execute` wraps it (status, timing, the
+wandb run) and imports this module only in the job's process, by name: it may import the training stack at the top.
 """
 
 import logging
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+from transformers.trainer_callback import ProgressCallback
 
-from dpo_lab import cache, checkpoints, console, data, faults, files, judges, memory, methods, modeling, reuse, sampling, tracking
+from dpo_lab import cache, checkpoints, data, files, judges, memory, methods, modeling, reuse, sampling, tracking
+from dpo_lab.callbacks import DtypeWatch, FirstStepClock, Progress, Samples, StepGuard, TrainerLogger
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.methods.trainer import trainer_class
@@ -25,32 +32,164 @@ from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
 
-def _step_guard(trainer):
-    from transformers import TrainerCallback
 
-    class StepGuard(TrainerCallback):
-        """Stop at the first step whose loss or gradient norm is NaN/inf, before the optimizer applies it: a run
-        that went on would save checkpoints of NaN weights and sample from them (faults.Diverged -> status
-        `diverged`, the last checkpoint untouched). The gradients are all-reduced by now, so every rank agrees."""
+def train(cfg: DictConfig, out_dir: str, run=None) -> Dict[str, Any]:
+    """Train one run of the chosen method into `out_dir` and return its headline results; `run`: the job's wandb run, or None.
 
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            import torch
+    A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
+    scheduler and RNG state.
+    """
+    validate(cfg)  # preflight ran the same checks for a sweep; a rerun or a single run gets them here
+    s = setup(cfg, out_dir, run)
+    started = time.time()
+    fit(s, out_dir)
+    return {**summarize(s), "train_seconds": round(time.time() - started, 1)}
 
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros(())  # clipped: NaN stays NaN
-            loss, trainer.step_loss = trainer.step_loss, None
-            loss = torch.zeros((), device=norm.device) if loss is None else loss.float().to(norm.device)
-            loss, norm = torch.stack([loss, norm]).tolist()  # one host sync per optimizer step
-            for key, value in (("loss", loss), ("grad_norm", norm)):
-                if not math.isfinite(value):
-                    raise faults.Diverged(key, value, state.global_step + 1)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            value = (logs or {}).get("eval_loss")
-            if value is not None and not math.isfinite(value):
-                raise faults.Diverged("eval_loss", value, state.global_step)
+@dataclass
+class Setup:
+    """Everything `setup` decided and built, for `fit` and `summarize`."""
 
-    return StepGuard()
+    trainer: Any  # the method's TRL trainer (methods/trainer.py)
+    method: str  # its name (methods.NAMES)
+    settings: str  # its β, loss and parameters, for the report (methods.settings)
+    base_model: str  # the checkpoint the policy started from
+    device: str
+    precision: Precision
+    memory: MemoryPlan
+    dtypes: DtypeReport
+    sampler: Optional[sampling.Sampler]
+    run: Any  # the wandb run, or None
+    clock: FirstStepClock  # seconds from process start to the training loop
+    resumed_from: Optional[str] = None  # set by fit
+    skipped_checkpoints: Tuple[Tuple[str, str], ...] = ()  # (path, problem) of cut-off checkpoints moved aside
+
+
+def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
+    """Resolve device and precision, read and check the data, load weights, build the trainer."""
+    cache.expect(first_use(cfg, modeling.pick_device(cfg.trainer.device)))
+    toy = None
+    if cfg.model.source == "tiny" or cfg.data.source == "toy":
+        from dpo_lab.toy import ensure_toy
+
+        toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
+    if cfg.model.source == "smollm2":
+        from dpo_lab.smollm2 import ensure_smollm2
+
+        model_path = ensure_smollm2()
+    else:
+        model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
+    device = modeling.pick_device(cfg.trainer.device)
+    precision = resolve(cfg.trainer.precision, device)
+    built = toy  # the files of generated data
+    if cfg.data.source == "sentiment":  # answered by the starting model itself
+        from dpo_lab.sentiment import ensure_sentiment
+
+        built = ensure_sentiment(model_path, device, **OmegaConf.to_container(cfg.sentiment))
+
+    set_seed(cfg.seed)
+    # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
+    tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
+    prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
+    methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
+    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
+    if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
+        from dpo_lab.sft import ensure_sft
+
+        model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
+    plan = memory.plan(model_path, cfg, precision, device)
+    if run is not None:  # what the `auto` settings became
+        tracking.safely(lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}}))
+    method = methods.get(cfg.method.name)
+    args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
+    model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
+    reference = {}  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
+    if method.reference and not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy
+        reference["ref_model"] = modeling.load_model(model_path, cfg.model, precision.frozen)
+    elif method.reference:
+        reference["ref_model"] = None  # a reference-free method's trainer takes no ref_model
+
+    columns = lambda rows, seed: Dataset.from_list([{k: r[k] for k in method.columns} for r in method.rows(rows, seed)])  # noqa: E731
+    clock = FirstStepClock()
+    quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
+    trainer = trainer_class(method)(
+        model=model,
+        **reference,
+        args=args,
+        train_dataset=columns(prefs.train, cfg.seed),
+        eval_dataset=columns(prefs.eval, cfg.data.split_seed),
+        processing_class=tokenizer,
+        peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
+        callbacks=[clock] + ([TrainerLogger()] if run is not None else []),
+    )
+    trainer.add_callback(StepGuard(trainer))
+    if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
+        trainer.add_callback(Progress(_bar_label(out_dir, method.title)))
+    dtypes = DtypeReport(trainer, run)
+    trainer.add_callback(DtypeWatch(dtypes))
+    sampler = None
+    if cfg.samples.count:
+        judge = _judge(cfg, toy, str(trainer.accelerator.device))
+        # Full fine-tuning with precomputed log-probs or a reference-free method keeps no reference: the sampler
+        # loads the starting model for each checkpoint, so every method's samples compare with the same answers.
+        load_reference = None if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled else (
+            lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
+        sampler = sampling.Sampler(trainer, data.sample_rows(prefs), cfg, out_dir, run, judge, load_reference)
+        trainer.add_callback(Samples(sampler))
+    return Setup(trainer, method.name, methods.settings(method, cfg), model_path, device, precision, plan, dtypes, sampler, run, clock)
+
+
+def fit(s: Setup, out_dir: str) -> None:
+    """Train (resuming from the job's last complete checkpoint, if any), end on an eval, save the final model."""
+    s.resumed_from, skipped = checkpoints.resumable(os.path.join(out_dir, "checkpoints"))
+    s.skipped_checkpoints = tuple(skipped)
+    if s.resumed_from:
+        log.info("Resuming from %s", s.resumed_from)
+    s.trainer.train(resume_from_checkpoint=s.resumed_from)
+    last = [h for h in s.trainer.state.log_history if "eval_loss" in h][-1:]
+    if not last or last[0]["step"] != s.trainer.state.global_step:
+        s.trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
+    final = os.path.join(out_dir, "final")
+    s.trainer.save_model(final)
+    if not is_peft_model(s.trainer.accelerator.unwrap_model(s.trainer.model)):  # LoRA: PEFT wrote the adapter's card
+        s.trainer.model_card(final, s.base_model, s.run)
+
+
+def summarize(s: Setup) -> Dict[str, Any]:
+    """The run's result: final and best eval metrics, eval history, sample summary, what ran how, and its cost."""
+    history = s.trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    keys = methods.get(s.method).eval_keys
+    metrics = lambda h: {k.replace("eval_", "eval/"): h[k] for k in keys if k in h}  # noqa: E731
+    result = metrics(evals[-1])
+    result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
+    result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)
+    result["best_eval/logratios/margins"] = max(h.get("eval_logratios/margins", -math.inf) for h in evals)
+    result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
+    train_logs = [h for h in history if "train_runtime" in h]
+    if train_logs and s.trainer.session_tokens:
+        result["tokens_per_second"] = round(s.trainer.session_tokens / train_logs[-1]["train_runtime"], 1)
+    result.update(s.sampler.finish() if s.sampler else {})
+    result.update(
+        method=s.method,
+        method_settings=s.settings,
+        train_tokens=s.trainer.state.num_input_tokens_seen,
+        steps=s.trainer.state.global_step,
+        resumed_from=s.resumed_from,
+        incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],
+        reference_logps=reuse.status(s.trainer),
+        reference_batches=s.trainer.reference_batches,
+        seconds_to_first_step=s.clock.seconds,
+        pid=os.getpid(),
+        cpu_threads=_torch_threads(),
+        device=s.device,
+        precision=s.precision.mode,
+        **(s.dtypes.dtypes or s.dtypes.read()),  # read after the first step; a resumed, finished run: now
+        **s.memory.summary(),
+        world_size=s.trainer.args.world_size,
+        **_peak_memory_mb(s.device),
+    )
+    return result
 
 
 def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool) -> Dict[str, Any]:
@@ -84,127 +223,12 @@ def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precis
         dataloader_num_workers=t.dataloader_num_workers,
         use_cpu=device == "cpu",
         **precision.trainer_args(),
-        report_to=[],  # wandb logging is tracking.trainer_logger(), added when the job has a run
+        report_to=[],  # wandb logging is callbacks.TrainerLogger, added when the job has a run
         run_name=os.path.basename(out_dir),
         disable_tqdm=False,
         **sampling.trainer_args(cfg),
         **OmegaConf.to_container(t.extra),
     )
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _peak_memory_mb(device: str) -> Dict[str, float]:
-    import resource
-
-    import torch
-
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device == "cuda":
-        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peak
-
-
-@dataclass
-class Setup:
-    """Everything `setup` decided and built, for `fit` and `summarize`."""
-
-    trainer: Any  # the method's TRL trainer (methods/trainer.py)
-    method: str  # its name (methods.NAMES)
-    settings: str  # its β, loss and parameters, for the report (methods.settings)
-    base_model: str  # the checkpoint the policy started from
-    device: str
-    precision: Precision
-    memory: MemoryPlan
-    dtypes: DtypeReport
-    sampler: Optional[sampling.Sampler]
-    run: Any  # the wandb run, or None
-    clock: Any  # FirstStepClock: seconds from process start to the training loop
-    resumed_from: Optional[str] = None  # set by fit
-    skipped_checkpoints: Tuple[Tuple[str, str], ...] = ()  # (path, problem) of cut-off checkpoints moved aside
-
-
-def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
-    """Resolve device and precision, read and check the data, load weights, build the trainer."""
-    cache.expect(first_use(cfg, modeling.pick_device(cfg.trainer.device)))
-    toy = None
-    if cfg.model.source == "tiny" or cfg.data.source == "toy":
-        from dpo_lab.toy import ensure_toy
-
-        toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
-    if cfg.model.source == "smollm2":
-        from dpo_lab.smollm2 import ensure_smollm2
-
-        model_path = ensure_smollm2()
-    else:
-        model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
-    device = modeling.pick_device(cfg.trainer.device)
-    precision = resolve(cfg.trainer.precision, device)
-    built = toy  # the files of generated data
-    if cfg.data.source == "sentiment":  # answered by the starting model itself
-        from dpo_lab.sentiment import ensure_sentiment
-
-        built = ensure_sentiment(model_path, device, **OmegaConf.to_container(cfg.sentiment))
-
-    from transformers import set_seed
-
-    set_seed(cfg.seed)
-    # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
-    tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
-    prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
-    methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
-    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
-    if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
-        from dpo_lab.sft import ensure_sft
-
-        model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
-    plan = memory.plan(model_path, cfg, precision, device)
-    if run is not None:  # what the `auto` settings became
-        tracking.safely(lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}}))
-    method = methods.get(cfg.method.name)
-    args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
-    model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
-    reference = {}  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
-    if method.reference and not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy
-        reference["ref_model"] = modeling.load_model(model_path, cfg.model, precision.frozen)
-    elif method.reference:
-        reference["ref_model"] = None  # a reference-free method's trainer takes no ref_model
-
-    from datasets import Dataset
-    from transformers.trainer_callback import ProgressCallback
-
-    columns = lambda rows, seed: Dataset.from_list([{k: r[k] for k in method.columns} for r in method.rows(rows, seed)])  # noqa: E731
-    clock = _first_step_clock()
-    quiet_known_warnings()  # before the trainer: PEFT's copy of the warning comes while it wraps the model
-    trainer = trainer_class(method)(
-        model=model,
-        **reference,
-        args=args,
-        train_dataset=columns(prefs.train, cfg.seed),
-        eval_dataset=columns(prefs.eval, cfg.data.split_seed),
-        processing_class=tokenizer,
-        peft_config=modeling.lora_config(cfg.peft) if cfg.peft.enabled else None,
-        callbacks=[clock] + ([tracking.trainer_logger()] if run is not None else []),
-    )
-    trainer.add_callback(_step_guard(trainer))
-    if trainer.pop_callback(ProgressCallback):  # absent with disable_tqdm=True (PrinterCallback)
-        trainer.add_callback(console.progress_callback(_bar_label(out_dir, method.title)))
-    dtypes = DtypeReport(trainer, run)
-    trainer.add_callback(dtypes.callback())
-    sampler = None
-    if cfg.samples.count:
-        judge = _judge(cfg, toy, str(trainer.accelerator.device))
-        # Full fine-tuning with precomputed log-probs or a reference-free method keeps no reference: the sampler
-        # loads the starting model for each checkpoint, so every method's samples compare with the same answers.
-        load_reference = None if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled else (
-            lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
-        sampler = sampling.Sampler(trainer, data.sample_rows(prefs), cfg, out_dir, run, judge, load_reference)
-        trainer.add_callback(sampler.callback())
-    return Setup(trainer, method.name, methods.settings(method, cfg), model_path, device, precision, plan, dtypes, sampler, run, clock)
 
 
 # Seconds per step of the models trained into the cache, measured on 2 idle CPU cores (warm-up 400 steps in 130 s,
@@ -278,86 +302,12 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
     return judges.load(kind, path, device, cfg.samples.judge_trust_remote_code)
 
 
-def _first_step_clock():
-    from transformers import TrainerCallback
-
-    class FirstStepClock(TrainerCallback):
-        """Seconds from this process's start to the training loop: imports, data, weights, reference log-probs."""
-
-        seconds = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            import psutil
-
-            if self.seconds is None:
-                self.seconds = round(time.time() - psutil.Process().create_time(), 1)
-
-    return FirstStepClock()
+def _torch_threads() -> int:
+    return torch.get_num_threads()
 
 
-def fit(s: Setup, out_dir: str) -> None:
-    """Train (resuming from the job's last complete checkpoint, if any), end on an eval, save the final model."""
-    s.resumed_from, skipped = checkpoints.resumable(os.path.join(out_dir, "checkpoints"))
-    s.skipped_checkpoints = tuple(skipped)
-    if s.resumed_from:
-        log.info("Resuming from %s", s.resumed_from)
-    s.trainer.train(resume_from_checkpoint=s.resumed_from)
-    last = [h for h in s.trainer.state.log_history if "eval_loss" in h][-1:]
-    if not last or last[0]["step"] != s.trainer.state.global_step:
-        s.trainer.evaluate()  # every run ends with an eval, whatever eval_steps and max_steps are
-    final = os.path.join(out_dir, "final")
-    s.trainer.save_model(final)
-    from accelerate.utils import is_peft_model
-
-    if not is_peft_model(s.trainer.accelerator.unwrap_model(s.trainer.model)):  # LoRA: PEFT wrote the adapter's card
-        s.trainer.model_card(final, s.base_model, s.run)
-
-
-def summarize(s: Setup) -> Dict[str, Any]:
-    """The run's result: final and best eval metrics, eval history, sample summary, what ran how, and its cost."""
-    history = s.trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
-    keys = methods.get(s.method).eval_keys
-    metrics = lambda h: {k.replace("eval_", "eval/"): h[k] for k in keys if k in h}  # noqa: E731
-    result = metrics(evals[-1])
-    result["best_eval/rewards/margins"] = max(h.get("eval_rewards/margins", -math.inf) for h in evals)
-    result["best_eval/rewards/accuracies"] = max(h.get("eval_rewards/accuracies", -math.inf) for h in evals)
-    result["best_eval/logratios/margins"] = max(h.get("eval_logratios/margins", -math.inf) for h in evals)
-    result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
-    train_logs = [h for h in history if "train_runtime" in h]
-    if train_logs and s.trainer.session_tokens:
-        result["tokens_per_second"] = round(s.trainer.session_tokens / train_logs[-1]["train_runtime"], 1)
-    result.update(s.sampler.finish() if s.sampler else {})
-    result.update(
-        method=s.method,
-        method_settings=s.settings,
-        train_tokens=s.trainer.state.num_input_tokens_seen,
-        steps=s.trainer.state.global_step,
-        resumed_from=s.resumed_from,
-        incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],
-        reference_logps=reuse.status(s.trainer),
-        reference_batches=s.trainer.reference_batches,
-        seconds_to_first_step=s.clock.seconds,
-        pid=os.getpid(),
-        cpu_threads=_torch_threads(),
-        device=s.device,
-        precision=s.precision.mode,
-        **(s.dtypes.dtypes or s.dtypes.read()),  # read after the first step; a resumed, finished run: now
-        **s.memory.summary(),
-        world_size=s.trainer.args.world_size,
-        **_peak_memory_mb(s.device),
-    )
-    return result
-
-
-def train(cfg: DictConfig, out_dir: str, run=None) -> Dict[str, Any]:
-    """Train one DPO run into `out_dir` and return its headline results; `run`: the job's wandb run, or None.
-
-    A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
-    scheduler and RNG state.
-    """
-    validate(cfg)  # preflight ran the same checks for a sweep; a rerun or a single run gets them here
-    s = setup(cfg, out_dir, run)
-    started = time.time()
-    fit(s, out_dir)
-    return {**summarize(s), "train_seconds": round(time.time() - started, 1)}
+def _peak_memory_mb(device: str) -> Dict[str, float]:
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak

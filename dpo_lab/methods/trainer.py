@@ -1,91 +1,93 @@
-"""The TRL trainer of a method with what dpo-lab adds: what a sweep shares (reuse.py), the β-free metrics, the step
-loss for the divergence guard, and one model card."""
+"""What dpo-lab adds to every method's TRL trainer (`LabTrainer`, a mixin), and the class that puts it over the
+chosen method's trainer (`trainer_class`)."""
 
 import os
 from typing import Dict, Optional
+
+from trl.trainer.utils import generate_model_card
 
 from dpo_lab import reuse
 from dpo_lab.methods import trl_classes
 from dpo_lab.methods.base import Method
 
 
-def trainer_class(method: Method):
-    """The method's TRL trainer with what dpo-lab adds (below)."""
-    base = trl_classes(method)[1]
+class LabTrainer:
+    """Mixed in before the method's TRL trainer: what a sweep shares (reuse.py: tokenized data and reference
+    log-probs), the cost counters (`reference_batches`, `session_tokens` and transformers' checkpointed
+    `state.num_input_tokens_seen`), the β-free metrics in `log`, the step loss for callbacks.StepGuard, and one
+    model card, written by `model_card` into final/. TRL writes its card into checkpoints/ at every save, names no
+    base model when that is a local checkpoint ("fine-tuned version of [None]"), and reads the wandb run's URL,
+    which warns at every save of an offline run."""
 
-    class Trainer(base):
-        """The TRL trainer with what a sweep shares (reuse.py: tokenized data and reference log-probs, counted in
-        `reference_batches`), the β-free metrics in `log`, and one model card, written by `model_card` into final/.
-        TRL writes its card into checkpoints/ at every save, names no base model when that is a local checkpoint
-        ("fine-tuned version of [None]"), and reads the wandb run's URL, which warns at every save of an offline
-        run."""
+    method: Method  # set by trainer_class
 
-        def __init__(self, *args, **kwargs):
-            self.method = method  # the Method record, for the rest of dpo-lab
-            self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
-            self.reference_batches = 0  # batches the reference model scored: precomputed or live
-            self.session_tokens = 0  # tokens trained on in this process (state.num_input_tokens_seen: since step 0)
-            self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
-            super().__init__(*args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        self.reference_logps: Dict[str, str] = {}  # split -> computed | reused (filled during TRL's __init__)
+        self.reference_batches = 0  # batches the reference model scored: precomputed or live
+        self.session_tokens = 0  # tokens trained on in this process (state.num_input_tokens_seen: since step 0)
+        self.step_loss = None  # this optimizer step's loss, summed over micro-batches, for the step guard
+        super().__init__(*args, **kwargs)
 
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
-            return loss
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_loss = loss.detach() if self.step_loss is None else self.step_loss + loss.detach()
+        return loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if method.reference and not self.args.precompute_ref_log_probs:  # TRL runs the reference on this batch
-                self.reference_batches += 1
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def _track_num_input_tokens(self, inputs):
-            """Count the batch's tokens (transformers counts only an `input_ids`/`attention_mask` batch, which CPO's
-            and ORPO's are not) into the checkpointed state.num_input_tokens_seen."""
-            n = sum(inputs[k].sum() for k in method.token_masks)
-            n = int(self.accelerator.gather(n.to(self.args.device)).sum())
-            self.state.num_input_tokens_seen += n
-            self.session_tokens += n
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            compute = lambda: super(Trainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
-            if not method.shares:
-                return compute()
-            return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
-
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            compute = lambda ds: super(Trainer, self)._precompute_ref_logps(ds, name, batch_size)  # noqa: E731
-            if not method.shares:
-                return compute(dataset)
-            return reuse.reference_logps(self, dataset, name, compute)
-
-        def compute_ref_log_probs(self, model, inputs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.method.reference and not self.args.precompute_ref_log_probs:  # TRL runs the reference on this batch
             self.reference_batches += 1
-            return super().compute_ref_log_probs(model, inputs)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        def create_model_card(self, *args, **kwargs):
-            pass  # the per-checkpoint card: see the class docstring
+    def _track_num_input_tokens(self, inputs):
+        """Count the batch's tokens (transformers counts only an `input_ids`/`attention_mask` batch, which CPO's
+        and ORPO's are not) into the checkpointed state.num_input_tokens_seen."""
+        n = sum(inputs[k].sum() for k in self.method.token_masks)
+        n = int(self.accelerator.gather(n.to(self.args.device)).sum())
+        self.state.num_input_tokens_seen += n
+        self.session_tokens += n
 
-        def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
-            """Add the method's β-free metrics (its `derive`) to what TRL averages and logs."""
-            method.derive(self, self.model.training)
-            super().log(logs, start_time)
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        compute = lambda: super(LabTrainer, self)._prepare_dataset(dataset, processing_class, args, dataset_name)  # noqa: E731
+        if not self.method.shares:
+            return compute()
+        return reuse.tokenized(dataset, processing_class, args, dataset_name, compute)
 
-        def model_card(self, out_dir: str, base_model: str, run) -> None:
-            from trl.trainer.utils import generate_model_card
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        compute = lambda ds: super(LabTrainer, self)._precompute_ref_logps(ds, name, batch_size)  # noqa: E731
+        if not self.method.shares:
+            return compute(dataset)
+        return reuse.reference_logps(self, dataset, name, compute)
 
-            if not self.is_world_process_zero():
-                return
-            card = generate_model_card(
-                base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
-                hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
-                wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
-                trainer_name=getattr(self, "_name", method.title), trainer_citation=getattr(self, "_paper", {}).get("citation"),
-                template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
-                paper_id=getattr(self, "_paper", {}).get("id"),
-            )  # fmt: skip
-            if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
-                card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
-                                              f"the local checkpoint `{base_model}`")  # fmt: skip
-            card.save(os.path.join(out_dir, "README.md"))
+    def compute_ref_log_probs(self, model, inputs):
+        self.reference_batches += 1
+        return super().compute_ref_log_probs(model, inputs)
 
-    return Trainer
+    def create_model_card(self, *args, **kwargs):
+        pass  # the per-checkpoint card: see the class docstring
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        """Add the method's β-free metrics (its `derive`) to what TRL averages and logs."""
+        self.method.derive(self, self.model.training)
+        super().log(logs, start_time)
+
+    def model_card(self, out_dir: str, base_model: str, run) -> None:
+        if not self.is_world_process_zero():
+            return
+        card = generate_model_card(
+            base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
+            hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
+            wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
+            trainer_name=getattr(self, "_name", self.method.title), trainer_citation=getattr(self, "_paper", {}).get("citation"),
+            template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
+            paper_id=getattr(self, "_paper", {}).get("id"),
+        )  # fmt: skip
+        if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
+            card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
+                                          f"the local checkpoint `{base_model}`")  # fmt: skip
+        card.save(os.path.join(out_dir, "README.md"))
+
+
+def trainer_class(method: Method) -> type:
+    """`LabTrainer` over the method's TRL trainer class (imported now: experimental ones only when chosen)."""
+    base = trl_classes(method)[1]
+    return type(f"Lab{base.__name__}", (LabTrainer, base), {"method": method, "__module__": __name__})
