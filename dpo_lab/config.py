@@ -208,7 +208,7 @@ class WandbConfig:
 class Config:
     name: str = "dpo"  # names output dirs and the wandb group
     beta: float = 0.1
-    lr: float = 5e-5
+    lr: float = 5e-5  # suits the tiny default model; real models want ~1e-6..1e-5 (experiment=seed_run)
     epochs: float = 1.0
     max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
     seed: int = 42
