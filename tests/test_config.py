@@ -3,12 +3,10 @@
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, compose_cfg, run_py
+from helpers import CONF, LOSS_FILES, TINY, compose_cfg, run_py
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
 from dpo_lab.validate import validate
-
-LOSS_FILES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 
 
 def test_every_trl_loss_type_has_its_own_file():

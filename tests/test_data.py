@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_py, tiny_toy
+from helpers import TINY, run_py, tiny_toy
 from dpo_lab.config import DataConfig
 from dpo_lab.data import check_rows, drop_long_prompts, format_prompts, load_preferences, read_rows
 from dpo_lab.errors import UserError
@@ -178,7 +178,7 @@ def test_encodings(tmp_path, encoding, message):
 
 
 def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp_path):
-    from conftest import compose_cfg
+    from helpers import compose_cfg
 
     from dpo_lab.preflight import check_job
 

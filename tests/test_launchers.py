@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, run_py
+from helpers import ROOT, TINY, run_py
 from dpo_lab.gpus import claim_slot
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
+from helpers import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
 from dpo_lab import memory
 from dpo_lab.precision import resolve
 

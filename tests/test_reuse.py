@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_py, tiny_toy, train_job
+from helpers import TINY, run_py, tiny_toy, train_job
 
 EVAL = ("eval/loss", "eval/rewards/margins", "eval/logps/chosen", "eval/logps/rejected")
 

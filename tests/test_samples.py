@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
+from helpers import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
 from dpo_lab import files, judges, sampling, viewer
 from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
 from dpo_lab.viewer import wrap
@@ -309,7 +309,7 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
 def test_pairwise_judge_asks_both_orders(tmp_path):
     """pairwise_lm's mechanics with the tiny toy model standing in for an instruction model: equal answers tie,
     and a win is the mean of the two orders' probabilities, so swapping the answers gives 1 - win."""
-    from conftest import tiny_toy
+    from helpers import tiny_toy
 
     judge = judges.load("pairwise_lm", tiny_toy()["model"], "cpu")
     rows = [{"prompt": "Write a story about a cat."}] * 2

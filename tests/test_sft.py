@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import tiny_toy
+from helpers import tiny_toy
 from dpo_lab.sft import ensure_sft, warmup_rows
 from dpo_lab.toy import generate_pairs
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
+from helpers import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
 
 
 # A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.

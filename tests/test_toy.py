@@ -192,7 +192,7 @@ def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path)
     """The toy data and model, the warm-up and the toy reward model are built once per machine, so a figure that
     depends on them (the judged win rate) must not depend on which machine built them: two fresh caches give
     byte-identical weights. (The reward model's new score head was once initialised unseeded.)"""
-    from conftest import tiny_toy
+    from helpers import tiny_toy
     from dpo_lab.reward_model import ensure_reward_model
     from dpo_lab.sft import ensure_sft
 

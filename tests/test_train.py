@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 from dpo_lab.files import read_json
-from test_config import LOSS_FILES
+from helpers import LOSS_FILES, ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 
 
 @pytest.mark.parametrize("loss", LOSS_FILES)

@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, compose_cfg, tiny_toy
+from helpers import TINY, compose_cfg, tiny_toy
 from omegaconf import OmegaConf
 
 from dpo_lab import data

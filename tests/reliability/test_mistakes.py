@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import CONF, TINY, run_py, tiny_toy
+from helpers import CONF, TINY, run_py, tiny_toy
 
 from dpo_lab.errors import UserError
 

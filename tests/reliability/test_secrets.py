@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_cfg, run_py, tiny_toy
+from helpers import TINY, compose_cfg, run_py, tiny_toy
 
 from dpo_lab.errors import UserError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, run_py
+from helpers import ROOT, TINY, run_py
 from dpo_lab import files
 
 
