@@ -31,6 +31,7 @@ if __name__ == "__main__":  # python tests/test_methods.py: rewrite the golden f
     GOLDEN.write_text(json.dumps({c: dpo_kwargs(o) for c, o in sorted(CASES.items())}, indent=1, sort_keys=True) + "\n")
 
 
+@pytest.mark.e2e
 def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model(tmp_path):
     from helpers import train_job
 
@@ -47,6 +48,7 @@ def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model
     assert "name: simpo" in config and "simpo_gamma: 1.0" in config and "beta: 2.0" in config
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method, settings", [("cpo", "beta=0.1 loss=sigmoid cpo_alpha=1.0"),
                                                ("alphapo", "beta=2.0 loss=alphapo alpha=0.25 simpo_gamma=1.0")])
 def test_cpo_and_alphapo_train_on_the_default_without_a_reference(method, settings, tmp_path):
@@ -70,6 +72,7 @@ def test_a_wrong_method_setting_is_refused_at_preflight(overrides, message):
         validate(compose_cfg([TINY, *overrides]))
 
 
+@pytest.mark.e2e
 def test_orpo_trains_with_lora_and_logs_its_odds_ratio(tmp_path):
     from helpers import train_job
 
@@ -86,6 +89,7 @@ def test_a_setting_of_another_method_is_refused():
         validate(compose_cfg([TINY, "method=orpo", "method.simpo_gamma=1.0"]))
 
 
+@pytest.mark.e2e
 def test_kto_trains_on_pairs_as_desirable_and_undesirable_rows(tmp_path):
     from helpers import train_job
 
@@ -130,6 +134,7 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     assert "| reference batches |" in report and "beta=2.0 loss=simpo simpo_gamma=1.0" in report
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["simpo", "cpo", "alphapo", "orpo", "kto"])
 def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its_wandb_config(method, tmp_path):
     import subprocess
@@ -160,6 +165,7 @@ def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its
             assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), (source, key)
 
 
+@pytest.mark.e2e
 def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
     import subprocess
     import sys
@@ -184,6 +190,7 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
         assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.e2e
 def test_a_sweep_over_methods_without_a_judge_is_refused_at_preflight(tmp_path):
     from helpers import run_py
 
@@ -212,6 +219,7 @@ def test_the_methods_sweep_gives_each_method_its_own_beta_range():
                      ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_the_methods_sweep_preflights_twelve_jobs_each_with_its_own_beta(tmp_path):
     from helpers import run_py
 
@@ -253,6 +261,7 @@ def _unpaired_files(tmp_path):
     return [f"data.train_file={tmp_path / 'train.jsonl'}", f"data.eval_file={tmp_path / 'eval.csv'}"]
 
 
+@pytest.mark.e2e
 def test_kto_trains_on_unpaired_files_and_dpo_refuses_them(tmp_path):
     from helpers import run_py, train_job
 

@@ -9,6 +9,8 @@ import pytest
 
 from helpers import TINY, run_py, tiny_toy, train_job
 
+pytestmark = pytest.mark.e2e  # every test trains
+
 EVAL = ("eval/loss", "eval/rewards/margins", "eval/logps/chosen", "eval/logps/rejected")
 
 

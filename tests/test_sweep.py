@@ -12,6 +12,8 @@ import pytest
 
 from helpers import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
 
+pytestmark = pytest.mark.e2e  # every test runs run.py
+
 
 # A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.
 JUDGED = ["samples.count=4", "samples.max_new_tokens=8", "samples.judge=task"]

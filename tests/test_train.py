@@ -9,6 +9,8 @@ import pytest
 from dpo_lab.files import read_json
 from helpers import LOSS_FILES, ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 
+pytestmark = pytest.mark.e2e  # every test trains
+
 
 @pytest.mark.parametrize("loss", LOSS_FILES)
 def test_every_loss_trains(tmp_path, loss):

@@ -291,6 +291,7 @@ def _hang(signum, frame):
     raise TimeoutError(f"no outcome after {SECONDS_PER_CASE} s")
 
 
+@pytest.mark.e2e
 def test_every_generated_file_ends_in_a_clear_error_or_a_usable_load(tmp_path, tokenizer):
     from datasets import Dataset
     from transformers.utils import logging as hf_logging

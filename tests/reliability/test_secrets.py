@@ -76,6 +76,7 @@ class _Planted:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("safetensors", [True, False])
 def test_a_pickled_checkpoint_never_runs_its_code(tmp_path, safetensors):
     import torch
