@@ -1,30 +1,28 @@
-"""Shared test setup: an isolated cache and offline wandb, the `slow` marker, and helpers every test file uses.
+"""Shared test setup: an isolated cache and offline wandb, the `slow` and `e2e` markers. The helpers the test files
+share (train_job, run_py, compose_cfg, tiny_toy, ...) are in helpers.py: `from helpers import ...`.
 
-Fast tests run on `experiment=tiny` (conf/experiment/tiny.yaml): real TRL training, a few seconds per run.
+The training tests run on `experiment=tiny` (conf/experiment/tiny.yaml): real TRL training, a few seconds per run.
 Tests marked `slow` train the default model; they are deselected unless `--run-slow` is given or CI is set
 (.ci/run sets it), so a local `python -m pytest -q` stays quick and CI runs everything.
+
+Tests marked `e2e` train, run run.py or build the toy model (every `slow` test is one too, marked here);
+`python -m pytest -q -m "not e2e"` leaves them all out: the fast tier, about a minute.
 """
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-TINY = "experiment=tiny"
-# The CLIs of the packages this interpreter has, whatever PATH holds (.ci/run's lower-bound venv is not activated).
-WANDB = [sys.executable, "-m", "wandb"]
 
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (CI always does)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers added here
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" in item.keywords:  # slow tests are e2e too, so `-m "not e2e"` leaves them out under CI as well
+            item.add_marker(pytest.mark.e2e)
     if config.getoption("--run-slow") or os.environ.get("CI"):
         return
     slow = [item for item in items if "slow" in item.keywords]
@@ -44,61 +42,3 @@ def _isolated_env(tmp_path_factory):
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-def compose_cfg(overrides=()):
-    """The config run.py would compose from these overrides (Hydra's compose API, no job started)."""
-    from hydra import compose, initialize_config_dir
-
-    from dpo_lab.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def tiny_toy(cache_dir=None) -> dict:
-    """Paths of the toy data and model `experiment=tiny` trains on (built once per cache)."""
-    from omegaconf import OmegaConf
-
-    from dpo_lab.toy import ensure_toy
-
-    return ensure_toy(cache_dir=cache_dir, **OmegaConf.to_container(compose_cfg([TINY]).toy))
-
-
-def train_job(job_dir, overrides) -> dict:
-    """Prepare and execute one `experiment=tiny` job in this process, as run.py does; returns its result."""
-    from dpo_lab.job import execute, prepare
-    from dpo_lab.train import train
-
-    cfg = compose_cfg([TINY, *overrides])
-    prepare(cfg, str(job_dir), name="test", group="tests", overrides=list(overrides), choices={})
-    return execute(str(job_dir), train)
-
-
-def run_py(*args, cwd, check=False, timeout=600, env=None):
-    """Run `python run.py ARGS` as a user would; returns the CompletedProcess (stdout+stderr merged)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
-    return proc
-
-
-def png_size(path) -> tuple:
-    """(width, height) in pixels, from the PNG's header."""
-    head = open(path, "rb").read(24)
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-def leet_records(run_dir) -> list:
-    """Every record of an offline wandb run, read back with `wandb leet inspect --json`."""
-    out = subprocess.run([*WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def leet_summary(run_dir) -> dict:
-    out = subprocess.run([*WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    return json.loads(out.stdout)

@@ -3,12 +3,10 @@
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, compose_cfg, run_py
+from helpers import CONF, LOSS_FILES, TINY, compose_cfg, run_py
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
 from dpo_lab.validate import validate
-
-LOSS_FILES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 
 
 def test_every_trl_loss_type_has_its_own_file():
@@ -77,6 +75,7 @@ def test_semantic_checks_name_the_key(overrides, message):
         validate(compose_cfg(overrides))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -104,6 +103,7 @@ def test_bad_overrides_exit_2_in_one_paragraph_before_any_dir_exists(tmp_path, a
     assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/ dir, no train.log, no wandb run
 
 
+@pytest.mark.e2e
 def test_single_run_preflight_only_checks_and_stops(tmp_path):
     proc = run_py(TINY, "beta=0.3", "preflight_only=true", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
@@ -111,12 +111,14 @@ def test_single_run_preflight_only_checks_and_stops(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing trained, no dir made
 
 
+@pytest.mark.e2e
 def test_multirun_cfg_points_to_preflight_only(tmp_path):
     proc = run_py("-m", "loss=sigmoid,ipo", "--cfg", "job", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "preflight_only=true" in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "multirun").exists()
 
 
+@pytest.mark.e2e
 def test_help_says_sweep_needs_a_plus(tmp_path):
     proc = run_py("--help", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("dpo-lab: ")

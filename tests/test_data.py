@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, run_py, tiny_toy
+from helpers import TINY, run_py, tiny_toy
 from dpo_lab.config import DataConfig
 from dpo_lab.data import check_rows, drop_long_prompts, format_prompts, load_preferences, read_rows
 from dpo_lab.errors import UserError
@@ -37,6 +37,7 @@ def test_reads_every_format(tmp_path, ext):
     assert read_rows(str(path)) == ROWS
 
 
+@pytest.mark.e2e
 def test_holds_out_a_seeded_eval_split_without_eval_file(tmp_path, tokenizer):
     (tmp_path / "t.json").write_text(json.dumps(ROWS))
     cfg = data_cfg(source="files", train_file=str(tmp_path / "t.json"), eval_fraction=0.25, split_seed=3)
@@ -45,6 +46,7 @@ def test_holds_out_a_seeded_eval_split_without_eval_file(tmp_path, tokenizer):
     assert not {r["prompt"] for r in a.eval} & {r["prompt"] for r in a.train}
 
 
+@pytest.mark.e2e
 def test_the_eval_split_is_held_out_from_usable_rows(tmp_path, tokenizer, caplog):
     rows = [{**r, "prompt": "word " * 300} if i % 2 else r for i, r in enumerate(ROWS)]  # every other prompt too long
     (tmp_path / "t.json").write_text(json.dumps(rows))
@@ -65,6 +67,7 @@ def test_prompt_formats():
     assert chat["chosen"] == [{"role": "assistant", "content": "a"}]
 
 
+@pytest.mark.e2e
 def test_conversational_rows_pass_through(tmp_path, tokenizer):
     conv = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
              "rejected": [{"role": "assistant", "content": "no"}]} for i in range(10)]  # fmt: skip
@@ -80,6 +83,7 @@ def test_identical_pairs_are_dropped_and_counted(caplog):
     assert len(kept) == 5 and "dropped 2 of 7 rows where chosen == rejected" in caplog.text
 
 
+@pytest.mark.e2e
 def test_prompts_that_fill_max_length_are_dropped_and_counted(tokenizer, caplog):
     rows = ROWS[:3] + [{"prompt": "word " * 300, "chosen": "a", "rejected": "b"}]
     with caplog.at_level(logging.WARNING):
@@ -147,6 +151,7 @@ def test_bad_conversational_rows_name_row_field_and_fix(tmp_path, bad_row, messa
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.e2e
 def test_a_role_the_chat_template_refuses_names_the_row(tmp_path, tokenizer):
     rows = [conv(f"q{i}") for i in range(6)]
     rows[3]["prompt"].insert(0, {"role": "system", "content": "Be brief."})  # the toy template knows no system role
@@ -155,6 +160,7 @@ def test_a_role_the_chat_template_refuses_names_the_row(tmp_path, tokenizer):
         load_preferences(data_cfg(source="files", train_file=str(tmp_path / "c.json")), tokenizer, 256)
 
 
+@pytest.mark.e2e
 def test_conversational_parquet_and_extra_columns_load(tmp_path, tokenizer):
     rows = [conv(f"q{i}", required_words=["q"]) for i in range(10)]
     pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
@@ -177,8 +183,9 @@ def test_encodings(tmp_path, encoding, message):
             read_rows(str(path))
 
 
+@pytest.mark.e2e
 def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp_path):
-    from conftest import compose_cfg
+    from helpers import compose_cfg
 
     from dpo_lab.preflight import check_job
 
@@ -193,6 +200,7 @@ def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp
     assert len([k for k in seen if k[0] == "data"]) == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, message",
     [

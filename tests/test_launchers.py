@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, run_py
+from helpers import ROOT, TINY, run_py
 from dpo_lab.gpus import claim_slot
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 @pytest.mark.parametrize("launcher", ["gpus", "local"])  # joblib, submitit's local executor
 def test_sweep_runs_under_launcher(tmp_path, launcher):
@@ -60,6 +61,7 @@ def test_jobs_per_gpu_spreads_over_gpus_then_shares(tmp_path, monkeypatch):
         assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
 
 
+@pytest.mark.e2e
 def test_two_process_accelerate_launch(tmp_path):
     """DDP over two CPU processes (gloo): one job dir, one wandb run, written by rank 0. The warm-up and the toy
     reward model are built once (outside the process group) and the checkpoint samples are answered and judged by

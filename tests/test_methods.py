@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, TINY, compose_cfg
+from helpers import ROOT, TINY, compose_cfg
 
 GOLDEN = ROOT / "tests" / "data" / "dpo_kwargs_golden.json"
 CASES = {"tiny": [TINY], "ipo": [TINY, "loss=ipo"], "mpo": [TINY, "loss=mpo"], "lora": [TINY, "peft=lora"],
@@ -31,8 +31,9 @@ if __name__ == "__main__":  # python tests/test_methods.py: rewrite the golden f
     GOLDEN.write_text(json.dumps({c: dpo_kwargs(o) for c, o in sorted(CASES.items())}, indent=1, sort_keys=True) + "\n")
 
 
+@pytest.mark.e2e
 def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model(tmp_path):
-    from conftest import train_job
+    from helpers import train_job
 
     result = train_job(tmp_path / "job", ["method=simpo", "samples.count=2", "samples.judge=task", "samples.max_new_tokens=16"])
     assert result["status"] == "completed"
@@ -47,10 +48,11 @@ def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model
     assert "name: simpo" in config and "simpo_gamma: 1.0" in config and "beta: 2.0" in config
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method, settings", [("cpo", "beta=0.1 loss=sigmoid cpo_alpha=1.0"),
                                                ("alphapo", "beta=2.0 loss=alphapo alpha=0.25 simpo_gamma=1.0")])
 def test_cpo_and_alphapo_train_on_the_default_without_a_reference(method, settings, tmp_path):
-    from conftest import train_job
+    from helpers import train_job
 
     result = train_job(tmp_path / "job", [f"method={method}"])
     assert result["status"] == "completed" and result["reference_logps"] == "none" and result["reference_batches"] == 0
@@ -70,8 +72,9 @@ def test_a_wrong_method_setting_is_refused_at_preflight(overrides, message):
         validate(compose_cfg([TINY, *overrides]))
 
 
+@pytest.mark.e2e
 def test_orpo_trains_with_lora_and_logs_its_odds_ratio(tmp_path):
-    from conftest import train_job
+    from helpers import train_job
 
     result = train_job(tmp_path / "job", ["method=orpo", "peft=lora", "lr=1e-3"])
     assert result["status"] == "completed" and result["reference_logps"] == "none"
@@ -86,8 +89,9 @@ def test_a_setting_of_another_method_is_refused():
         validate(compose_cfg([TINY, "method=orpo", "method.simpo_gamma=1.0"]))
 
 
+@pytest.mark.e2e
 def test_kto_trains_on_pairs_as_desirable_and_undesirable_rows(tmp_path):
-    from conftest import train_job
+    from helpers import train_job
 
     result = train_job(tmp_path / "job", ["method=kto"])
     assert result["status"] == "completed" and result["reference_batches"] > 0  # a reference model: precomputed
@@ -112,7 +116,7 @@ def test_kto_refuses_a_per_device_batch_of_one():
 
 @pytest.mark.slow
 def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
-    from conftest import run_py
+    from helpers import run_py
 
     proc = run_py("-m", TINY, "method=dpo,simpo,orpo,kto", "samples.count=4", "samples.max_new_tokens=8",
                   "samples.judge=task", f"hydra.sweep.dir={tmp_path}/sweep", f"results_dir={tmp_path}/results",
@@ -130,12 +134,13 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     assert "| reference batches |" in report and "beta=2.0 loss=simpo simpo_gamma=1.0" in report
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["simpo", "cpo", "alphapo", "orpo", "kto"])
 def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its_wandb_config(method, tmp_path):
     import subprocess
     import sys
 
-    from conftest import leet_records, leet_summary, tiny_toy, train_job
+    from helpers import leet_records, leet_summary, tiny_toy, train_job
 
     from dpo_lab.files import read_json
     from dpo_lab.rerun import write_logged_config
@@ -160,12 +165,13 @@ def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its
             assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), (source, key)
 
 
+@pytest.mark.e2e
 def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
     import subprocess
     import sys
 
     import yaml
-    from conftest import train_job
+    from helpers import train_job
 
     from dpo_lab.files import read_json
 
@@ -184,8 +190,9 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
         assert again[key] == pytest.approx(original[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.e2e
 def test_a_sweep_over_methods_without_a_judge_is_refused_at_preflight(tmp_path):
-    from conftest import run_py
+    from helpers import run_py
 
     proc = run_py("-m", TINY, "method=dpo,simpo", "preflight_only=true", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert proc.returncode == 2 and "their eval metrics are not comparable" in proc.stdout, proc.stdout[-2000:]
@@ -212,8 +219,9 @@ def test_the_methods_sweep_gives_each_method_its_own_beta_range():
                      ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_the_methods_sweep_preflights_twelve_jobs_each_with_its_own_beta(tmp_path):
-    from conftest import run_py
+    from helpers import run_py
 
     proc = run_py("-m", TINY, "+sweep=methods", "samples.count=2", "samples.judge=task", "preflight_only=true",
                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)  # fmt: skip
@@ -236,7 +244,7 @@ def _unpaired_files(tmp_path):
     """The tiny toy pairs as unpaired rows: a JSONL train file, a CSV eval file with "true"/"false" labels."""
     import csv
 
-    from conftest import tiny_toy
+    from helpers import tiny_toy
 
     toy = tiny_toy()
     train = json.loads(open(toy["train_file"], encoding="utf-8").read())
@@ -253,8 +261,9 @@ def _unpaired_files(tmp_path):
     return [f"data.train_file={tmp_path / 'train.jsonl'}", f"data.eval_file={tmp_path / 'eval.csv'}"]
 
 
+@pytest.mark.e2e
 def test_kto_trains_on_unpaired_files_and_dpo_refuses_them(tmp_path):
-    from conftest import run_py, train_job
+    from helpers import run_py, train_job
 
     files = _unpaired_files(tmp_path)
     result = train_job(tmp_path / "job", ["method=kto", "data=json", *files, "samples.count=2", "samples.max_new_tokens=8"])

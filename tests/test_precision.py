@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
+from helpers import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
 from dpo_lab import memory
 from dpo_lab.precision import resolve
 
@@ -37,6 +37,7 @@ def changed_fraction(start_dir, final_dir) -> float:
     return changed / sum(t.numel() for t in final.values())
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 def test_bf16_checkpoint_trains_like_its_fp32_twin(tmp_path, bf16_and_fp32_twins):
     """Full fine-tuning at our first user's lr: a bf16 checkpoint trains in fp32 (auto on CPU) exactly as its twin."""
@@ -54,6 +55,7 @@ def test_bf16_checkpoint_trains_like_its_fp32_twin(tmp_path, bf16_and_fp32_twins
     assert changed_fraction(bf16_and_fp32_twins / "bf16", tmp_path / "bf16" / "final") > 0.9
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 def test_mixed_precision_dtypes_full_finetuning(tmp_path):
     """bf16-mixed (bf16 autocast works on CPU too): fp32 weights and Adam state, bf16 compute and a live bf16
@@ -70,6 +72,7 @@ def test_mixed_precision_dtypes_full_finetuning(tmp_path):
     assert config["dtypes"] == dtypes
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 def test_lora_adapters_are_fp32_over_a_bf16_base(tmp_path):
     """LoRA under bf16-mixed, with activation checkpointing forced on: bf16 base, fp32 adapters and optimizer."""
@@ -83,6 +86,7 @@ def test_lora_adapters_are_fp32_over_a_bf16_base(tmp_path):
     assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
 
 
+@pytest.mark.e2e
 def test_bf16_pure_without_stochastic_rounding_is_refused_at_preflight(tmp_path):
     proc = run_py("-m", TINY, "trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch", "beta=0.1,0.2",
                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)  # fmt: skip
@@ -90,6 +94,7 @@ def test_bf16_pure_without_stochastic_rounding_is_refused_at_preflight(tmp_path)
     assert "2 of 2 jobs would fail" in proc.stdout and "round away" in proc.stdout and "bf16-mixed" in proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is not None, reason="torchao is installed: bf16-pure can run")
 def test_bf16_pure_without_torchao_is_refused(tmp_path):
     proc = run_py(TINY, "trainer.precision=bf16-pure", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, timeout=120)
@@ -123,6 +128,7 @@ def test_activation_checkpointing_follows_the_estimate():
     assert lora["reference"] == lora["casts"] == 0 and lora["optimizer"] == 8 * 4_000_000
 
 
+@pytest.mark.e2e
 def test_model_shape_counts_what_peft_and_transformers_build():
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -139,6 +145,7 @@ def test_model_shape_counts_what_peft_and_transformers_build():
     assert plan.checkpointing is False and 0 < plan.total < plan.free  # a 2-core box has room for the tiny model
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao (.ci/run's lower-bound stage)")
 def test_bf16_pure_trains_bf16_weights_with_torchao(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conftest import png_size
+from helpers import png_size
 from dpo_lab import quality
 
 

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from conftest import leet_summary, png_size, run_py
+from helpers import leet_summary, png_size, run_py
+
+pytestmark = pytest.mark.e2e  # every test loads SmolLM2 (the smollm2 fixture)
 
 # Tiny sentiment data: seconds of sampling on 2 CPU cores. min_gap 0: any two different answers make a pair.
 TINY_DATA = dict(n_train_prompts=6, n_eval_prompts=4, answers_per_prompt=4, max_new_tokens=12, min_gap=0.05)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import png_size
+from helpers import png_size
 from dpo_lab import report
 from dpo_lab.metrics import means_by_step
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_py, tiny_toy, train_job
+from helpers import TINY, run_py, tiny_toy, train_job
+
+pytestmark = pytest.mark.e2e  # every test trains
 
 EVAL = ("eval/loss", "eval/rewards/margins", "eval/logps/chosen", "eval/logps/rejected")
 

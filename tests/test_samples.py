@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
+from helpers import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
 from dpo_lab import files, judges, sampling, viewer
 from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
 from dpo_lab.viewer import wrap
@@ -140,6 +140,7 @@ def full_ft_job(tmp_path_factory):
     return tmp, _run(tmp, "full")
 
 
+@pytest.mark.e2e
 def test_jsonl_has_every_checkpoint(full_ft_job):
     _, job = full_ft_job
     rows = read_samples(job)
@@ -172,6 +173,7 @@ def test_jsonl_has_every_checkpoint(full_ft_job):
     assert result["samples/win_rate"] == pytest.approx(means(by_step[6])["win_rate"]) and "samples/win_rate_se" in result
 
 
+@pytest.mark.e2e
 def test_wandb_table_matches_jsonl(full_ft_job):
     _, job = full_ft_job
     run_dir = next((job / "wandb").glob("offline-run-*"))
@@ -197,6 +199,7 @@ def test_wandb_table_matches_jsonl(full_ft_job):
     assert "max" in summary["samples/win_rate"]  # define_metric summary: the best checkpoint's win rate
 
 
+@pytest.mark.e2e
 def test_first_run_says_what_it_builds_once(full_ft_job, monkeypatch):
     """The module's first job, on an empty cache, says once what it builds (and what step 0's samples are doing);
     with everything built there is nothing to say: `first_use` names the dirs the job built."""
@@ -214,6 +217,7 @@ def test_first_run_says_what_it_builds_once(full_ft_job, monkeypatch):
     assert all(cache.done_params(out_dir) is not None for out_dir, _, _ in planned)
 
 
+@pytest.mark.e2e
 def test_samples_command_prints_side_by_side(full_ft_job):
     _, job = full_ft_job
     proc = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "3", "--width", "120"],
@@ -229,6 +233,7 @@ def test_samples_command_prints_side_by_side(full_ft_job):
     assert bad.returncode == 2 and "sampled steps: 0, 3, 6" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     tmp, _ = full_ft_job
     (done,) = (tmp / "cache").glob("sft-*/DONE")
@@ -306,10 +311,11 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
     assert result["degraded_after_step"] == result["best_checkpoint_step"] < 100
 
 
+@pytest.mark.e2e
 def test_pairwise_judge_asks_both_orders(tmp_path):
     """pairwise_lm's mechanics with the tiny toy model standing in for an instruction model: equal answers tie,
     and a win is the mean of the two orders' probabilities, so swapping the answers gives 1 - win."""
-    from conftest import tiny_toy
+    from helpers import tiny_toy
 
     judge = judges.load("pairwise_lm", tiny_toy()["model"], "cpu")
     rows = [{"prompt": "Write a story about a cat."}] * 2

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-from conftest import tiny_toy
+import pytest
+
+from helpers import tiny_toy
 from dpo_lab.sft import ensure_sft, warmup_rows
 from dpo_lab.toy import generate_pairs
 
@@ -32,6 +34,7 @@ def _nll(model_dir: str, rows) -> float:
     return sum(values) / len(values)
 
 
+@pytest.mark.e2e
 def test_ensure_sft_builds_once_and_learns(tmp_path):
     toy = tiny_toy(cache_dir=tmp_path)
     path = ensure_sft(toy, steps=30, batch_size=8, lr=1e-2)

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
+from helpers import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
+
+pytestmark = pytest.mark.e2e  # every test runs run.py
 
 
 # A few checkpoint samples judged by the toy task score: the sweep ranks by win rate, as the default job does.

@@ -125,6 +125,7 @@ def test_build_model_deterministic(tokenizer):
     assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.e2e
 def test_write_toy_loads_offline(tmp_path, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -153,6 +154,7 @@ def test_write_toy_loads_offline(tmp_path, monkeypatch):
         write_toy(out, n_train=32, n_eval=16)
 
 
+@pytest.mark.e2e
 def test_ensure_toy_caches(tmp_path):
     a = ensure_toy(cache_dir=tmp_path, n_train=32, n_eval=8, hidden_size=64, intermediate_size=128)
     b = ensure_toy(cache_dir=str(tmp_path), n_train=32, n_eval=8, hidden_size=64, intermediate_size=128)
@@ -165,6 +167,7 @@ def test_ensure_toy_caches(tmp_path):
         ensure_toy(cache_dir=tmp_path, n_train=32, hidden=64)
 
 
+@pytest.mark.e2e
 def test_cli_writes_what_the_default_run_uses(tmp_path):
     """`python -m dpo_lab.toy --out DIR` with no flags builds the artifact the default run trains on (ToyConfig)."""
     from dataclasses import asdict
@@ -188,11 +191,12 @@ def _file_bytes(folder: Path) -> dict:
             if p.is_file() and "trainer" not in p.relative_to(folder).parts}  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path):
     """The toy data and model, the warm-up and the toy reward model are built once per machine, so a figure that
     depends on them (the judged win rate) must not depend on which machine built them: two fresh caches give
     byte-identical weights. (The reward model's new score head was once initialised unseeded.)"""
-    from conftest import tiny_toy
+    from helpers import tiny_toy
     from dpo_lab.reward_model import ensure_reward_model
     from dpo_lab.sft import ensure_sft
 

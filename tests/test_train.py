@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 from dpo_lab.files import read_json
-from test_config import LOSS_FILES
+from helpers import LOSS_FILES, ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
+
+pytestmark = pytest.mark.e2e  # every test trains
 
 
 @pytest.mark.parametrize("loss", LOSS_FILES)

@@ -6,7 +6,7 @@ checks in-process."""
 import json
 
 import pytest
-from conftest import TINY, run_py
+from helpers import TINY, run_py
 
 
 def conversational(i, content=None):

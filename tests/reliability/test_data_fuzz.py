@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY, compose_cfg, tiny_toy
+from helpers import TINY, compose_cfg, tiny_toy
 from omegaconf import OmegaConf
 
 from dpo_lab import data
@@ -291,6 +291,7 @@ def _hang(signum, frame):
     raise TimeoutError(f"no outcome after {SECONDS_PER_CASE} s")
 
 
+@pytest.mark.e2e
 def test_every_generated_file_ends_in_a_clear_error_or_a_usable_load(tmp_path, tokenizer):
     from datasets import Dataset
     from transformers.utils import logging as hf_logging

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, TINY, leet_summary, run_py
+from helpers import ROOT, TINY, leet_summary, run_py
 
 EVAL_KEYS = ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies", "eval/logps/chosen")
 

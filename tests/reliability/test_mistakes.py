@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import CONF, TINY, run_py, tiny_toy
+from helpers import CONF, TINY, run_py, tiny_toy
 
 from dpo_lab.errors import UserError
 
@@ -27,6 +27,7 @@ def checkpoint(tmp_path):
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("text, says", [("not json{", "is not valid JSON"), ('{"hidden_size": 32}', "has no model_type"),
                                         ("[1, 2]", "has no model_type")])  # fmt: skip
 def test_a_corrupt_model_config_is_refused_naming_the_file(checkpoint, text, says):
@@ -39,6 +40,7 @@ def test_a_corrupt_model_config_is_refused_naming_the_file(checkpoint, text, say
     assert check_model_path(tiny_toy()["model"]) == tiny_toy()["model"]  # an intact one passes
 
 
+@pytest.mark.e2e
 def test_a_sweep_over_a_corrupt_model_config_stops_at_preflight(checkpoint, tmp_path):
     (checkpoint / "config.json").write_text("not json{")
     sweep = tmp_path / "sweep"
@@ -48,6 +50,7 @@ def test_a_sweep_over_a_corrupt_model_config_stops_at_preflight(checkpoint, tmp_
     assert not sweep.exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("breakage", ["missing", "garbage", "wrong structure"])
 def test_a_broken_tokenizer_is_a_user_error(checkpoint, breakage):
     from dpo_lab.modeling import load_tokenizer
@@ -62,6 +65,7 @@ def test_a_broken_tokenizer_is_a_user_error(checkpoint, breakage):
     assert "\n" not in str(e.value) and "tokenizer.save_pretrained" in str(e.value)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key", ["hydra.sweep.dir", "results_dir", "hydra.run.dir"])
 def test_an_output_dir_under_a_file_is_refused_before_anything_runs(tmp_path, key):
     (tmp_path / "afile").write_text("")
@@ -143,6 +147,7 @@ def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp
     assert (sweep / "report" / "report.md").is_file() and (sweep / "summary.csv").is_file()
 
 
+@pytest.mark.e2e
 def test_a_relaunch_with_changed_values_is_refused_before_anything_is_rewritten(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
@@ -220,6 +225,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_fp16_on_the_cpu_is_refused_at_preflight(tmp_path, device):
     if device == "auto" and _cuda():
@@ -232,6 +238,7 @@ def test_fp16_on_the_cpu_is_refused_at_preflight(tmp_path, device):
     assert not list(tmp_path.rglob("result.json"))
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(_cuda(), reason="CUDA is visible here")
 def test_a_single_run_with_fp16_or_cuda_on_a_cpu_machine_stops_before_training(tmp_path):
     for args, says in [(["trainer.precision=fp16-mixed"], "trainer.precision=fp16-mixed needs a CUDA GPU"),
@@ -241,6 +248,7 @@ def test_a_single_run_with_fp16_or_cuda_on_a_cpu_machine_stops_before_training(t
         assert not (tmp_path / "job" / "result.json").exists()
 
 
+@pytest.mark.e2e
 def test_a_sweep_for_cluster_nodes_is_not_judged_by_this_machines_devices(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     proc = run_py("-m", TINY, "trainer.device=cuda", "trainer.precision=fp16", "beta=0.1,0.2", "hydra/launcher=slurm",

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_cfg, run_py, tiny_toy
+from helpers import TINY, compose_cfg, run_py, tiny_toy
 
 from dpo_lab.errors import UserError
 
@@ -76,6 +76,7 @@ class _Planted:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("safetensors", [True, False])
 def test_a_pickled_checkpoint_never_runs_its_code(tmp_path, safetensors):
     import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, run_py
+from helpers import ROOT, TINY, run_py
 from dpo_lab import files
 
 
@@ -186,6 +186,7 @@ def test_sampler_start_drops_a_cut_tail(tmp_path):
     assert fresh.sampled == [0] and fresh.history == {} and (tmp_path / "fresh" / files.SAMPLES).read_text() == ""
 
 
+@pytest.mark.e2e
 def test_preflight_keeps_interpolations_in_overrides(tmp_path):
     """`${hydra:job.num}` on the command line is each job's to resolve; preflight used to resolve it before any job
     existed and stop with 'HydraConfig was not set'."""
