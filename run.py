@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 from dpo_lab import console
 from dpo_lab.config import register_configs
 from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
-from dpo_lab.job import TRAIN, check_free, completed_result, cpu_threads, launch, prepare
+from dpo_lab.job import TRAIN
+from dpo_lab.jobdir import check_free, completed_result, prepare
+from dpo_lab.launch import cpu_threads, launch
 from dpo_lab.preflight import check_command_line
 from dpo_lab.quality import value as objective
 from dpo_lab.sweep import run_name, sweep_name, swept_keys

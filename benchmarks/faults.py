@@ -42,7 +42,8 @@ sys.path.insert(0, {root!r})
 torch.cuda.set_per_process_memory_fraction(1e-6)  # a few KB of the GPU: the first weights do not fit
 from hydra import compose, initialize_config_dir
 from dpo_lab.config import register_configs
-from dpo_lab.job import execute, prepare
+from dpo_lab.job import execute
+from dpo_lab.jobdir import prepare
 from dpo_lab.train import train
 register_configs()
 with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):

@@ -35,7 +35,7 @@ grep -a "Sentiment data: .* pairs from" "$OUT/sweep.log" | sed 's/^.*INFO[^-]*- 
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from dpo_lab import report
+from dpo_lab import quality, report
 out = Path(sys.argv[1])
 rows = report.collect(str(out / "sweep"))
 pm = lambda r, k: f"{r[k]:.3f} ± {1.96 * r[k + '_se']:.3f}" if isinstance(r.get(k), float) else ""
@@ -45,7 +45,7 @@ print("|" + "---|" * (len(cols) + 5))
 for r in rows:
     print(f"| {r['job']} | {r['name']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " | "
           + " | ".join(pm(r, f"samples/{k}") for k in ("reward", "kl", "win_rate")) + " |")
-front = report.frontier(rows)
+front = quality.frontier(rows)
 print(report.frontier_verdict(front) if front else "no reward-KL frontier (no completed run has reward and KL)")
 done = sorted((r for r in rows if r.get("status") == "completed"), key=lambda r: r.get("samples/reward", 0))
 for label, r in (("best", done[-1]), ("worst", done[0])) if done else ():

@@ -16,7 +16,7 @@ LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
 
-# How a sweep starts each job's process (dpo_lab/job.py): forked from a server that preloaded the imports, or a fresh
+# How a sweep starts each job's process (dpo_lab/launch.py): forked from a server that preloaded the imports, or a fresh
 # interpreter (slower start; for a platform where forking misbehaves).
 START_METHODS = ("forkserver", "spawn")
 

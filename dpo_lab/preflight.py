@@ -232,7 +232,7 @@ def check_dirs(config: DictConfig) -> None:
 
 def check_job_dir(job: DictConfig, num: int) -> None:
     """UserError if job `num`'s directory already holds another config. Checked here, before sweep.json and Hydra's
-    multirun.yaml are rewritten, rather than by each job (job.completed_result) once the relaunch is under way. The
+    multirun.yaml are rewritten, rather than by each job (jobdir.completed_result) once the relaunch is under way. The
     dir is resolved as Hydra's launchers resolve it (hydra.job.num and id set, HydraConfig current), and the configs
     are compared as completed_result compares them (resolved, without the hydra node)."""
     import copy
@@ -241,7 +241,7 @@ def check_job_dir(job: DictConfig, num: int) -> None:
     from omegaconf import OmegaConf, open_dict, read_write
 
     from dpo_lab.files import read_json
-    from dpo_lab.job import same_config
+    from dpo_lab.jobdir import same_config
 
     if not os.path.isdir(str(job.hydra.sweep.dir)):  # a new sweep: nothing to clash with
         return

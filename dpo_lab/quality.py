@@ -129,3 +129,51 @@ def mark_noise(ranked: List[Dict[str, Any]], key: str) -> None:
         se = lambda r: r[f"{key}_ci"] / t95(r.get(f"{key}_dof"))  # noqa: E731
         half = t95(min(dofs) if dofs else None) * math.hypot(se(a), se(top))
         a["vs_best"] = "within noise" if top[key] - a[key] <= half else "worse"
+
+
+def rounded_pm(row: Dict[str, Any], key: str) -> str:
+    """`0.72 ± 0.12`: the value rounded to its interval's second significant digit (3 digits without one)."""
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if not isinstance(value, (int, float)):
+        return ""
+    if not isinstance(ci, (int, float)) or not ci > 0:
+        return f"{value:.3g}" + (" ± 0" if ci == 0 else "")
+    places = min(max(1 - math.floor(math.log10(ci)), 0), 6)
+    return f"{value:.{places}f} ± {ci:.{places}f}"
+
+
+def scored_runs(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The completed runs whose checkpoints have a reward and a KL (a scoring judge's runs, issue 19)."""
+    return [r for r in rows if r.get("status") == "completed" and scored_history(r)]
+
+
+def scored_history(row: Dict[str, Any]) -> List[Dict[str, float]]:
+    return [h for h in row.get("sample_history") or [] if "reward" in h and "kl" in h]
+
+
+def frontier(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The reward-KL frontier (DPO paper, Fig. 2) of the completed runs' checkpoints but step 0 (the start, KL 0,
+    every run's): the Pareto-optimal ones (no other checkpoint has reward >= and KL <=, one of them strictly), low KL
+    first, each {job, name, step, kl, kl_se, reward, reward_se}; and the run on the best frontier, the one owning the
+    most of them (ties: the higher best reward). By point estimates: the 95% intervals say how far to trust them.
+    None where no run has a reward and a KL."""
+    keep = ("step", "kl", "kl_se", "reward", "reward_se")
+    points = [{"job": r["job"], "name": r.get("name"), **{k: h.get(k) for k in keep}}
+              for r in scored_runs(rows) for h in scored_history(r) if h["step"] != 0]  # fmt: skip
+    pareto = sorted((p for p in points if not any(_beats(q, p) for q in points)), key=lambda p: (p["kl"], -p["reward"]))
+    if not pareto:
+        return None
+    owned: Dict[str, List[Dict[str, Any]]] = {}
+    for p in pareto:
+        owned.setdefault(p["job"], []).append(p)
+    best = max(owned.values(), key=lambda ps: (len(ps), max(p["reward"] for p in ps)))
+    return {"job": best[0]["job"], "name": best[0]["name"], "owned": len(best), "points": pareto}
+
+
+def _beats(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Checkpoint a has reward >= b's and KL <= b's, one of them strictly."""
+    return a["reward"] >= b["reward"] and a["kl"] <= b["kl"] and (a["reward"], a["kl"]) != (b["reward"], b["kl"])
+
+
+def finite_or_minus_inf(value: Any) -> float:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf

@@ -18,7 +18,9 @@ from dpo_lab.config import Config
 from dpo_lab.console import setup_logging
 from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
 from dpo_lab.files import read_json
-from dpo_lab.job import TRAIN, launch, load_config, prepare
+from dpo_lab.job import TRAIN
+from dpo_lab.jobdir import load_config, prepare
+from dpo_lab.launch import launch
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from dpo_lab.job import start_server
+        from dpo_lab.launch import start_server
         from dpo_lab.preflight import check_dirs, preflight, task_overrides
 
         try:

@@ -41,7 +41,8 @@ def tiny_toy(cache_dir=None) -> dict:
 
 def train_job(job_dir, overrides) -> dict:
     """Prepare and execute one `experiment=tiny` job in this process, as run.py does; returns its result."""
-    from dpo_lab.job import execute, prepare
+    from dpo_lab.job import execute
+    from dpo_lab.jobdir import prepare
     from dpo_lab.train import train
 
     cfg = compose_cfg([TINY, *overrides])

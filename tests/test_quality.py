@@ -70,16 +70,16 @@ def test_console_summary_fits_100_columns_and_gives_the_seed_verdict():
 
 
 def test_console_rounds_a_value_to_its_interval():
-    from dpo_lab.report import _rounded_pm
+    from dpo_lab.quality import rounded_pm
 
-    pm = lambda v, ci: _rounded_pm({"m": v, "m_ci": ci}, "m")  # noqa: E731
+    pm = lambda v, ci: rounded_pm({"m": v, "m_ci": ci}, "m")  # noqa: E731
     assert pm(0.71875, 0.1234) == "0.72 ± 0.12" and pm(3.0712, 0.316) == "3.07 ± 0.32"
     assert pm(0.01334, 0.004) == "0.0133 ± 0.0040" and pm(3.2, 12.7) == "3 ± 13"
     assert pm(1.0, 0.0) == "1 ± 0" and pm(0.5, None) == "0.5" and pm(None, None) == ""
 
 
 def test_heatmap_lays_out_any_two_swept_keys_with_seeds_averaged(tmp_path):
-    from dpo_lab.report import heatmap_keys, plot_heatmap
+    from dpo_lab.plots import heatmap_keys, plot_heatmap
 
     rows, job = [], 0
     for lr in ("1e-4", "4e-4", "1e-3"):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import png_size
-from dpo_lab import report
+from dpo_lab import plots, quality, report
 from dpo_lab.metrics import means_by_step
 
 # Per job: (name, status, {step: (mean KL, mean reward)}). Step 0 is the start: KL 0, the same reward for every run.
@@ -57,7 +57,7 @@ def _sweep(tmp_path, scored=True):
 
 
 def test_frontier_names_the_run_with_more_reward_for_the_same_kl(tmp_path):
-    front = report.frontier(report.collect(str(_sweep(tmp_path))))
+    front = quality.frontier(report.collect(str(_sweep(tmp_path))))
     assert (front["job"], front["name"], front["owned"]) == ("0", "beta=0.1", 2)
     # Low KL first; step 0 (KL 0, every run's) is left out, as are beta=0.5's checkpoints and beta=1.0's last one.
     assert [(p["job"], p["step"]) for p in front["points"]] == [("2", 2), ("0", 2), ("0", 4)]
@@ -72,11 +72,11 @@ def test_frontier_ties_go_to_the_run_with_the_higher_best_reward():
         return {"job": job, "name": f"run {job}", "status": "completed", "sample_history": history}
 
     rows = [run("0", [(2, (2.0, 0.5)), (4, (4.0, 0.8))]), run("1", [(2, (1.0, 0.1)), (4, (5.0, 0.85))])]
-    front = report.frontier(rows)
+    front = quality.frontier(rows)
     assert (front["job"], front["owned"], len(front["points"])) == ("1", 2, 4)  # two each; 0.85 beats 0.8
-    assert report.frontier([{**rows[0], "status": "failed"}]) is None
+    assert quality.frontier([{**rows[0], "status": "failed"}]) is None
     unscored = {"job": "0", "status": "completed", "sample_history": [{"step": 2, "win_rate": 0.6}]}
-    assert report.frontier([unscored]) is None
+    assert quality.frontier([unscored]) is None
 
 
 def test_report_plots_the_frontier_and_names_the_best_run(tmp_path):
@@ -105,7 +105,7 @@ def test_report_plots_the_frontier_and_names_the_best_run(tmp_path):
 def test_a_sweep_without_reward_or_kl_has_no_frontier(tmp_path):
     sweep = _sweep(tmp_path, scored=False)
     rows = report.collect(str(sweep))
-    assert report.frontier(rows) is None and not report.plot_frontier(rows, str(tmp_path / "f.png"))
+    assert quality.frontier(rows) is None and not plots.plot_frontier(rows, str(tmp_path / "f.png"))
     out = tmp_path / "out"
     report.write_report(str(sweep), str(out))
     assert not (out / "frontier.png").exists()

@@ -54,7 +54,8 @@ def test_metrics_are_plotted_against_the_integer_trainer_step(tmp_path):
 
 
 def test_rerun_is_named_by_what_it_changed(tmp_path):
-    from dpo_lab.job import execute, prepare
+    from dpo_lab.job import execute
+    from dpo_lab.jobdir import prepare
     from dpo_lab.train import train
 
     overrides = ["loss=sigmoid", "beta=0.1", "wandb.mode=disabled", "max_steps=1", "trainer.eval_on_start=false"]

@@ -100,7 +100,7 @@ def test_a_pickled_checkpoint_never_runs_its_code(tmp_path, safetensors):
 def test_a_remote_wandb_config_instantiates_nothing_and_reads_no_environment(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from dpo_lab.job import load_config
+    from dpo_lab.jobdir import load_config
     from dpo_lab.rerun import write_logged_config
 
     called = []

@@ -1,0 +1,159 @@
+"""Where a job runs: in this process, or in a fresh one per job. A fresh process is how a sweep stays clean (no
+memory, CUDA context, wandb run or cache survives from one job to the next); forking it from a server that already
+imported the training stack makes it start in about a second."""
+
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Union
+
+from omegaconf import DictConfig
+
+from dpo_lab import faults, files
+from dpo_lab.config import START_METHODS
+from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from dpo_lab.job import Task, execute
+from dpo_lab.jobdir import JobBusy
+
+log = logging.getLogger(__name__)
+
+
+# What every job imports. A fork server (multiprocessing's forkserver) imports them once, before anything touches
+# CUDA, and forks each job's process from itself: a fresh process per job without paying ~7 s of imports each time.
+PRELOAD = ["torch", "transformers", "datasets", "peft", "accelerate", "wandb", "trl.trainer.dpo_trainer",
+           "dpo_lab.train"]  # fmt: skip
+
+
+def cpu_threads(concurrent: int) -> Optional[int]:
+    """torch threads for each of `concurrent` jobs sharing this machine's cores (None: one job, torch's default;
+    `concurrent` <= 0, joblib's n_jobs=-1: one job per core)."""
+    cores = len(os.sched_getaffinity(0))
+    concurrent = concurrent if concurrent > 0 else cores
+    return None if concurrent == 1 else max(1, cores // concurrent)
+
+
+def _context(start_method: str):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # torch's CUDA check through NVML creates no CUDA context, so the server stays safe to fork from.
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def _start(proc, start_method: str) -> None:
+    """Start `proc` with this process's default start method set to `start_method` meanwhile: the child is told
+    the parent's default, and under Hydra's joblib launcher that is loky's, which a plain child cannot set up."""
+    import multiprocessing
+
+    current = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(start_method, force=True)
+    try:
+        proc.start()
+    finally:
+        multiprocessing.set_start_method(current, force=True)
+
+
+def start_server(start_method: str) -> None:
+    """Start the fork server now: it imports PRELOAD in the background, ready for the first job (no-op for spawn)."""
+    if start_method == "forkserver":
+        from multiprocessing import forkserver
+
+        _context(start_method)
+        forkserver.ensure_running()
+
+
+def _child(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: Optional[int], parent: int) -> None:
+    """A job's process: this job's environment, log file and CPU threads, then `execute`; exit 0 if it completed."""
+    os.environ.clear()
+    os.environ.update(env)
+    from dpo_lab import console
+
+    console.setup_logging(job_dir)
+    import torch
+
+    if torch.cuda._is_in_bad_fork():  # CUDA was initialised before the fork: it would fail at the first CUDA call
+        log.error("This job was forked from a process that had initialised CUDA. Run the sweep with "
+                  "start_method=spawn.")  # fmt: skip
+        sys.exit(EXIT_FAILED)
+    _stop_with(parent)
+    _use_threads(threads)
+    try:
+        sys.exit(EXIT_OK if execute(job_dir, task)["status"] == "completed" else EXIT_FAILED)
+    except KeyboardInterrupt:  # recorded as `interrupted` by execute
+        sys.exit(EXIT_INTERRUPTED)
+    except JobBusy as e:
+        log.error("%s", e)
+        sys.exit(EXIT_BUSY)
+
+
+def _stop_with(parent: int) -> None:
+    """Stop this job (SIGTERM to itself: `interrupted`, checkpoints kept) when the sweep process `parent` is gone,
+    e.g. killed with -9: a job must not train on as an orphan in a dir a relaunch will want. A watcher thread, as
+    the kernel's parent-death signal would fire on the fork server's death, which the job itself keeps alive."""
+    import signal
+    import threading
+
+    import psutil
+
+    def watch():
+        while True:
+            try:
+                if psutil.Process(parent).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(1)
+        log.error("The sweep process (pid %d) is gone; stopping this job.", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-sweep", daemon=True).start()
+
+
+def _use_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None,
+           start_method: str = "forkserver", threads: Optional[int] = None, jobs_per_gpu: int = 1) -> Dict[str, Any]:  # fmt: skip
+    """Run a prepared job and return its result: here, or (`isolate`) in a process of its own, started by
+    `start_method` (forkserver: forked from a server that preloaded PRELOAD; spawn: a fresh interpreter), with
+    `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs."""
+    if not isolate:
+        _use_threads(threads)
+        try:
+            return execute(job_dir, task, cfg, meta)
+        except JobBusy as e:
+            log.error("%s", e)
+            return {"status": "failed", "error": str(e), "job_dir": job_dir}
+    assert start_method in START_METHODS, start_method  # validate() checked the config
+    from dpo_lab.gpus import gpu_env
+
+    with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks"), jobs_per_gpu) as env:
+        # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
+        # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
+        env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
+        proc = _context(start_method).Process(target=_child, args=(job_dir, task, env, threads, os.getpid()), name=f"job {job_dir}")
+        with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
+            _start(proc, start_method)
+            try:
+                proc.join()
+            except KeyboardInterrupt:
+                proc.terminate()  # SIGTERM: the job records `interrupted`, closes its wandb run, keeps its checkpoints
+                proc.join()
+                raise
+    if proc.exitcode == EXIT_BUSY:
+        return {"status": "failed", "error": f"{job_dir} is in use by another process; not started.", "job_dir": job_dir}
+    path = os.path.join(job_dir, files.RESULT)
+    result = files.read_json(path) or {}
+    if result.get("status") in (None, "running"):  # killed (OOM killer, kill -9) before it could record anything
+        result.update(faults.from_exitcode(proc.exitcode), job_dir=job_dir)
+        log.error("Job %s: %s", result["status"], result["error"])
+        files.write_json(path, result)
+    return result
