@@ -1,5 +1,5 @@
-"""Preference data: read files or a hub dataset (or the files of generated data: toy.py, sentiment.py), check every
-row, apply the prompt format, split.
+"""Preference data: the rows of files (readers.py), a hub dataset or generated data (toy.py, sentiment.py), each
+checked, formatted with the prompt format, and split.
 
 Every problem a user can fix is raised as UserError naming the file, row and field. Rows that would
 teach nothing (chosen == rejected, or a prompt that alone fills max_length, which TRL drops silently)
@@ -7,11 +7,8 @@ are dropped, counted and reported. load_preferences is the one path from data to
 and preflight both call it.
 """
 
-import codecs
-import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +16,7 @@ from omegaconf import DictConfig
 
 from dpo_lab.config import PROMPT_FORMATS
 from dpo_lab.errors import UserError
+from dpo_lab.readers import kind_of, one_line, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -40,130 +38,6 @@ class Preferences:
     shape: str = "paired"  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
 
 
-def _kind(value: Any) -> str:
-    """What an unexpected value is, for a message ("a number (5)", "null", ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r:.20})"
-    if isinstance(value, str):
-        return f"the text {value!r:.40}"
-    if isinstance(value, dict):
-        return f"an object with keys {sorted(map(str, value))[:8]}"
-    if isinstance(value, list):
-        return f"a list of {len(value)} item{'s' * (len(value) != 1)}"
-    return f"a {type(value).__name__}"
-
-
-def _one_line(e: BaseException) -> str:
-    """A library's error message as one line (pandas' and transformers' span several)."""
-    return " ".join(str(e).split()).rstrip(".")
-
-
-def read_rows(path: str) -> List[Dict[str, Any]]:
-    """Read a JSON array, JSON Lines, Parquet or CSV file (by extension; JSON otherwise) into a list of dicts."""
-    if os.path.isdir(path):
-        raise UserError(f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
-                        "itself (.json, .jsonl, .parquet or .csv) inside it.")  # fmt: skip
-    if not os.path.isfile(path):
-        raise UserError(f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
-                        f"relative to the directory you ran from: {os.getcwd()}).")  # fmt: skip
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise UserError(f"Cannot read data file {path!r}: {e}.") from None
-    if not raw.strip():
-        raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".parquet":
-        rows = _parse_parquet(path, raw)
-    elif ext == ".csv":
-        rows = _parse_csv(path, _decode(path, raw))
-    else:
-        rows = _parse_json(path, _decode(path, raw))
-    bad = next((i for i, row in enumerate(rows, start=1) if not isinstance(row, dict)), None)
-    if bad:
-        raise UserError(f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
-                        f"one object per line), but row {bad} is {_kind(rows[bad - 1])}.")  # fmt: skip
-    return rows
-
-
-def _decode(path: str, raw: bytes) -> str:
-    """The file's text: UTF-8, with or without the byte-order mark some Windows editors write."""
-    head = raw[:200]
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
-        len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) >= 0.9 * (len(head) // 2)
-    ):  # UTF-16 without a mark: every other byte of ASCII text is zero
-        raise UserError(f"Data file {path!r} is UTF-16 text (a byte-order mark, or every other byte zero). Save it "
-                        "as UTF-8.")  # fmt: skip
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
-                        "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8.") from None  # fmt: skip
-
-
-def _parse_parquet(path: str, raw: bytes) -> List[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:  # through Arrow, not pandas: messages come back as lists and dicts, not numpy arrays
-        return pq.read_table(pa.BufferReader(raw)).to_pylist()
-    except (ValueError, OSError, pa.ArrowException) as e:  # a damaged file: ArrowInvalid, or OSError from thrift
-        raise UserError(f"Cannot parse {path!r} as parquet: {_one_line(e)}. Check that it is a whole parquet file "
-                        "with prompt, chosen and rejected columns.") from None  # fmt: skip
-
-
-def _parse_csv(path: str, text: str) -> List[Any]:
-    import pandas as pd
-
-    try:  # CSV has no types: every cell is text, and an empty cell is "" (not NaN, not a number)
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).to_dict(orient="records")
-    except ValueError as e:  # pandas' ParserError and EmptyDataError are ValueErrors
-        raise UserError(f"Cannot parse {path!r} as CSV: {_one_line(e)}. Check that it is a CSV file with prompt, "
-                        "chosen and rejected columns (cells with commas or newlines in double quotes).") from None  # fmt: skip
-
-
-def _parse_json(path: str, text: str) -> List[Any]:
-    """A JSON array (the text starts with "[") or JSON Lines (one object per line; blank lines are skipped)."""
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} is not valid JSON: {_json_where(e, f'line {e.lineno}, column {e.colno}')}. "
-                            "Fix that line (a JSON array of objects) or write the file as JSON Lines.") from None  # fmt: skip
-        except (ValueError, RecursionError) as e:
-            raise UserError(f"{path!r} cannot be read as JSON: {_json_limit(e)}. Fix the file.") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} line {lineno} is not valid JSON ({_json_where(e, f'column {e.colno}')}). Each line "
-                            "of a JSON Lines file must be one object with prompt, chosen and rejected.") from None  # fmt: skip
-        except (ValueError, RecursionError) as e:
-            raise UserError(f"{path!r} line {lineno} cannot be read as JSON: {_json_limit(e)}. Fix that line.") from None  # fmt: skip
-    return rows
-
-
-def _json_where(e: json.JSONDecodeError, where: str) -> str:
-    """"Unterminated string starting at line 14, column 5": some of Python's messages end in "at" already."""
-    return f"{e.msg.removesuffix(' at')} at {where}"
-
-
-def _json_limit(e: Exception) -> str:
-    """Python's JSON reader fails past its limits with a RecursionError or a bare ValueError: say which limit."""
-    if isinstance(e, RecursionError):
-        return "it nests arrays or objects deeper than Python's JSON reader follows"
-    return _one_line(e)  # e.g. an integer of more than 4300 digits
-
-
 def _text_problem(text: str) -> Optional[str]:
     """Why a string cannot reach a tokenizer (None if it can): a lone surrogate, from a \\ud800-style JSON escape."""
     try:
@@ -179,18 +53,18 @@ def _field_problem(value: Any) -> Optional[str]:
     if isinstance(value, str):
         return "is empty" if not value.strip() else _text_problem(value)
     if not isinstance(value, list):
-        return f"is {_kind(value)}, not text"
+        return f"is {kind_of(value)}, not text"
     if not value:
         return "is an empty list of messages"
     for j, message in enumerate(value, start=1):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return f'message {j} is {_kind(message)}, not a {{"role", "content"}} object'
+            return f'message {j} is {kind_of(message)}, not a {{"role", "content"}} object'
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            shown = repr(role)[:40] if isinstance(role, str) else _kind(role)
+            shown = repr(role)[:40] if isinstance(role, str) else kind_of(role)
             return f"message {j} has role {shown}, which TRL and chat templates do not know"
         if not isinstance(content, str):
-            return f"message {j} has content {_kind(content)}, not text"
+            return f"message {j} has content {kind_of(content)}, not text"
         problem = _text_problem(content)
         if problem:
             return f"message {j} content {problem}"
@@ -243,7 +117,7 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
                         continue
                     seen = key_kinds.setdefault(key, (_message_key_kind(value), i))
                     if seen[0] != _message_key_kind(value):
-                        raise UserError(f"{source} row {i} field {name!r} message {j} has {key!r} = {_kind(value)}, "
+                        raise UserError(f"{source} row {i} field {name!r} message {j} has {key!r} = {kind_of(value)}, "
                                         f"but in row {seen[1]} {key!r} is {seen[0]}. The trainer stores every message "
                                         "in one table, so a key needs one kind throughout: make them agree or drop the "
                                         "key.")  # fmt: skip
@@ -277,7 +151,7 @@ def check_unpaired_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[st
                 raise UserError(f"{source} row {i} field {name!r} {problem}. {FIELD_FIX}")
         label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
         if not (isinstance(label, (bool, int, float)) and label in (0, 1) or label in ("true", "false")):
-            raise UserError(f"{source} row {i} field 'label' is {_kind(row['label'])}: use true (a desirable answer) or "
+            raise UserError(f"{source} row {i} field 'label' is {kind_of(row['label'])}: use true (a desirable answer) or "
                             "false (an undesirable one); 1/0 and \"true\"/\"false\" work too.")  # fmt: skip
         kinds.add((isinstance(row["prompt"], list), isinstance(row["completion"], list)))
         out.append({**row, "label": label == "true" if isinstance(label, str) else bool(label)})
@@ -334,7 +208,7 @@ def check_chat_template(rows: List[Dict[str, Any]], tokenizer, source: str) -> N
                 tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=part == "prompt")
             except TemplateError as e:
                 raise UserError(f"{source} row {i}: the chat template of {tokenizer.name_or_path!r} refuses its "
-                                f"{part} messages ({_one_line(e)}). Change the row to roles and turns that template "
+                                f"{part} messages ({one_line(e)}). Change the row to roles and turns that template "
                                 "accepts, or use a model whose template accepts them.") from None  # fmt: skip
 
 
@@ -387,7 +261,7 @@ def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
             length = len(prompt_ids(tokenizer, row["prompt"]))
         except TemplateError as e:  # check_chat_template names the row; this is data.prompt_format=chat's case
             raise UserError(f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
-                            f"{as_text(row['prompt'])!r:.60} ({_one_line(e)}). Use another data.prompt_format, or a "
+                            f"{as_text(row['prompt'])!r:.60} ({one_line(e)}). Use another data.prompt_format, or a "
                             "model whose template accepts it.") from None  # fmt: skip
         if length < max_length:
             kept.append(row)

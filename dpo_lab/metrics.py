@@ -8,8 +8,7 @@ import re
 import statistics
 from typing import Any, Dict, List, Optional
 
-from dpo_lab.toy import CJK, task_score
-
+CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]"  # CJK radicals, punctuation, ideographs, fullwidth forms
 UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
 REPETITION_N = 4  # toy chosen answers: ~0 repeated 4-grams; looping rejected ones: ~0.55
 # Metrics a run can be ranked by: +1 higher is better, -1 lower is better.
@@ -88,3 +87,11 @@ def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,
             degraded = drop > 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return {"best_checkpoint_step": best, "best_checkpoint_metric": f"samples/{metric}",
             "best_checkpoint_value": history[best][metric], "degraded_after_step": best if degraded else None}  # fmt: skip
+
+
+def task_score(text: str, required_words: list[str]) -> float:
+    """Fraction of required words present in text (substring match, case-insensitive)."""
+    if not required_words:
+        return 1.0
+    text = text.lower()
+    return sum(w.lower() in text for w in required_words) / len(required_words)

@@ -37,9 +37,8 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     """Warm up toy_paths["model"] on toy_paths["train_file"]; the result goes to out_dir/model."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
     from transformers.trainer_callback import ProgressCallback
+    from trl import SFTConfig, SFTTrainer
 
     from dpo_lab.callbacks import Progress
     from dpo_lab.data import format_prompts

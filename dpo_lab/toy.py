@@ -2,7 +2,7 @@
 
 The task: the prompt names 2-3 required words and a one-line summary; `chosen` is a template story that uses every
 required word, `rejected` is the same story with some required words swapped out, or a text that degenerates into
-repetition. `task_score` measures the property DPO should improve, so a run can be checked end to end without the hub.
+repetition. `metrics.task_score` measures the property DPO should improve, so a run can be checked end to end without the hub.
 
     python -m dpo_lab.toy --out /tmp/toy        # what the default run uses (ToyConfig); --help lists the knobs
 """
@@ -16,6 +16,7 @@ from typing import Optional
 
 from dpo_lab import cache
 from dpo_lab.config import ToyConfig
+from dpo_lab.metrics import CJK
 
 VERSION = "toy-v1"  # bump when the data, tokenizer or model recipe changes: it is part of the cache key
 MAX_POSITIONS = 1024
@@ -114,7 +115,6 @@ PROMPTS = {
 }
 WORD_SEP = {"en": ", ", "zh": "、"}
 SENTENCE_SEP = {"en": " ", "zh": ""}
-CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]"  # CJK radicals, punctuation, ideographs, fullwidth forms
 
 
 def _slots(lang: str, c: str, o: str, p: str) -> dict:
@@ -168,14 +168,6 @@ def generate_pairs(n: int, seed: int, zh_fraction: float = 0.5, exclude_prompts=
         if row["prompt"] not in exclude:
             rows.append(row)
     return rows
-
-
-def task_score(text: str, required_words: list[str]) -> float:
-    """Fraction of required words present in text (substring match, case-insensitive)."""
-    if not required_words:
-        return 1.0
-    text = text.lower()
-    return sum(w.lower() in text for w in required_words) / len(required_words)
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 2048):

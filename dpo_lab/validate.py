@@ -14,7 +14,6 @@ from dpo_lab.sampling import judge_kind
 from dpo_lab.smollm2 import INSTALL, gguf_file
 
 
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)

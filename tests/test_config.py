@@ -1,9 +1,9 @@
 """Configs compose, validate, and fail early with messages that name the bad key."""
 
 import pytest
+from helpers import CONF, LOSS_FILES, TINY, compose_cfg, run_py
 from omegaconf import OmegaConf
 
-from helpers import CONF, LOSS_FILES, TINY, compose_cfg, run_py
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
 from dpo_lab.validate import validate

@@ -5,13 +5,14 @@ import logging
 
 import pandas as pd
 import pytest
+from helpers import TINY, run_py, tiny_toy
 from omegaconf import OmegaConf
 
-from helpers import TINY, run_py, tiny_toy
 from dpo_lab.config import DataConfig
-from dpo_lab.data import check_rows, drop_long_prompts, format_prompts, load_preferences, read_rows
+from dpo_lab.data import check_rows, drop_long_prompts, format_prompts, load_preferences
 from dpo_lab.errors import UserError
 from dpo_lab.modeling import load_tokenizer
+from dpo_lab.readers import read_rows
 
 ROWS = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
 

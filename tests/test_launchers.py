@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from helpers import ROOT, TINY, run_py
+
 from dpo_lab.gpus import claim_slot
 
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from helpers import ROOT, TINY, compose_cfg
 
 GOLDEN = ROOT / "tests" / "data" / "dpo_kwargs_golden.json"

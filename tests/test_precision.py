@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 import torch
+from helpers import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
 from safetensors.torch import load_file
 
-from helpers import TINY, compose_cfg, leet_summary, run_py, tiny_toy, train_job
 from dpo_lab import memory
 from dpo_lab.precision import resolve
 

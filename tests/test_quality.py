@@ -3,8 +3,8 @@
 import math
 
 import pytest
-
 from helpers import png_size
+
 from dpo_lab import quality
 
 

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from helpers import leet_summary, png_size, run_py
 
 pytestmark = pytest.mark.e2e  # every test loads SmolLM2 (the smollm2 fixture)

@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-
 from helpers import png_size
+
 from dpo_lab import plots, quality, report
 from dpo_lab.metrics import means_by_step
 

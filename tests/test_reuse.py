@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY, run_py, tiny_toy, train_job
 
 pytestmark = pytest.mark.e2e  # every test trains

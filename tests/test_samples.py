@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
+
 from dpo_lab import files, judges, sampling, viewer
 from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
 from dpo_lab.viewer import wrap

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_toy
+
 from dpo_lab.sft import ensure_sft, warmup_rows
 from dpo_lab.toy import generate_pairs
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import ROOT, TINY, WANDB, leet_records, leet_summary, png_size, run_py
 
 pytestmark = pytest.mark.e2e  # every test runs run.py

@@ -8,7 +8,8 @@ import pytest
 
 from dpo_lab import toy
 from dpo_lab.config import ToyConfig
-from dpo_lab.toy import build_model, build_tokenizer, ensure_toy, generate_pairs, task_score, write_toy
+from dpo_lab.metrics import task_score
+from dpo_lab.toy import build_model, build_tokenizer, ensure_toy, generate_pairs, write_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 # A degenerate text ends in one phrase repeated (space-separated in English, back to back in Chinese).
@@ -197,6 +198,7 @@ def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path)
     depends on them (the judged win rate) must not depend on which machine built them: two fresh caches give
     byte-identical weights. (The reward model's new score head was once initialised unseeded.)"""
     from helpers import tiny_toy
+
     from dpo_lab.reward_model import ensure_reward_model
     from dpo_lab.sft import ensure_sft
 

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import LOSS_FILES, ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 
 from dpo_lab.files import read_json
-from helpers import LOSS_FILES, ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py, train_job
 
 pytestmark = pytest.mark.e2e  # every test trains
 

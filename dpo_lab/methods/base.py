@@ -9,7 +9,6 @@ from dpo_lab.config import LossConfig
 from dpo_lab.errors import UserError
 from dpo_lab.quality import mean_se
 
-
 # TRL's older pipeline (CPO, ORPO) collates one mask per answer, each over prompt + answer.
 POLICY_ONLY_MASKS = ("chosen_attention_mask", "rejected_attention_mask")
 # Their collator reads columns transformers' Trainer would drop; TRL sets this itself, with a warning at every job.
