@@ -165,3 +165,8 @@ def load(kind: str, judge_model: Optional[str], device: str, trust_remote_code: 
     if kind == "reward_model":
         return RewardModelJudge(judge_model, device, trust_remote_code)
     return PairwiseJudge(judge_model, device, trust_remote_code)
+
+
+def judge_kind(cfg) -> str:
+    """The judge a run's samples get (judges.JUDGES, after auto); none when there are no samples."""
+    return resolve(cfg.samples.judge, cfg.samples.judge_model, cfg.data.source) if cfg.samples.count else "none"

@@ -173,7 +173,7 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
 def comparable(job: DictConfig) -> bool:
     """Whether the job's objective ranks runs of different methods fairly: one measured on checkpoint samples."""
     from dpo_lab.quality import ACROSS_METHODS
-    from dpo_lab.sampling import judge_kind
+    from dpo_lab.judges import judge_kind
 
     if job.objective != "auto":
         return job.objective in ACROSS_METHODS

@@ -19,18 +19,13 @@ from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, tracking
 from dpo_lab.data import as_text, prompt_ids
-from dpo_lab.judges import resolve as resolve_judge
+from dpo_lab.judges import judge_kind
 from dpo_lab.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
 from dpo_lab.tracking import EVAL_SUMMARIES
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("step", "index", "prompt", "policy", "reference", "ground_truth") + SAMPLE_METRICS
-
-
-def judge_kind(cfg) -> str:
-    """The judge a run's samples get (judges.JUDGES, after auto); none when there are no samples."""
-    return resolve_judge(cfg.samples.judge, cfg.samples.judge_model, cfg.data.source) if cfg.samples.count else "none"
 
 
 def best_metric(cfg) -> str:

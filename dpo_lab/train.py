@@ -251,7 +251,7 @@ def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     rate = SECONDS_PER_STEP["cuda" if device.startswith("cuda") else "cpu"]
     toy = cached_toy(**OmegaConf.to_container(cfg.toy))
     out = [(Path(toy["model"]).parent, "the toy data and model", "seconds")]
-    needs_rm = sampling.judge_kind(cfg) == "reward_model" and cfg.samples.judge_model is None
+    needs_rm = judges.judge_kind(cfg) == "reward_model" and cfg.samples.judge_model is None
     base = toy["model"]
     if cfg.sft.steps > 0 and (cfg.model.source == "tiny" or needs_rm):
         base = cached_sft(toy, cfg.data.prompt_format, **OmegaConf.to_container(cfg.sft))
@@ -294,7 +294,7 @@ def _bar_label(out_dir: str, title: str) -> str:
 
 def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges.Judge]:
     """The samples' judge on `device`; on toy data without samples.judge_model, the toy reward model (cached)."""
-    kind, path = sampling.judge_kind(cfg), cfg.samples.judge_model
+    kind, path = judges.judge_kind(cfg), cfg.samples.judge_model
     if kind == "reward_model" and path is None:  # validate() allows this on toy data only
         from dpo_lab.reward_model import toy_reward_model
 

@@ -8,9 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_lab import memory, methods, precision, quality
 from dpo_lab.config import PROMPT_FORMATS, START_METHODS, Config
 from dpo_lab.errors import UserError
-from dpo_lab.judges import JUDGES
+from dpo_lab.judges import JUDGES, judge_kind
 from dpo_lab.metrics import BETTER
-from dpo_lab.sampling import judge_kind
 from dpo_lab.smollm2 import INSTALL, gguf_file
 
 
