@@ -18,9 +18,9 @@ from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserE
 from dpo_lab.job import TRAIN
 from dpo_lab.jobdir import check_free, completed_result, prepare
 from dpo_lab.launch import cpu_threads, launch
-from dpo_lab.preflight import check_command_line
 from dpo_lab.quality import value as objective
-from dpo_lab.sweep import run_name, sweep_name, swept_keys
+from dpo_lab.sweeps.preflight import check_command_line
+from dpo_lab.sweeps.sweep import run_name, sweep_name, swept_keys
 
 register_configs()
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ def changed_fraction(start: Path, final: Path) -> float:
 def main() -> None:
     from make_checkpoint import make
 
-    from dpo_lab.sft import ensure_sft
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.sft import ensure_sft
+    from dpo_lab.toy.task import ensure_toy
 
     start = ensure_sft(ensure_toy())  # what model=tiny trains: the default toy model, warmed up (cached)
     with tempfile.TemporaryDirectory() as tmp:

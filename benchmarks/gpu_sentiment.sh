@@ -35,7 +35,8 @@ grep -a "Sentiment data: .* pairs from" "$OUT/sweep.log" | sed 's/^.*INFO[^-]*- 
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from dpo_lab import quality, report
+from dpo_lab import quality
+from dpo_lab.sweeps import report
 out = Path(sys.argv[1])
 rows = report.collect(str(out / "sweep"))
 pm = lambda r, k: f"{r[k]:.3f} ± {1.96 * r[k + '_se']:.3f}" if isinstance(r.get(k), float) else ""

@@ -24,7 +24,7 @@ def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.task import ensure_toy
 
     if source:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -44,8 +44,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra dpo-lab overrides, e.g. hydra/launcher=gpus hydra.launcher.n_jobs=2")
     a = p.parse_args()
 
-    from dpo_lab.sft import ensure_sft
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.sft import ensure_sft
+    from dpo_lab.toy.task import ensure_toy
 
     toy = ensure_toy()  # what model=tiny trains on: built once into $DPO_LAB_CACHE, outside the timing
     model = ensure_sft(toy)

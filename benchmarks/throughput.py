@@ -155,7 +155,7 @@ def main() -> None:
 
     from make_checkpoint import make
 
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.task import ensure_toy
 
     device = torch.cuda.get_device_name() if cuda else f"CPU ({len(os.sched_getaffinity(0))} cores)"
     with tempfile.TemporaryDirectory() as tmp:

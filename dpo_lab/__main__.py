@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         console.setup_logging()
         return rerun(args.job_dir, args.overrides, args.out)
     if args.command == "samples":
-        from dpo_lab.viewer import show
+        from dpo_lab.samples.viewer import show
 
         try:
             print(show(args.job_dir, args.step, args.width))
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             return EXIT_USER_ERROR
         return EXIT_OK
     if args.command == "report":
-        from dpo_lab.report import collect, sweep_summary, write_report
+        from dpo_lab.sweeps.report import collect, sweep_summary, write_report
 
         out = write_report(args.sweep_dir, args.out)
         print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")

@@ -104,7 +104,7 @@ class SftConfig:
 class RewardModelConfig:
     """The toy reward model the `reward_model` judge uses on toy data when samples.judge_model is unset; cached."""
 
-    steps: int = 200  # ~2 min on 2 CPU cores, once per cache; held-out accuracy 0.83 (python -m dpo_lab.reward_model)
+    steps: int = 200  # ~2 min on 2 CPU cores, once per cache; held-out accuracy 0.83 (python -m dpo_lab.toy.reward_model)
     lr: float = 1e-3
     batch_size: int = 32
     garbled_fraction: float = 0.5  # extra pairs: chosen vs chosen spliced with another story (reward_model.py)
@@ -129,7 +129,7 @@ class SamplesConfig:
     # drop is more than two standard errors of the per-prompt differences, so sampling noise alone does not flag it)
     keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
     judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm | sentiment: who says whether the policy's
-    # answer beats the reference's (dpo_lab/judges.py); auto: sentiment on data=sentiment, else reward_model with
+    # answer beats the reference's (dpo_lab/samples/judges.py); auto: sentiment on data=sentiment, else reward_model with
     # judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
     judge_trust_remote_code: bool = False  # run the judge model's own code from the hub (its own choice, not model's)

@@ -93,8 +93,8 @@ def write_sentiment(out_dir: Union[str, Path], model: str, device: str, n_train_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dpo_lab.data import prompt_ids
-    from dpo_lab.judges import SentimentJudge
-    from dpo_lab.sampling import generate
+    from dpo_lab.samples.judges import SentimentJudge
+    from dpo_lab.samples.sampling import generate
 
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(model)

@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from dpo_lab import cache, checkpoints, data, files, judges, memory, methods, modeling, reuse, sampling, tracking
+from dpo_lab import cache, checkpoints, data, files, memory, methods, modeling, reuse, tracking
 from dpo_lab.callbacks import DtypeWatch, FirstStepClock, Progress, Samples, StepGuard, TrainerLogger
 from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.methods.trainer import trainer_class
 from dpo_lab.precision import DtypeReport, Precision, resolve
+from dpo_lab.samples import judges, sampling
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     cache.expect(first_use(cfg, modeling.pick_device(cfg.trainer.device)))
     toy = None
     if cfg.model.source == "tiny" or cfg.data.source == "toy":
-        from dpo_lab.toy import ensure_toy
+        from dpo_lab.toy.task import ensure_toy
 
         toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
     if cfg.model.source == "smollm2":
@@ -94,7 +95,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
     log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
-        from dpo_lab.sft import ensure_sft
+        from dpo_lab.toy.sft import ensure_sft
 
         model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
     plan = memory.plan(model_path, cfg, precision, device)
@@ -240,9 +241,9 @@ SECONDS_PER_STEP = {"cpu": {"sft": 0.33, "rm": 0.6, "sentiment_token": 0.008}, "
 def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     """What setup builds into the cache on first use, in order (as setup, _judge and toy_reward_model decide it),
     each (its dir, what it is, about how long it takes), for cache.expect."""
-    from dpo_lab.reward_model import cached_reward_model
-    from dpo_lab.sft import cached_sft
-    from dpo_lab.toy import cached_toy
+    from dpo_lab.toy.reward_model import cached_reward_model
+    from dpo_lab.toy.sft import cached_sft
+    from dpo_lab.toy.task import cached_toy
 
     if cfg.model.source == "smollm2" or cfg.data.source == "sentiment":
         return _first_use_real(cfg, device)
@@ -296,7 +297,7 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
     """The samples' judge on `device`; on toy data without samples.judge_model, the toy reward model (cached)."""
     kind, path = judges.judge_kind(cfg), cfg.samples.judge_model
     if kind == "reward_model" and path is None:  # validate() allows this on toy data only
-        from dpo_lab.reward_model import toy_reward_model
+        from dpo_lab.toy.reward_model import toy_reward_model
 
         path = toy_reward_model(cfg, toy, device)
     return judges.load(kind, path, device, cfg.samples.judge_trust_remote_code)

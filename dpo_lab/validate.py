@@ -8,8 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_lab import memory, methods, precision, quality
 from dpo_lab.config import PROMPT_FORMATS, START_METHODS, Config
 from dpo_lab.errors import UserError
-from dpo_lab.judges import JUDGES, judge_kind
-from dpo_lab.metrics import BETTER
+from dpo_lab.samples.judges import JUDGES, judge_kind
+from dpo_lab.samples.metrics import BETTER
 from dpo_lab.smollm2 import INSTALL, gguf_file
 
 
@@ -174,7 +174,7 @@ def _check_samples(cfg: DictConfig) -> None:
     _check(s.best_metric != "reward" or judge_kind(cfg) not in ("none", "pairwise_lm"),
            "samples.best_metric=reward needs a judge that scores each answer: samples.judge=sentiment, reward_model "
            "or task (pairwise_lm only compares two answers).")  # fmt: skip
-    _check(s.judge in JUDGES, f"samples.judge={s.judge!r}: use one of {', '.join(JUDGES)} (see dpo_lab/judges.py).")
+    _check(s.judge in JUDGES, f"samples.judge={s.judge!r}: use one of {', '.join(JUDGES)} (see dpo_lab/samples/judges.py).")
     _check(s.judge != "task" or cfg.data.source == "toy",
            "samples.judge=task needs the toy data (it scores required words); use samples.judge=reward_model with "
            "samples.judge_model=<a reward model dir or hub id>.")  # fmt: skip

@@ -34,7 +34,7 @@ def tiny_toy(cache_dir=None) -> dict:
     """Paths of the toy data and model `experiment=tiny` trains on (built once per cache)."""
     from omegaconf import OmegaConf
 
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.task import ensure_toy
 
     return ensure_toy(cache_dir=cache_dir, **OmegaConf.to_container(compose_cfg([TINY]).toy))
 

@@ -188,7 +188,7 @@ def test_encodings(tmp_path, encoding, message):
 def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp_path):
     from helpers import compose_cfg
 
-    from dpo_lab.preflight import check_job
+    from dpo_lab.sweeps.preflight import check_job
 
     path = tmp_path / "long.json"
     path.write_text(json.dumps([{"prompt": "word " * 300, "chosen": f"a{i}", "rejected": "b"} for i in range(20)]))

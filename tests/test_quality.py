@@ -43,7 +43,7 @@ def test_seeds_fold_into_configurations_with_t_intervals():
 
 
 def test_report_says_when_even_the_best_run_is_not_above_the_starting_model():
-    from dpo_lab.report import _vs_baseline
+    from dpo_lab.sweeps.report import _vs_baseline
 
     win = quality.OBJECTIVES["win_rate"]
     assert "includes 0.5" in _vs_baseline({"samples/win_rate": 0.5, "samples/win_rate_ci": 0.13}, win)
@@ -53,7 +53,7 @@ def test_report_says_when_even_the_best_run_is_not_above_the_starting_model():
 
 
 def test_console_summary_fits_100_columns_and_gives_the_seed_verdict():
-    from dpo_lab.report import CONSOLE_WIDTH, console_summary
+    from dpo_lab.sweeps.report import CONSOLE_WIDTH, console_summary
 
     rows = [_run("0", "0.1", "0", 0.6), _run("1", "0.1", "1", 0.7), _run("2", "0.5", "0", 0.5), _run("3", "0.5", "1", 0.5)]
     rows += [{"job": "4", "status": "interrupted", "beta": "1.0", "seed": "0"}]
@@ -79,7 +79,7 @@ def test_console_rounds_a_value_to_its_interval():
 
 
 def test_heatmap_lays_out_any_two_swept_keys_with_seeds_averaged(tmp_path):
-    from dpo_lab.plots import heatmap_keys, plot_heatmap
+    from dpo_lab.sweeps.plots import heatmap_keys, plot_heatmap
 
     rows, job = [], 0
     for lr in ("1e-4", "4e-4", "1e-3"):

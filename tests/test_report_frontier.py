@@ -8,8 +8,9 @@ import json
 import pytest
 from helpers import png_size
 
-from dpo_lab import plots, quality, report
-from dpo_lab.metrics import means_by_step
+from dpo_lab import quality
+from dpo_lab.samples.metrics import means_by_step
+from dpo_lab.sweeps import plots, report
 
 # Per job: (name, status, {step: (mean KL, mean reward)}). Step 0 is the start: KL 0, the same reward for every run.
 # beta=0.1 gets more reward for less KL than beta=0.5 at both checkpoints, and than beta=1.0's last one; beta=1.0's

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, compose_cfg, leet_records, leet_summary, run_py
 
-from dpo_lab import files, judges, sampling, viewer
-from dpo_lab.metrics import distinct, means, summarize, text_metrics, units
-from dpo_lab.viewer import wrap
+from dpo_lab import files
+from dpo_lab.samples import judges, sampling, viewer
+from dpo_lab.samples.metrics import distinct, means, summarize, text_metrics, units
+from dpo_lab.samples.viewer import wrap
 
 # On top of experiment=tiny: a short warm-up, so the tiny model's answers are stories, 3 prompts per checkpoint, and
 # a short toy reward model for the default judge.
@@ -51,7 +52,7 @@ def test_metrics_on_hand_made_text():
 
 
 def test_toy_answers_separate_by_repetition():
-    from dpo_lab.toy import generate_pairs
+    from dpo_lab.toy.task import generate_pairs
 
     rows = generate_pairs(200, seed=0)
     chosen = [text_metrics(r["chosen"])["repetition"] for r in rows]
@@ -67,8 +68,8 @@ def test_means_skip_metrics_missing_anywhere_and_carry_standard_errors():
 
 
 def test_reward_model_pairs_add_garbled_mixtures():
-    from dpo_lab.reward_model import training_pairs
-    from dpo_lab.toy import generate_pairs
+    from dpo_lab.toy.reward_model import training_pairs
+    from dpo_lab.toy.task import generate_pairs
 
     rows = generate_pairs(200, seed=0)
     pairs = training_pairs(rows, 0.5, seed=0)
@@ -270,9 +271,9 @@ def _default_run(tmp_path: Path, name: str, *overrides: str):
 def test_toy_reward_model_prefers_chosen_on_heldout_pairs():
     """The default judge's reward model (trained on the toy train pairs from the default warm-up, cached for the
     session) scores chosen above rejected on the 128 held-out eval pairs far above chance (0.5). Seen on 2 cores: 0.828."""
-    from dpo_lab.reward_model import ensure_reward_model, heldout_accuracy
-    from dpo_lab.sft import ensure_sft
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.reward_model import ensure_reward_model, heldout_accuracy
+    from dpo_lab.toy.sft import ensure_sft
+    from dpo_lab.toy.task import ensure_toy
 
     toy = ensure_toy()
     assert heldout_accuracy(ensure_reward_model(toy, ensure_sft(toy)), toy["eval_file"]) > 0.75

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import tiny_toy
 
-from dpo_lab.sft import ensure_sft, warmup_rows
-from dpo_lab.toy import generate_pairs
+from dpo_lab.toy.sft import ensure_sft, warmup_rows
+from dpo_lab.toy.task import generate_pairs
 
 
 def test_warmup_rows_mix_chosen_and_rejected():
@@ -25,7 +25,7 @@ def _nll(model_dir: str, rows) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dpo_lab.data import prompt_ids
-    from dpo_lab.sampling import logps
+    from dpo_lab.samples.sampling import logps
 
     tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
     prompts = [prompt_ids(tok, r["prompt"]) for r in rows]

@@ -1,5 +1,5 @@
-"""The package's shape: no module imports one that (directly or not) imports it back, and only the methods package
-names TRL's trainer classes."""
+"""The package's shape: no module imports one that (directly or not) imports it back, subpackages import only
+downwards, and only the methods package names TRL's trainer classes."""
 
 import ast
 from pathlib import Path
@@ -21,17 +21,23 @@ def imports() -> dict:
             continue
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "dpo_lab":
-                deps |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dpo_lab."):
-                deps.add(node.module[len("dpo_lab.") :])
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dpo_lab":
+                base = node.module[len("dpo_lab.") :]
+                for alias in node.names:  # `from dpo_lab.samples import judges` imports the module samples.judges
+                    name = f"{base}.{alias.name}" if base else alias.name
+                    deps.add(name if _exists(name) else base)
         graph[_module(path)] = deps - {_module(path)}
     return graph
 
 
+def _exists(module: str) -> bool:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def test_no_import_loops():
     graph = imports()
-    assert {"job", "train", "sampling", "files"} <= set(graph)
+    assert {"job", "train", "samples.sampling", "sweeps.report", "toy.task", "files"} <= set(graph)
 
     def loop_from(start, node, path):
         for dep in graph.get(node, ()):
@@ -47,8 +53,22 @@ def test_no_import_loops():
     assert not loops, f"import loops: {loops}"
 
 
+# The subpackages, each one optional feature, lowest first: one may import from those before it, never after it, so
+# none reaches up into a feature built on it (the flat modules, the training path, import what they need).
+SUBPACKAGES = ("methods", "samples", "toy", "sweeps")
+
+
+def test_subpackages_import_only_downwards():
+    graph = imports()
+    assert set(SUBPACKAGES) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    rank = {name: i for i, name in enumerate(SUBPACKAGES)}
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
+              if m.split(".")[0] in rank and d.split(".")[0] in rank and rank[d.split(".")[0]] > rank[m.split(".")[0]]]  # fmt: skip
+    assert not upward, f"imports from a subpackage above: {upward}"
+
+
 # Trainers dpo-lab uses for what it builds into the cache, not as a preference method.
-AUXILIARY = {"sft": {"SFTTrainer"}, "reward_model": {"RewardTrainer"}}
+AUXILIARY = {"toy.sft": {"SFTTrainer"}, "toy.reward_model": {"RewardTrainer"}}
 
 
 def test_only_the_methods_package_names_trl_trainers():

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dpo_lab import toy
 from dpo_lab.config import ToyConfig
-from dpo_lab.metrics import task_score
-from dpo_lab.toy import build_model, build_tokenizer, ensure_toy, generate_pairs, write_toy
+from dpo_lab.samples.metrics import task_score
+from dpo_lab.toy import task as toy
+from dpo_lab.toy.task import build_model, build_tokenizer, ensure_toy, generate_pairs, write_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 # A degenerate text ends in one phrase repeated (space-separated in English, back to back in Chinese).
@@ -170,13 +170,13 @@ def test_ensure_toy_caches(tmp_path):
 
 @pytest.mark.e2e
 def test_cli_writes_what_the_default_run_uses(tmp_path):
-    """`python -m dpo_lab.toy --out DIR` with no flags builds the artifact the default run trains on (ToyConfig)."""
+    """`python -m dpo_lab.toy.task --out DIR` with no flags builds the artifact the default run trains on (ToyConfig)."""
     from dataclasses import asdict
 
-    from dpo_lab.toy import VERSION
+    from dpo_lab.toy.task import VERSION
 
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "dpo_lab.toy", "--out", str(out)]
+    cmd = [sys.executable, "-m", "dpo_lab.toy.task", "--out", str(out)]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for name in ("train.json", "eval.json", "model/config.json", "model/tokenizer.json", "DONE"):
@@ -199,8 +199,8 @@ def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path)
     byte-identical weights. (The reward model's new score head was once initialised unseeded.)"""
     from helpers import tiny_toy
 
-    from dpo_lab.reward_model import ensure_reward_model
-    from dpo_lab.sft import ensure_sft
+    from dpo_lab.toy.reward_model import ensure_reward_model
+    from dpo_lab.toy.sft import ensure_sft
 
     built = []
     for cache_dir in (tmp_path / "a", tmp_path / "b"):

@@ -79,7 +79,7 @@ def test_an_output_dir_under_a_file_is_refused_before_anything_runs(tmp_path, ke
 
 
 def test_a_read_only_parent_is_named(tmp_path, monkeypatch):
-    from dpo_lab.preflight import check_writable_dir
+    from dpo_lab.sweeps.preflight import check_writable_dir
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -113,7 +113,7 @@ def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_stat
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from dpo_lab import sweep as sweep_module
+    from dpo_lab.sweeps import sweep as sweep_module
 
     def refuse(sweep_dir, out_dir=None, **kwargs):
         raise PermissionError(13, "Permission denied", out_dir or "/nowhere/dpo-sweep")

@@ -118,7 +118,7 @@ def _set_result(job, status, num):
 
 
 def test_report_reads_a_cut_samples_file(tmp_path):
-    from dpo_lab.report import collect, write_report
+    from dpo_lab.sweeps.report import collect, write_report
 
     sweep = _fake_sweep(tmp_path, ["completed", "completed"])
     _write_cut(sweep / "0" / files.SAMPLES, _sample_rows(0) + _sample_rows(2), 30)
@@ -135,10 +135,10 @@ def test_a_report_waits_for_the_writer_before_it_and_reads_after(tmp_path):
     the second writer reads the job dirs only once the lock is its own."""
     from filelock import FileLock
 
-    from dpo_lab.report import REPORT_LOCK
+    from dpo_lab.sweeps.report import REPORT_LOCK
 
     sweep = _fake_sweep(tmp_path, ["completed", "running"])
-    code = "import sys; from dpo_lab.report import write_report; print('ready', flush=True); write_report(sys.argv[1])"
+    code = "import sys; from dpo_lab.sweeps.report import write_report; print('ready', flush=True); write_report(sys.argv[1])"
     with FileLock(str(sweep / REPORT_LOCK)):  # as if another job's process were writing the report
         proc = subprocess.Popen([sys.executable, "-c", code, str(sweep)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
@@ -158,7 +158,7 @@ def test_sampler_start_drops_a_cut_tail(tmp_path):
     rewritten file ends on a whole line (the next append does not glue onto it), and step 4 is sampled again."""
     from types import SimpleNamespace
 
-    from dpo_lab.sampling import Sampler
+    from dpo_lab.samples.sampling import Sampler
 
     class Stub(Sampler):
         def __init__(self, path):  # only what start() reads

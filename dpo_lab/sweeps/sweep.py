@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 
 from dpo_lab.errors import UserError
 from dpo_lab.files import read_json, write_json
-from dpo_lab.report import LOCK_TIMEOUT_S, sweep_summary, write_report
+from dpo_lab.sweeps.report import LOCK_TIMEOUT_S, sweep_summary, write_report
 from dpo_lab.tracking import sweep_commands
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class SweepCallback(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         """A single run: checked like a sweep's job before Hydra makes hydra.run.dir (right after this), so a mistake
         leaves no run dir, log or wandb run; preflight_only=true stops here."""
-        from dpo_lab.preflight import check_run, check_writable_dir
+        from dpo_lab.sweeps.preflight import check_run, check_writable_dir
 
         try:
             check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
@@ -63,7 +63,7 @@ class SweepCallback(Callback):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from dpo_lab.launch import start_server
-        from dpo_lab.preflight import check_dirs, preflight, task_overrides
+        from dpo_lab.sweeps.preflight import check_dirs, preflight, task_overrides
 
         try:
             check_dirs(config)
@@ -111,7 +111,7 @@ class SweepCallback(Callback):
             self._report(config.hydra.sweep.dir, timeout=JOB_REPORT_TIMEOUT_S)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from dpo_lab.report import collect
+        from dpo_lab.sweeps.report import collect
 
         sweep_dir = config.hydra.sweep.dir
         # The authoritative write: every job (and its own report write, in its worker) has ended, and it waits for

@@ -17,9 +17,10 @@ import os
 import textwrap
 from typing import Any, Dict, List, Optional
 
-from dpo_lab import files, plots, quality
-from dpo_lab.metrics import means_by_step
+from dpo_lab import files, quality
 from dpo_lab.quality import frontier, rounded_pm
+from dpo_lab.samples.metrics import means_by_step
+from dpo_lab.sweeps import plots
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
 HEADLINE = [("samples/win_rate", "win rate"), ("samples/reward", "reward"), ("samples/kl", "KL"),

@@ -58,7 +58,7 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
         # The run's own path (read, check, format, drop prompts that fill max_length) with the job's tokenizer, so
         # a file whose every prompt is too long stops here too; a sweep over loss and beta reads its rows once.
         if cfg.model.source == "tiny":
-            from dpo_lab.toy import ensure_toy
+            from dpo_lab.toy.task import ensure_toy
 
             model = (ensure_toy(**OmegaConf.to_container(cfg.toy))["model"], None, False)
         else:
@@ -173,7 +173,7 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
 def comparable(job: DictConfig) -> bool:
     """Whether the job's objective ranks runs of different methods fairly: one measured on checkpoint samples."""
     from dpo_lab.quality import ACROSS_METHODS
-    from dpo_lab.judges import judge_kind
+    from dpo_lab.samples.judges import judge_kind
 
     if job.objective != "auto":
         return job.objective in ACROSS_METHODS

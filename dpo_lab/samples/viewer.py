@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from dpo_lab import files
 from dpo_lab.errors import UserError
-from dpo_lab.metrics import SAMPLE_METRICS, means_by_step
+from dpo_lab.samples.metrics import SAMPLE_METRICS, means_by_step
 
 
 def _width(text: str) -> int:

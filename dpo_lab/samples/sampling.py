@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, tracking
 from dpo_lab.data import as_text, prompt_ids
-from dpo_lab.judges import judge_kind
-from dpo_lab.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
+from dpo_lab.samples.judges import judge_kind
+from dpo_lab.samples.metrics import BETTER, ROW_KEY, SAMPLE_METRICS, means, resolve_metric, summarize, text_metrics
 from dpo_lab.tracking import EVAL_SUMMARIES
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence
 
 from dpo_lab.data import as_text
-from dpo_lab.metrics import task_score
+from dpo_lab.samples.metrics import task_score
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A short trl.SFTTrainer run on the toy prompts with their chosen answers and, for
 answers: the warm model writes fluent stories that sometimes miss a required word or loop, which is exactly what the
 preference data teaches DPO to avoid. Cached next to the toy artifact, keyed by its parameters, so a sweep pays once.
 
-    python -m dpo_lab.sft            # build (or find) the warm-up for the default toy config; prints its path
+    python -m dpo_lab.toy.sft            # build (or find) the warm-up for the default toy config; prints its path
 """
 
 import json
@@ -67,7 +67,7 @@ def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu"
     recipe = asdict(SftConfig(**recipe))  # one place for the defaults; an unknown field fails here
     kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
     params, cache_dir = _key(toy_paths, prompt_format, recipe)
-    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.sft:write_sft", tmp, kwargs), cache_dir)
+    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.toy.sft:write_sft", tmp, kwargs), cache_dir)
     return str(out_dir / "model")
 
 
@@ -83,6 +83,6 @@ def _key(toy_paths: dict, prompt_format: str, recipe: dict):
 
 
 if __name__ == "__main__":
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.task import ensure_toy
 
     print(ensure_sft(ensure_toy()))

@@ -4,7 +4,7 @@ The task: the prompt names 2-3 required words and a one-line summary; `chosen` i
 required word, `rejected` is the same story with some required words swapped out, or a text that degenerates into
 repetition. `metrics.task_score` measures the property DPO should improve, so a run can be checked end to end without the hub.
 
-    python -m dpo_lab.toy --out /tmp/toy        # what the default run uses (ToyConfig); --help lists the knobs
+    python -m dpo_lab.toy.task --out /tmp/toy        # what the default run uses (ToyConfig); --help lists the knobs
 """
 
 import argparse
@@ -16,7 +16,7 @@ from typing import Optional
 
 from dpo_lab import cache
 from dpo_lab.config import ToyConfig
-from dpo_lab.metrics import CJK
+from dpo_lab.samples.metrics import CJK
 
 VERSION = "toy-v1"  # bump when the data, tokenizer or model recipe changes: it is part of the cache key
 MAX_POSITIONS = 1024

@@ -6,8 +6,8 @@ import math
 from typing import Any, Dict, List, Optional
 
 from dpo_lab import files, quality
-from dpo_lab.metrics import BETTER
 from dpo_lab.quality import finite_or_minus_inf, frontier, rounded_pm, scored_history, scored_runs
+from dpo_lab.samples.metrics import BETTER
 
 DPI = 100  # a figure's inches x 100: its PNG's pixels
 

@@ -5,7 +5,7 @@ A short trl.RewardTrainer run on the toy train pairs (plus pairs whose rejected 
 with fragments of another: trained on the toy pairs alone, it scored an over-trained policy's broken mixtures as
 high as the reference's stories), starting from the model DPO starts from (the warm-up where
 there is one: it already reads the prompts and writes the stories), cached beside the toy artifact by its
-parameters like the warm-up. `python -m dpo_lab.reward_model` builds the default one and prints its held-out
+parameters like the warm-up. `python -m dpo_lab.toy.reward_model` builds the default one and prints its held-out
 accuracy (chosen scored above rejected on the toy eval pairs).
 """
 
@@ -26,7 +26,7 @@ VERSION = "rm-v2"  # bump when the recipe changes: it is part of the cache key
 def garble(text: str, other: str, rng: random.Random) -> str:
     """`text` spliced with fragments of `other` (another story, maybe in the other language): the broken mixtures an
     over-trained policy writes, which the toy pairs alone never show a reward model."""
-    from dpo_lab.metrics import units
+    from dpo_lab.samples.metrics import units
 
     a, b = units(text), units(other)
     out, i = [], 0
@@ -85,7 +85,7 @@ def ensure_reward_model(toy_paths: dict, base_model: str, prompt_format: str = "
     params, cache_dir = _key(toy_paths, base_model, prompt_format, recipe)
     kwargs = dict(base_model=base_model, train_file=toy_paths["train_file"], prompt_format=prompt_format, device=device,
                   **recipe)  # fmt: skip
-    out_dir = cache.ensure("rm", params, lambda tmp: cache.write_in_child("dpo_lab.reward_model:write_reward_model",
+    out_dir = cache.ensure("rm", params, lambda tmp: cache.write_in_child("dpo_lab.toy.reward_model:write_reward_model",
                                                                           tmp, kwargs), cache_dir=cache_dir)  # fmt: skip
     return str(out_dir / "model")
 
@@ -111,7 +111,7 @@ def toy_reward_model(cfg, toy_paths: dict, device: str) -> str:
 
     base = toy_paths["model"]
     if cfg.sft.steps > 0:
-        from dpo_lab.sft import ensure_sft
+        from dpo_lab.toy.sft import ensure_sft
 
         base = ensure_sft(toy_paths, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
     device = "cuda" if device.startswith("cuda") else "cpu"
@@ -122,7 +122,7 @@ def toy_reward_model(cfg, toy_paths: dict, device: str) -> str:
 def heldout_accuracy(model_path: str, eval_file: str, prompt_format: str = "none") -> float:
     """The share of eval pairs whose chosen answer the reward model scores above the rejected one."""
     from dpo_lab.data import as_text, format_prompts
-    from dpo_lab.judges import RewardModelJudge
+    from dpo_lab.samples.judges import RewardModelJudge
 
     rows = format_prompts(json.loads(Path(eval_file).read_text(encoding="utf-8")), prompt_format)
     judge = RewardModelJudge(model_path, "cpu")
@@ -132,8 +132,8 @@ def heldout_accuracy(model_path: str, eval_file: str, prompt_format: str = "none
     return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
 
 if __name__ == "__main__":
-    from dpo_lab.sft import ensure_sft
-    from dpo_lab.toy import ensure_toy
+    from dpo_lab.toy.sft import ensure_sft
+    from dpo_lab.toy.task import ensure_toy
 
     logging.basicConfig(level=logging.INFO)
     toy = ensure_toy()
