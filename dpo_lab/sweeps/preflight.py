@@ -7,6 +7,7 @@ readable and well-formed, model path present.
 
 import itertools
 import os
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -126,7 +127,7 @@ def check_command_line(argv: List[str]) -> None:
         raise UserError(f"{' '.join(swept)}: several values for one key sweep over them, which needs -m (python "
                         f"run.py -m {' '.join(args.overrides)}); a single run takes one value per key.")  # fmt: skip
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    conf = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's conf/, beside the dpo_lab package
     try:
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
             compose(config_name="config", overrides=plain, return_hydra_config=True)
