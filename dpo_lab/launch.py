@@ -11,7 +11,6 @@ from typing import Any, Dict, Optional, Union
 from omegaconf import DictConfig
 
 from dpo_lab import faults, files
-from dpo_lab.config import START_METHODS
 from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from dpo_lab.job import Task, execute
 from dpo_lab.jobdir import JobBusy
@@ -132,7 +131,6 @@ def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[Di
         except JobBusy as e:
             log.error("%s", e)
             return {"status": "failed", "error": str(e), "job_dir": job_dir}
-    assert start_method in START_METHODS, start_method  # validate() checked the config
     from dpo_lab.gpus import gpu_env
 
     with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks"), jobs_per_gpu) as env:

@@ -23,7 +23,6 @@ from dpo_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure")
 LEGACY = {"bf16": "bf16-mixed", "fp16": "fp16-mixed"}  # earlier names, so saved configs still rerun
 # transformers' name for torchao's 8-bit AdamW; with bf16_stochastic_round it keeps small updates to bf16 weights.
 PURE_OPTIM = "adamw_torch_8bit"
@@ -60,8 +59,6 @@ _PLANS = {
 
 def check(mode: str, extra: Dict[str, Any]) -> Optional[str]:
     """Why `mode` cannot run here (None if it can); device-independent, so preflight runs it for every job."""
-    if LEGACY.get(mode, mode) not in MODES:
-        return f"trainer.precision={mode!r}: use one of {', '.join(MODES)}."
     if mode != "bf16-pure":
         return None
     if "optim" in extra or "optim_args" in extra:

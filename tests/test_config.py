@@ -48,12 +48,10 @@ def test_peft_groups():
         (["loss=robust", "loss.label_smoothing=0.7"], "label_smoothing=0.7"),
         (["loss=mpo", "loss.loss_weights=[1.0]"], "loss_weights has 1 entries"),
         (["beta=0"], "beta=0"),
-        (["trainer.device=tpu"], "trainer.device"),
         (["data.prompt_format='Q: {question}'"], "data.prompt_format"),
         (["+trainer.extra.lerning_rate=1"], "lerning_rate"),
         (["loss=aot", "loss.use_weighting=true"], "use_weighting"),
         (["trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch"], "round away"),
-        (["trainer.precision=half"], "trainer.precision='half'"),
         (["trainer.activation_checkpointing=sometimes"], "trainer.activation_checkpointing"),
         (["+trainer.extra.bf16=true"], "trainer.extra.bf16 is set by trainer.precision"),
         (["+trainer.extra.gradient_checkpointing=true"], "set by trainer.activation_checkpointing"),
@@ -65,7 +63,6 @@ def test_peft_groups():
         (["data=json", "data.train_file=t.json", "samples.judge=reward_model"], "needs samples.judge_model"),
         (["data=json"], "data=json needs data.train_file"),
         (["samples.judge=pairwise_lm"], "pairwise_lm needs samples.judge_model"),
-        (["samples.judge=oracle"], "samples.judge='oracle'"),
         (["+bta=0.1"], "bta is not a dpo-lab config key \\(did you mean beta\\?\\)"),
         (["+trainer.batch_size=4"], "trainer.batch_size is not a dpo-lab config key"),
     ],
@@ -90,6 +87,10 @@ def test_semantic_checks_name_the_key(overrides, message):
         (["-m", "beta=0.1,high"], ["1 of 2 jobs would fail", "beta=high: Value 'high'"]),
         (["-m", "bta=0.1,0.2"], ["2 of 2 jobs would fail", "bta is not a dpo-lab config key (did you mean beta?)"]),
         (["data=json", "data.train_file=missing.json"], ["missing.json' does not exist"]),  # the data, read at preflight
+        # closed choices (config.Choice): refused as the config composes, with the valid values
+        (["trainer.device=tpu"], ["trainer.device=tpu", "expected one of [auto, cpu, cuda]"]),
+        (["trainer.precision=half"], ["trainer.precision=half", "bf16-mixed"]),
+        (["samples.judge=oracle"], ["samples.judge=oracle", "reward_model, pairwise_lm"]),
     ],
 )
 def test_bad_overrides_exit_2_in_one_paragraph_before_any_dir_exists(tmp_path, args, expected):

@@ -24,7 +24,6 @@ from dpo_lab.samples.metrics import task_score
 
 log = logging.getLogger(__name__)
 
-JUDGES = ("auto", "none", "task", "reward_model", "pairwise_lm", "sentiment")
 PAIRWISE_TEMPLATE = ("Which answer follows the request better?\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\n"
                      "Answer B:\n{b}\n\nReply with one letter: A or B.")  # fmt: skip
 
@@ -168,5 +167,5 @@ def load(kind: str, judge_model: Optional[str], device: str, trust_remote_code: 
 
 
 def judge_kind(cfg) -> str:
-    """The judge a run's samples get (judges.JUDGES, after auto); none when there are no samples."""
+    """The judge a run's samples get (config.Judge, after auto); none when there are no samples."""
     return resolve(cfg.samples.judge, cfg.samples.judge_model, cfg.data.source) if cfg.samples.count else "none"
