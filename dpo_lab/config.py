@@ -116,7 +116,7 @@ class SentimentConfig:
 class SftConfig:
     """Supervised warm-up of the tiny model (model=tiny) on the toy prompts and answers; cached. steps=0: none."""
 
-    steps: int = 400  # 2-3 min on 2 CPU cores, paid once per cache; 0: DPO starts from the random initialisation
+    steps: int = 400  # paid once per cache; 0: DPO starts from the random initialisation
     lr: float = 4e-3
     batch_size: int = 32
     rejected_fraction: float = 0.5  # share of warm-up answers that are the rejected text: mistakes for DPO to fix
@@ -127,7 +127,7 @@ class SftConfig:
 class RewardModelConfig:
     """The toy reward model the `reward_model` judge uses on toy data when samples.judge_model is unset; cached."""
 
-    steps: int = 200  # ~2 min on 2 CPU cores, once per cache; held-out accuracy 0.83 (python -m dpo_lab.toy.reward_model)
+    steps: int = 200  # once per cache (python -m dpo_lab.toy.reward_model prints its held-out accuracy)
     lr: float = 1e-3
     batch_size: int = 32
     garbled_fraction: float = 0.5  # extra pairs: chosen vs chosen spliced with another story (reward_model.py)

@@ -1,7 +1,7 @@
 """A memory estimate for one DPO run, and the activation-checkpointing decision it drives.
 
 Activation checkpointing recomputes each layer's forward during the backward pass: it saves memory and costs time
-(36% fewer tokens/s for a 270M model on an H200, which had 137 GB to spare). `trainer.activation_checkpointing=auto`
+(benchmarks/README.md has the measured cost). `trainer.activation_checkpointing=auto`
 turns it on only when the run would not fit in the device's free memory without it; `true`/`false` force it.
 
 The estimate, in bytes, for N parameters of which T train, b(x) the size of dtype x (see precision.py):

@@ -34,7 +34,7 @@ OBJECTIVES = {
     "reward_margin": Objective("eval/rewards/margins", None,
                                "the last eval's reward margin: grows with beta, compare runs of one beta only"),
 }  # fmt: skip
-ACROSS_METHODS = ("win_rate", "reward", "task_score")  # measured on answers: comparable across methods (issue 20)
+ACROSS_METHODS = ("win_rate", "reward", "task_score")  # measured on answers: comparable across methods
 AUTO_ORDER = ("win_rate", "logratio_margin")  # what `auto` picks: the first one the runs have
 
 
@@ -143,7 +143,7 @@ def rounded_pm(row: Dict[str, Any], key: str) -> str:
 
 
 def scored_runs(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The completed runs whose checkpoints have a reward and a KL (a scoring judge's runs, issue 19)."""
+    """The completed runs whose checkpoints have a reward and a KL (a scoring judge's runs)."""
     return [r for r in rows if r.get("status") == "completed" and scored_history(r)]
 
 

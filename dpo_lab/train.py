@@ -232,9 +232,8 @@ def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precis
     )
 
 
-# Seconds per step of the models trained into the cache, measured on 2 idle CPU cores (warm-up 400 steps in 130 s,
-# reward model 200 in ~120 s) and on an H200 (31 s, 22 s); a busy machine takes longer. sentiment_token: per token
-# of the sentiment data's answers, SmolLM2 on 2 CPU cores (320 answers of <= 32 tokens in 84 s).
+# Seconds per step of the models trained into the cache, for the first run's "this takes ~N min" line (measured:
+# benchmarks/README.md); sentiment_token: per token of the sentiment data's answers, SmolLM2 on the CPU.
 SECONDS_PER_STEP = {"cpu": {"sft": 0.33, "rm": 0.6, "sentiment_token": 0.008}, "cuda": {"sft": 0.08, "rm": 0.11}}
 
 

@@ -1,4 +1,4 @@
-"""Preference methods (issue 20): one module per method here, each holding a `Method` record (base.py), and one
+"""Preference methods: one module per method here, each holding a `Method` record (base.py), and one
 config file per method in conf/method/. The rest of dpo-lab asks the chosen method's record instead of assuming DPO;
 only this package names TRL's trainer classes (tests/test_structure.py checks it)."""
 
