@@ -1,7 +1,7 @@
 """dpo-lab entry point: one trl.DPOTrainer run per composed config.
 
-    python run.py                                   # the default job (tiny model, toy data, offline wandb)
-    python run.py -m loss=sigmoid,ipo beta=0.1,0.5  # a sweep: one job (and one wandb run) per combination
+python run.py                                   # the default job (tiny model, toy data, offline wandb)
+python run.py -m loss=sigmoid,ipo beta=0.1,0.5  # a sweep: one job (and one wandb run) per combination
 """
 
 import logging
@@ -48,20 +48,38 @@ def main(cfg: DictConfig) -> float:
         log.info("Job %s already completed; skipping it.", job_dir)
         return objective(done, cfg.objective)
     name = run_name(overrides, swept_keys(hc.sweep.dir) if multirun else [])
-    meta = prepare(cfg, job_dir, name=name, group=group, overrides=overrides, choices=choices,
-                   sweep_dir=hc.sweep.dir if multirun else None)  # fmt: skip
+    meta = prepare(
+        cfg,
+        job_dir,
+        name=name,
+        group=group,
+        overrides=overrides,
+        choices=choices,
+        sweep_dir=hc.sweep.dir if multirun else None,
+    )
     # A fresh process per job keeps a sweep's jobs from leaking memory or state into each other.
     isolate = cfg.isolate == "always" or (cfg.isolate == "auto" and multirun)
     n_jobs = int(hc.launcher.get("n_jobs") or 1) if multirun else 1  # jobs running at once (joblib: n_jobs)
     threads = cfg.cpu_threads or cpu_threads(n_jobs)
     try:
-        result = launch(job_dir, TRAIN, isolate, cfg=cfg, meta=meta, start_method=cfg.start_method,
-                        threads=threads, jobs_per_gpu=cfg.jobs_per_gpu)  # fmt: skip
+        result = launch(
+            job_dir,
+            TRAIN,
+            isolate,
+            cfg=cfg,
+            meta=meta,
+            start_method=cfg.start_method,
+            threads=threads,
+            jobs_per_gpu=cfg.jobs_per_gpu,
+        )
     except KeyboardInterrupt:  # the job recorded `interrupted` and kept its checkpoints
         if multirun:
             raise  # the sweep's message, below
-        print(f"\nStopped. This resumes the run from its last checkpoint: python run.py {' '.join(overrides)} "
-              f"hydra.run.dir={job_dir}", file=sys.stderr)  # fmt: skip
+        print(
+            f"\nStopped. This resumes the run from its last checkpoint: python run.py {' '.join(overrides)} "
+            f"hydra.run.dir={job_dir}",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED)
     if not multirun and result["status"] != "completed":
         sys.exit(EXIT_FAILED)
@@ -71,9 +89,12 @@ def main(cfg: DictConfig) -> float:
 def refuse_multirun_cfg(argv: list) -> None:
     """Hydra shows one composed config, so `-m ... --cfg job` ends in its ValueError traceback: say what works."""
     if {"-m", "--multirun"} & set(argv) and any(a in ("-c", "--cfg") or a.startswith("--cfg=") for a in argv):
-        print("--cfg shows one job's config, and -m runs many. Drop -m (with one value per key) to see a job's config "
-              "(python run.py loss=ipo beta=0.5 --cfg job), or add preflight_only=true to the sweep to check every job "
-              "and list the command line of each.", file=sys.stderr)  # fmt: skip
+        print(
+            "--cfg shows one job's config, and -m runs many. Drop -m (with one value per key) to see a job's config "
+            "(python run.py loss=ipo beta=0.5 --cfg job), or add preflight_only=true to the sweep to check every job "
+            "and list the command line of each.",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -87,6 +108,9 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # a sweep stopped by Ctrl-C or `kill`: its running job recorded `interrupted`
-        print("\nStopped. The same command resumes: finished jobs are skipped, the stopped one continues from its "
-              "last checkpoint.", file=sys.stderr)  # fmt: skip
+        print(
+            "\nStopped. The same command resumes: finished jobs are skipped, the stopped one continues from its "
+            "last checkpoint.",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED)

@@ -40,16 +40,30 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for twin in ("bf16", "fp32"):
             job = tmp / twin
-            cmd = [sys.executable, str(ROOT / "run.py"), "model=hf", f"model.path={tmp / 'ckpt' / twin}", "lr=1e-5",
-                   "max_steps=30", "samples.count=0", "wandb.mode=disabled", f"hydra.run.dir={job}", *sys.argv[1:]]  # fmt: skip
+            cmd = [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "model=hf",
+                f"model.path={tmp / 'ckpt' / twin}",
+                "lr=1e-5",
+                "max_steps=30",
+                "samples.count=0",
+                "wandb.mode=disabled",
+                f"hydra.run.dir={job}",
+                *sys.argv[1:],
+            ]
             subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
             r = json.loads((job / "result.json").read_text())
             if r["status"] != "completed":
                 print(f"| {twin} | failed: {r.get('error')} |")
                 continue
-            dtypes = " | ".join(str(r.get(f"{k}_dtype", "not recorded")) for k in ("trainable", "optimizer_state", "compute"))
-            print(f"| {twin} | {r['eval/rewards/margins']:.4f} | {r['eval/rewards/accuracies']:.4f} | {dtypes} "
-                  f"| {changed_fraction(tmp / 'ckpt' / twin, job / 'final'):.1%} |")  # fmt: skip
+            dtypes = " | ".join(
+                str(r.get(f"{k}_dtype", "not recorded")) for k in ("trainable", "optimizer_state", "compute")
+            )
+            print(
+                f"| {twin} | {r['eval/rewards/margins']:.4f} | {r['eval/rewards/accuracies']:.4f} | {dtypes} "
+                f"| {changed_fraction(tmp / 'ckpt' / twin, job / 'final'):.1%} |"
+            )
 
 
 if __name__ == "__main__":

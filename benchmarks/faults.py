@@ -28,8 +28,13 @@ TINY = ["experiment=tiny", "wandb.mode=disabled"]
 
 
 def run(out: Path, *overrides: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={out}"],
-                            cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *TINY, *overrides, f"hydra.run.dir={out}"],
+        cwd=out.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 def result(out: Path) -> dict:
@@ -78,10 +83,16 @@ def diverge(out: Path) -> str:
     import torch
     from safetensors.torch import load_file
 
-    finite = all(torch.isfinite(t).all() for f in glob.glob(str(out / "checkpoints/*/model.safetensors")) for t in load_file(f).values())
+    finite = all(
+        torch.isfinite(t).all()
+        for f in glob.glob(str(out / "checkpoints/*/model.safetensors"))
+        for t in load_file(f).values()
+    )
     kept = sorted(os.path.basename(p) for p in glob.glob(str(out / "checkpoints/checkpoint-*")))
-    return (f"divergence: status {r['status']} at step {r.get('diverged_step')} ({r.get('diverged_metric')} = "
-            f"{r.get('diverged_value')}); checkpoints kept {kept}, all finite: {finite}")  # fmt: skip
+    return (
+        f"divergence: status {r['status']} at step {r.get('diverged_step')} ({r.get('diverged_metric')} = "
+        f"{r.get('diverged_value')}); checkpoints kept {kept}, all finite: {finite}"
+    )
 
 
 def sigterm(out: Path) -> str:
@@ -98,9 +109,11 @@ def sigterm(out: Path) -> str:
     again = run(out, *args)
     again.wait(timeout=900)
     second = result(out)
-    return (f"sigterm: status {first['status']} (exit {proc.returncode}, last checkpoint "
-            f"{os.path.basename(first.get('last_checkpoint') or 'none')}); relaunched: {second['status']}, resumed from "
-            f"{os.path.basename(second.get('resumed_from') or 'none')}, {second.get('steps')} steps")  # fmt: skip
+    return (
+        f"sigterm: status {first['status']} (exit {proc.returncode}, last checkpoint "
+        f"{os.path.basename(first.get('last_checkpoint') or 'none')}); relaunched: {second['status']}, resumed from "
+        f"{os.path.basename(second.get('resumed_from') or 'none')}, {second.get('steps')} steps"
+    )
 
 
 def main() -> None:
@@ -109,7 +122,11 @@ def main() -> None:
     import torch
 
     print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU", flush=True)
-    expected = {"out of memory": "status oom" if torch.cuda.is_available() else "status killed", "divergence": "status diverged", "sigterm": "relaunched: completed"}
+    expected = {
+        "out of memory": "status oom" if torch.cuda.is_available() else "status killed",
+        "divergence": "status diverged",
+        "sigterm": "relaunched: completed",
+    }
     failed = False
     for name, check in (("oom", oom), ("diverge", diverge), ("sigterm", sigterm)):
         started = time.time()

@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Optional
 
 SIZES = {  # Qwen2 layer shapes: hidden, MLP width, layers, attention heads, key/value heads
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "270m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=23, num_attention_heads=16, num_key_value_heads=8),
-    "0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=32, num_attention_heads=16, num_key_value_heads=8),
-}  # fmt: skip
+    "tiny": dict(
+        hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "270m": dict(
+        hidden_size=1024, intermediate_size=2816, num_hidden_layers=23, num_attention_heads=16, num_key_value_heads=8
+    ),
+    "0.5b": dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=32, num_attention_heads=16, num_key_value_heads=8
+    ),
+}
 
 
 def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
@@ -31,9 +37,15 @@ def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     else:
         tokenizer = AutoTokenizer.from_pretrained(ensure_toy()["model"])  # the default run's
-        config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, **SIZES[size])  # fmt: skip
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **SIZES[size],
+        )
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)
     model = model.to(torch.bfloat16)

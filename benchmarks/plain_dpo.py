@@ -42,15 +42,39 @@ def main():
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     cuda = torch.cuda.is_available()
     args = DPOConfig(
-        output_dir=os.path.join(a.out, "checkpoints"), beta=a.beta, loss_type=[a.loss], learning_rate=a.lr,
-        num_train_epochs=1, max_steps=a.max_steps, seed=42, data_seed=42, per_device_train_batch_size=8,
-        per_device_eval_batch_size=16, eval_strategy="steps", eval_steps=50, eval_on_start=True, save_steps=50,
-        save_total_limit=2, logging_steps=10, max_length=512, warmup_steps=0.1, lr_scheduler_type="linear",
-        gradient_checkpointing=False, bf16=cuda, use_cpu=not cuda, report_to=[], disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=os.path.join(a.out, "checkpoints"),
+        beta=a.beta,
+        loss_type=[a.loss],
+        learning_rate=a.lr,
+        num_train_epochs=1,
+        max_steps=a.max_steps,
+        seed=42,
+        data_seed=42,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        eval_strategy="steps",
+        eval_steps=50,
+        eval_on_start=True,
+        save_steps=50,
+        save_total_limit=2,
+        logging_steps=10,
+        max_length=512,
+        warmup_steps=0.1,
+        lr_scheduler_type="linear",
+        gradient_checkpointing=False,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=[],
+        disable_tqdm=True,
+    )
     # The model by name: TRL loads it (fp32) and its reference copy, as TRL's scripts/dpo.py does.
-    trainer = DPOTrainer(model=a.model, args=args, train_dataset=rows(a.train_file), eval_dataset=rows(a.eval_file),
-                         processing_class=tokenizer)  # fmt: skip
+    trainer = DPOTrainer(
+        model=a.model,
+        args=args,
+        train_dataset=rows(a.train_file),
+        eval_dataset=rows(a.eval_file),
+        processing_class=tokenizer,
+    )
     trainer.train()
     metrics = trainer.evaluate()  # the final model's eval
     trainer.save_model(os.path.join(a.out, "final"))

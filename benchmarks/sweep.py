@@ -41,7 +41,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, choices=(4, 8), default=4)
     p.add_argument("--max_steps", type=int, default=None, help="cap each run (default: one epoch, 128 steps)")
-    p.add_argument("overrides", nargs="*", help="extra dpo-lab overrides, e.g. hydra/launcher=gpus hydra.launcher.n_jobs=2")
+    p.add_argument(
+        "overrides", nargs="*", help="extra dpo-lab overrides, e.g. hydra/launcher=gpus hydra.launcher.n_jobs=2"
+    )
     a = p.parse_args()
 
     from dpo_lab.toy.sft import ensure_sft
@@ -63,18 +65,46 @@ def main() -> None:
 
         plain = 0.0
         for i, (loss, beta) in enumerate(jobs):
-            cmd = [sys.executable, "benchmarks/plain_dpo.py", "--model", str(model), "--train_file", toy["train_file"],
-                   "--eval_file", toy["eval_file"], "--loss", loss, "--beta", beta, "--out", str(tmp / "plain" / str(i)), *steps]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "benchmarks/plain_dpo.py",
+                "--model",
+                str(model),
+                "--train_file",
+                toy["train_file"],
+                "--eval_file",
+                toy["eval_file"],
+                "--loss",
+                loss,
+                "--beta",
+                beta,
+                "--out",
+                str(tmp / "plain" / str(i)),
+                *steps,
+            ]
             plain += timed(cmd, env, tmp / f"plain-{i}.log")
             print(f"plain script {i + 1}/{len(jobs)} ({loss}, beta {beta}): {plain:.0f} s so far", flush=True)
 
         sweep = tmp / "sweep"
-        cmd = [sys.executable, "run.py", "-m", "loss=sigmoid,ipo", f"beta={','.join(betas)}", "samples=off",
-               "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", f"results_dir={tmp / 'results'}",
-               *([f"max_steps={a.max_steps}"] if a.max_steps else []), *a.overrides]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "run.py",
+            "-m",
+            "loss=sigmoid,ipo",
+            f"beta={','.join(betas)}",
+            "samples=off",
+            "wandb.mode=disabled",
+            f"hydra.sweep.dir={sweep}",
+            f"results_dir={tmp / 'results'}",
+            *([f"max_steps={a.max_steps}"] if a.max_steps else []),
+            *a.overrides,
+        ]
         ours = timed(cmd, env, tmp / "sweep.log")
 
-        print(f"\n| job | {' | '.join(f'{k} plain / dpo-lab' for k in KEYS)} | reference log-probs | seconds to first step |")
+        print(
+            f"\n| job | {' | '.join(f'{k} plain / dpo-lab' for k in KEYS)} | reference log-probs "
+            "| seconds to first step |"
+        )
         print("|---|" + "---|" * (len(KEYS) + 2))
         mismatched = []
         for i, (loss, beta) in enumerate(jobs):
@@ -86,8 +116,10 @@ def main() -> None:
                 if abs(x - y) > ABS_TOL + REL_TOL * abs(x):
                     mismatched.append(f"job {i} {k}: {x} vs {y}")
                 cells.append(f"{x:.5g} / {y:.5g}")
-            print(f"| loss={loss} beta={beta} | {' | '.join(cells)} | {result.get('reference_logps')} | "
-                  f"{result.get('seconds_to_first_step')} |")  # fmt: skip
+            print(
+                f"| loss={loss} beta={beta} | {' | '.join(cells)} | {result.get('reference_logps')} | "
+                f"{result.get('seconds_to_first_step')} |"
+            )
 
     import torch
 

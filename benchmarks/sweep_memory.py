@@ -25,8 +25,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         seeds = ",".join(str(s) for s in range(args.jobs))
-        cmd = [sys.executable, os.path.join(ROOT, "run.py"), "-m", f"seed={seeds}", "max_steps=20", "wandb.mode=disabled",
-               "samples.count=0", f"hydra.sweep.dir={tmp}/sweep", *args.overrides]  # fmt: skip
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "run.py"),
+            "-m",
+            f"seed={seeds}",
+            "max_steps=20",
+            "wandb.mode=disabled",
+            "samples.count=0",
+            f"hydra.sweep.dir={tmp}/sweep",
+            *args.overrides,
+        ]
         subprocess.run(cmd, cwd=tmp, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results = []
         for job in sorted(os.listdir(f"{tmp}/sweep"), key=lambda s: (len(s), s)):
@@ -35,7 +44,10 @@ def main() -> None:
                 results.append(json.load(open(path)))
     print(f"{'job':>4} {'status':>10} {'peak RSS MB':>12} {'peak CUDA MB':>13}")
     for i, r in enumerate(results):
-        print(f"{i:>4} {r['status']:>10} {r.get('peak_rss_mb', float('nan')):12.1f} {r.get('peak_cuda_mb', float('nan')):13.1f}")
+        print(
+            f"{i:>4} {r['status']:>10} {r.get('peak_rss_mb', float('nan')):12.1f} "
+            f"{r.get('peak_cuda_mb', float('nan')):13.1f}"
+        )
     first, last = results[0].get("peak_rss_mb"), results[-1].get("peak_rss_mb")
     print(f"last/first peak RSS: {last / first:.3f}")
 

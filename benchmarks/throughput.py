@@ -68,8 +68,10 @@ def make_data(out: Path, length: int, n: int, tokenizer_dir: str) -> None:
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     rng = random.Random(0)
     text = lambda k: tok.decode([rng.randrange(8, len(tok)) for _ in range(k)])  # noqa: E731
-    rows = [{"prompt": text(length // 4), "chosen": text(length - length // 4), "rejected": text(length - length // 4)}
-            for _ in range(n)]  # fmt: skip
+    rows = [
+        {"prompt": text(length // 4), "chosen": text(length - length // 4), "rejected": text(length - length // 4)}
+        for _ in range(n)
+    ]
     (out / "train.json").write_text(json.dumps(rows))
     (out / "eval.json").write_text(json.dumps(rows[:8]))
 
@@ -86,12 +88,24 @@ def one(variant: str, model: str, data: str, a) -> dict:
 
     cuda = torch.cuda.is_available()
     batch = a.batch * (2 if "DOUBLE_BATCH" in VARIANTS[variant] else 1)
-    overrides = ["model=hf", f"model.path={model}", "data=json", f"data.train_file={data}/train.json",
-                 f"data.eval_file={data}/eval.json", "samples=off", "wandb.mode=disabled", f"max_steps={a.steps}",
-                 f"trainer.max_length={a.length}", f"trainer.per_device_train_batch_size={batch}",
-                 "trainer.eval_on_start=false", f"trainer.eval_steps={10**6}", f"trainer.save_steps={10**6}",
-                 "trainer.logging_steps=1", *(["trainer=gpu"] if cuda else []),
-                 *(o for o in VARIANTS[variant] if o != "DOUBLE_BATCH")]  # fmt: skip
+    overrides = [
+        "model=hf",
+        f"model.path={model}",
+        "data=json",
+        f"data.train_file={data}/train.json",
+        f"data.eval_file={data}/eval.json",
+        "samples=off",
+        "wandb.mode=disabled",
+        f"max_steps={a.steps}",
+        f"trainer.max_length={a.length}",
+        f"trainer.per_device_train_batch_size={batch}",
+        "trainer.eval_on_start=false",
+        f"trainer.eval_steps={10**6}",
+        f"trainer.save_steps={10**6}",
+        "trainer.logging_steps=1",
+        *(["trainer=gpu"] if cuda else []),
+        *(o for o in VARIANTS[variant] if o != "DOUBLE_BATCH"),
+    ]
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -122,12 +136,18 @@ def one(variant: str, model: str, data: str, a) -> dict:
         factor = (6 if live else 4) if cfg.peft.enabled else (8 if live else 6)
         peak = peak_flops()
         return {
-            "variant": variant, "tokens_per_s": round(tokens_per_s), "steps_timed": s1 - s0,
-            "mfu": round(tokens_per_s * factor * n / peak, 4) if peak else None, "flops_per_token": f"{factor}N",
-            "params_m": round(n / 1e6, 1), "batch": batch, "checkpointing": s.memory.checkpointing,
+            "variant": variant,
+            "tokens_per_s": round(tokens_per_s),
+            "steps_timed": s1 - s0,
+            "mfu": round(tokens_per_s * factor * n / peak, 4) if peak else None,
+            "flops_per_token": f"{factor}N",
+            "params_m": round(n / 1e6, 1),
+            "batch": batch,
+            "checkpointing": s.memory.checkpointing,
             "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30 if cuda else _peak_rss_gb(), 2),
-            "reference_logps": reuse.status(s.trainer), "precision": s.precision.mode,
-        }  # fmt: skip
+            "reference_logps": reuse.status(s.trainer),
+            "precision": s.precision.mode,
+        }
 
 
 def main() -> None:
@@ -163,24 +183,46 @@ def main() -> None:
         n = make(tmp / "ckpt", a.size)
         make_data(tmp, a.length, a.batch * 2 * a.steps, ensure_toy()["model"])
         env = {**os.environ, "DPO_LAB_CACHE": str(tmp / "cache"), "WANDB_MODE": "disabled"}  # cold reuse cache
-        print(f"{device}: random Qwen2-shaped {a.size} ({n / 1e6:.1f}M parameters, bf16 checkpoint), {a.batch} pairs "
-              f"x ~{a.length} tokens per step, {a.steps} steps, timed after {a.warmup}\n")  # fmt: skip
+        print(
+            f"{device}: random Qwen2-shaped {a.size} ({n / 1e6:.1f}M parameters, bf16 checkpoint), {a.batch} pairs "
+            f"x ~{a.length} tokens per step, {a.steps} steps, timed after {a.warmup}\n"
+        )
         print("| variant | tokens/s | MFU | FLOPs/token | peak GB | batch | checkpointing | reference log-probs |")
         print("|---|---|---|---|---|---|---|---|")
         for variant in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--one", variant, "--model", str(tmp / "ckpt" / "bf16"), "--data", str(tmp),
-                   "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch), "--length", str(a.length),
-                   "--size", a.size]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                "--model",
+                str(tmp / "ckpt" / "bf16"),
+                "--data",
+                str(tmp),
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--batch",
+                str(a.batch),
+                "--length",
+                str(a.length),
+                "--size",
+                a.size,
+            ]
             proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 last = [x for x in proc.stdout.strip().splitlines() if x.strip()][-1:] or ["no output"]
                 print(f"| {variant} | not run: {last[0][:150]} |")
                 continue
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-            print(f"| {variant} | {r['tokens_per_s']} | {mfu} | {r['flops_per_token']} | {r['peak_gb']} | "
-                  f"{r['batch']} | {r['checkpointing']} | {r['reference_logps']} |", flush=True)  # fmt: skip
+            print(
+                f"| {variant} | {r['tokens_per_s']} | {mfu} | {r['flops_per_token']} | {r['peak_gb']} | "
+                f"{r['batch']} | {r['checkpointing']} | {r['reference_logps']} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Command line tools around saved jobs.
 
-    python -m dpo_lab rerun JOB_DIR [key=value ...] [--out DIR]   rerun a saved job (optionally changed)
-    python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID [...]      rerun from an online wandb run's logged config
-    python -m dpo_lab execute JOB_DIR                              run a prepared job dir (used by sweeps)
-    python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
-    python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
+python -m dpo_lab rerun JOB_DIR [key=value ...] [--out DIR]   rerun a saved job (optionally changed)
+python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID [...]      rerun from an online wandb run's logged config
+python -m dpo_lab execute JOB_DIR                              run a prepared job dir (used by sweeps)
+python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
+python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
 """
 
 import argparse
@@ -15,13 +15,18 @@ from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo_lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("execute", help="run a prepared job directory in this process")
     p.add_argument("job_dir")
     p = sub.add_parser("rerun", help="rerun a saved job from its config.yaml, optionally with overrides")
-    p.add_argument("job_dir", help="a job directory (outputs/<name>/<time>, multirun/<name>/<time>/<n>), or "
-                                   "wandb:ENTITY/PROJECT/RUN_ID for the config an online wandb run logged")
+    p.add_argument(
+        "job_dir",
+        help="a job directory (outputs/<name>/<time>, multirun/<name>/<time>/<n>), or "
+        "wandb:ENTITY/PROJECT/RUN_ID for the config an online wandb run logged",
+    )
     p.add_argument("overrides", nargs="*", help="key=value changes, e.g. max_steps=20 wandb.mode=disabled")
     p.add_argument("--out", help="where the rerun goes (default: JOB_DIR/reruns/<time>)")
     p = sub.add_parser("samples", help="print a job's checkpoint samples: policy / reference / ground truth")
@@ -56,7 +61,9 @@ def main(argv=None) -> int:
         from dpo_lab.sweeps.report import collect, sweep_summary, write_report
 
         out = write_report(args.sweep_dir, args.out)
-        print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
+        print(
+            f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots."
+        )
         return EXIT_OK
     return EXIT_USER_ERROR
 

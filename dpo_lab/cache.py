@@ -23,8 +23,17 @@ log = logging.getLogger(__name__)
 Params = Dict[str, Any]
 
 # Set by torchrun / accelerate launch; a child process without them trains alone instead of joining the job's group.
-DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+DISTRIBUTED_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def root(cache_dir: Union[str, Path, None] = None) -> Path:
@@ -48,8 +57,10 @@ def build(out_dir: Union[str, Path], params: Params, write: Callable[[Path], Non
     if done == params:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists but does not hold an artifact built with {params} (its DONE holds "
-                              f"{done}); remove it or choose another directory.")  # fmt: skip
+        raise FileExistsError(
+            f"{out_dir} exists but does not hold an artifact built with {params} (its DONE holds "
+            f"{done}); remove it or choose another directory."
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
@@ -114,15 +125,22 @@ def expect(artifacts: List[Tuple[Path, str, str]]) -> None:
 
 def _say_what_is_coming() -> None:
     global _said
-    missing = [(out_dir, f"{what} ({how_long})" if how_long else what) for out_dir, what, how_long in _expected
-               if done_params(out_dir) is None]  # fmt: skip
+    missing = [
+        (out_dir, f"{what} ({how_long})" if how_long else what)
+        for out_dir, what, how_long in _expected
+        if done_params(out_dir) is None
+    ]
     if _said or not missing:
         return
     _said = True
     names = [what for _, what in missing]
     listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-    log.info("First run on this machine with these settings: building %s into %s; later runs reuse %s.", listed,
-             missing[0][0].parent, "it" if len(names) == 1 else "them")  # fmt: skip
+    log.info(
+        "First run on this machine with these settings: building %s into %s; later runs reuse %s.",
+        listed,
+        missing[0][0].parent,
+        "it" if len(names) == 1 else "them",
+    )
 
 
 def _what(out_dir: Path, kind: str) -> str:
@@ -136,8 +154,10 @@ def write_in_child(function: str, out_dir: Path, kwargs: Params) -> None:
     ranks, which are waiting on our file lock."""
     module, name = function.split(":")
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
-    code = (f"import json, logging, sys; from {module} import {name}; logging.basicConfig(level=logging.INFO); "
-            f"{name}(sys.argv[1], **json.loads(sys.argv[2]))")
+    code = (
+        f"import json, logging, sys; from {module} import {name}; logging.basicConfig(level=logging.INFO); "
+        f"{name}(sys.argv[1], **json.loads(sys.argv[2]))"
+    )
     subprocess.run([sys.executable, "-c", code, str(out_dir), json.dumps(kwargs)], env=env, check=True)
 
 

@@ -67,8 +67,9 @@ class Progress(ProgressCallback):
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
-            self.prediction_bar = tqdm(total=len(eval_dataloader), desc="eval", leave=self.training_bar is None,
-                                       dynamic_ncols=True)  # fmt: skip
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader), desc="eval", leave=self.training_bar is None, dynamic_ncols=True
+            )
         super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -76,12 +77,16 @@ class Progress(ProgressCallback):
             return
         nan = float("nan")
         if "eval_loss" in logs:
-            tqdm.write(f"step {state.global_step}/{state.max_steps}  eval loss {logs['eval_loss']:.4g}  "
-                       f"margin {logs.get('eval_rewards/margins', nan):.4g}  "
-                       f"accuracy {logs.get('eval_rewards/accuracies', nan):.3g}")  # fmt: skip
+            tqdm.write(
+                f"step {state.global_step}/{state.max_steps}  eval loss {logs['eval_loss']:.4g}  "
+                f"margin {logs.get('eval_rewards/margins', nan):.4g}  "
+                f"accuracy {logs.get('eval_rewards/accuracies', nan):.3g}"
+            )
         elif "train_runtime" in logs:
-            tqdm.write(f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s, "
-                       f"mean loss {logs.get('train_loss', nan):.4g}")  # fmt: skip
+            tqdm.write(
+                f"trained {state.global_step} steps in {logs['train_runtime']:.1f} s, "
+                f"mean loss {logs.get('train_loss', nan):.4g}"
+            )
         elif "loss" in logs and self.training_bar is not None:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 

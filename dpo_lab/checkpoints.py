@@ -91,8 +91,11 @@ def resumable(checkpoints_dir: str) -> Tuple[Optional[str], List[Tuple[str, str]
         log.warning("%s is incomplete: %s. Moved it to %s.", path, reason, aside)
         broken.append((path, reason))
     if broken:
-        log.warning("Stepping back past %d incomplete checkpoint(s): %s.", len(broken),
-                    f"resuming from {good}" if good else "no complete checkpoint is left, so training starts over")  # fmt: skip
+        log.warning(
+            "Stepping back past %d incomplete checkpoint(s): %s.",
+            len(broken),
+            f"resuming from {good}" if good else "no complete checkpoint is left, so training starts over",
+        )
     return good, broken
 
 

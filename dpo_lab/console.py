@@ -12,7 +12,9 @@ def setup_logging(job_dir: Optional[str] = None) -> None:
     handlers: List[logging.Handler] = [logging.StreamHandler()]
     if job_dir:
         handlers.append(logging.FileHandler(os.path.join(job_dir, files.LOG)))
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", handlers=handlers, force=True
+    )
 
 
 def tag_rank() -> None:

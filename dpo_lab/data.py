@@ -25,8 +25,10 @@ UNPAIRED = ("prompt", "completion", "label")  # one answer per row, labelled des
 # The roles of TRL's conversational format (tool: a tool's answer in an agent transcript). A model's chat template
 # may accept fewer (the toy model's knows only user and assistant): check_chat_template asks the template itself.
 ROLES = ("system", "user", "assistant", "tool")
-FIELD_FIX = ('Each field is text, or a list of messages such as [{"role": "user", "content": "..."}] (role one of '
-             f"{', '.join(ROLES)}; content text). Fix the row or remove it.")  # fmt: skip
+FIELD_FIX = (
+    'Each field is text, or a list of messages such as [{"role": "user", "content": "..."}] (role one of '
+    f"{', '.join(ROLES)}; content text). Fix the row or remove it."
+)
 
 
 @dataclass
@@ -91,8 +93,10 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
     for i, row in enumerate(rows, start=1):
         for name in FIELDS:
             if name not in row:
-                raise UserError(f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Every "
-                                "row needs prompt, chosen and rejected; rename the fields or fix the row.")  # fmt: skip
+                raise UserError(
+                    f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Every "
+                    "row needs prompt, chosen and rejected; rename the fields or fix the row."
+                )
             problem = _field_problem(row[name])
             if problem and problem.startswith("is empty"):
                 raise UserError(f"{source} row {i} field {name!r} {problem}. Fill it or remove the row.")
@@ -101,15 +105,19 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
         conversational = [isinstance(row[name], list) for name in FIELDS]
         if len(set(conversational)) > 1:  # TRL decides per row from one field: the others would break its template
             plain = [n for n, c in zip(FIELDS, conversational) if not c]
-            raise UserError(f"{source} row {i} mixes plain text ({', '.join(plain)}) with lists of messages. A row "
-                            "is one kind: make all three fields lists of messages (the prompt as "
-                            '[{"role": "user", "content": "..."}], chosen and rejected as the answer turns only) or '
-                            "all three plain text.")  # fmt: skip
+            raise UserError(
+                f"{source} row {i} mixes plain text ({', '.join(plain)}) with lists of messages. A row "
+                "is one kind: make all three fields lists of messages (the prompt as "
+                '[{"role": "user", "content": "..."}], chosen and rejected as the answer turns only) or '
+                "all three plain text."
+            )
         if first is None:
             first = conversational[0]
         elif conversational[0] != first:  # TRL reads the whole file the way its first row reads
-            raise UserError(f"{source} row {i} is {kinds[conversational[0]]} but row 1 is {kinds[first]}. All rows "
-                            "of a file must be one kind: convert the rows of the other kind.")  # fmt: skip
+            raise UserError(
+                f"{source} row {i} is {kinds[conversational[0]]} but row 1 is {kinds[first]}. All rows "
+                "of a file must be one kind: convert the rows of the other kind."
+            )
         for name in FIELDS if first else ():
             for j, message in enumerate(row[name], start=1):
                 for key, value in message.items():
@@ -117,16 +125,20 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
                         continue
                     seen = key_kinds.setdefault(key, (_message_key_kind(value), i))
                     if seen[0] != _message_key_kind(value):
-                        raise UserError(f"{source} row {i} field {name!r} message {j} has {key!r} = {kind_of(value)}, "
-                                        f"but in row {seen[1]} {key!r} is {seen[0]}. The trainer stores every message "
-                                        "in one table, so a key needs one kind throughout: make them agree or drop the "
-                                        "key.")  # fmt: skip
+                        raise UserError(
+                            f"{source} row {i} field {name!r} message {j} has {key!r} = {kind_of(value)}, "
+                            f"but in row {seen[1]} {key!r} is {seen[0]}. The trainer stores every message "
+                            "in one table, so a key needs one kind throughout: make them agree or drop the "
+                            "key."
+                        )
         if row["chosen"] == row["rejected"]:
             identical += 1
             continue
         kept.append(row)
     if identical:
-        log.warning("%s: dropped %d of %d rows where chosen == rejected (no preference to learn).", source, identical, len(rows))
+        log.warning(
+            "%s: dropped %d of %d rows where chosen == rejected (no preference to learn).", source, identical, len(rows)
+        )
     if not kept:
         raise UserError(f"{source}: every row has chosen == rejected; there is nothing to learn.")
     return kept
@@ -134,7 +146,9 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
 
 def is_unpaired(rows: List[Dict[str, Any]]) -> bool:
     """Whether a file holds unpaired rows (prompt, completion, label), judged by its first row as TRL does."""
-    return bool(rows) and isinstance(rows[0], dict) and "chosen" not in rows[0] and {"completion", "label"} <= set(rows[0])
+    return (
+        bool(rows) and isinstance(rows[0], dict) and "chosen" not in rows[0] and {"completion", "label"} <= set(rows[0])
+    )
 
 
 def check_unpaired_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
@@ -143,25 +157,34 @@ def check_unpaired_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[st
     for i, row in enumerate(rows, start=1):
         for name in UNPAIRED:
             if name not in row:
-                raise UserError(f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Unpaired "
-                                "rows need prompt, completion and label; fix the row.")  # fmt: skip
+                raise UserError(
+                    f"{source} row {i} has no {name!r} field (it has {sorted(map(str, row))[:10]}). Unpaired "
+                    "rows need prompt, completion and label; fix the row."
+                )
         for name in ("prompt", "completion"):
             problem = _field_problem(row[name])
             if problem:
                 raise UserError(f"{source} row {i} field {name!r} {problem}. {FIELD_FIX}")
         label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
         if not (isinstance(label, (bool, int, float)) and label in (0, 1) or label in ("true", "false")):
-            raise UserError(f"{source} row {i} field 'label' is {kind_of(row['label'])}: use true (a desirable answer) or "
-                            "false (an undesirable one); 1/0 and \"true\"/\"false\" work too.")  # fmt: skip
+            raise UserError(
+                f"{source} row {i} field 'label' is {kind_of(row['label'])}: use true (a desirable answer) or "
+                'false (an undesirable one); 1/0 and "true"/"false" work too.'
+            )
         kinds.add((isinstance(row["prompt"], list), isinstance(row["completion"], list)))
         out.append({**row, "label": label == "true" if isinstance(label, str) else bool(label)})
     if len(kinds) > 1 or any(p != c for p, c in kinds):
-        raise UserError(f"{source} mixes plain text with lists of messages: make every prompt and completion one kind "
-                        "(both lists of messages, or both text).")  # fmt: skip
+        raise UserError(
+            f"{source} mixes plain text with lists of messages: make every prompt and completion one kind "
+            "(both lists of messages, or both text)."
+        )
     labels = {r["label"] for r in out}
     if len(labels) == 1:
-        log.warning("%s: every row is %s; KTO learns best from both kinds.", source,
-                    "desirable" if labels == {True} else "undesirable")  # fmt: skip
+        log.warning(
+            "%s: every row is %s; KTO learns best from both kinds.",
+            source,
+            "desirable" if labels == {True} else "undesirable",
+        )
     return out
 
 
@@ -202,21 +225,29 @@ def check_chat_template(rows: List[Dict[str, Any]], tokenizer, source: str) -> N
 
     require_chat_template(tokenizer, source)
     for i, row in enumerate(rows, start=1):
-        answers = [("completion", row["completion"])] if "completion" in row else [("chosen", row["chosen"]), ("rejected", row["rejected"])]
+        answers = (
+            [("completion", row["completion"])]
+            if "completion" in row
+            else [("chosen", row["chosen"]), ("rejected", row["rejected"])]
+        )
         for part, messages in [("prompt", row["prompt"])] + [(f"prompt + {k}", row["prompt"] + a) for k, a in answers]:
             try:
                 tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=part == "prompt")
             except TemplateError as e:
-                raise UserError(f"{source} row {i}: the chat template of {tokenizer.name_or_path!r} refuses its "
-                                f"{part} messages ({one_line(e)}). Change the row to roles and turns that template "
-                                "accepts, or use a model whose template accepts them.") from None  # fmt: skip
+                raise UserError(
+                    f"{source} row {i}: the chat template of {tokenizer.name_or_path!r} refuses its "
+                    f"{part} messages ({one_line(e)}). Change the row to roles and turns that template "
+                    "accepts, or use a model whose template accepts them."
+                ) from None
 
 
 def require_chat_template(tokenizer, source: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{source}: conversational rows (or data.prompt_format=chat) need the model's chat template, "
-                        f"but the tokenizer of {tokenizer.name_or_path!r} has none. Use a chat model, or plain-text "
-                        "rows with a data.prompt_format such as phi2 or alpaca.")  # fmt: skip
+        raise UserError(
+            f"{source}: conversational rows (or data.prompt_format=chat) need the model's chat template, "
+            f"but the tokenizer of {tokenizer.name_or_path!r} has none. Use a chat model, or plain-text "
+            "rows with a data.prompt_format such as phi2 or alpaca."
+        )
 
 
 def as_text(value: Any) -> str:
@@ -245,7 +276,11 @@ def format_prompts(rows: List[Dict[str, Any]], prompt_format: str) -> List[Dict[
 def prompt_ids(tokenizer, prompt: Any) -> List[int]:
     """Token ids of a prompt as TRL's DPOTrainer builds them (chat template with generation prompt for messages)."""
     if isinstance(prompt, list):
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])  # fmt: skip
+        return list(
+            tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
     return tokenizer(text=prompt)["input_ids"]
 
 
@@ -260,20 +295,30 @@ def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
         try:
             length = len(prompt_ids(tokenizer, row["prompt"]))
         except TemplateError as e:  # check_chat_template names the row; this is data.prompt_format=chat's case
-            raise UserError(f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
-                            f"{as_text(row['prompt'])!r:.60} ({one_line(e)}). Use another data.prompt_format, or a "
-                            "model whose template accepts it.") from None  # fmt: skip
+            raise UserError(
+                f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
+                f"{as_text(row['prompt'])!r:.60} ({one_line(e)}). Use another data.prompt_format, or a "
+                "model whose template accepts it."
+            ) from None
         if length < max_length:
             kept.append(row)
         else:
             shortest = min(length, shortest or length)
     if not kept:
-        raise UserError(f"{source}: every prompt is at least trainer.max_length={max_length} tokens long (the shortest "
-                        f"is {shortest}), so no pair is left to train on. Raise trainer.max_length above that, or "
-                        "shorten the prompts.")  # fmt: skip
+        raise UserError(
+            f"{source}: every prompt is at least trainer.max_length={max_length} tokens long (the shortest "
+            f"is {shortest}), so no pair is left to train on. Raise trainer.max_length above that, or "
+            "shorten the prompts."
+        )
     if len(kept) < len(rows):
-        log.warning("%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
-                    "for the answer). Raise trainer.max_length or shorten those prompts.", source, len(rows) - len(kept), len(rows), max_length)  # fmt: skip
+        log.warning(
+            "%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
+            "for the answer). Raise trainer.max_length or shorten those prompts.",
+            source,
+            len(rows) - len(kept),
+            len(rows),
+            max_length,
+        )
     return kept
 
 
@@ -283,8 +328,10 @@ def _load_hub(cfg: DictConfig):
     try:
         ds = datasets.load_dataset(cfg.name, cfg.subset)
     except Exception as e:
-        raise UserError(f"Cannot load hub dataset {cfg.name!r}: {e}. Check the name and your internet access, "
-                        "or download it and use data=json with local files.") from None  # fmt: skip
+        raise UserError(
+            f"Cannot load hub dataset {cfg.name!r}: {e}. Check the name and your internet access, "
+            "or download it and use data=json with local files."
+        ) from None
     if cfg.train_split not in ds:
         raise UserError(f"Hub dataset {cfg.name!r} has no split {cfg.train_split!r}; it has {list(ds)}.")
     train = ds[cfg.train_split].to_list()
@@ -304,14 +351,18 @@ def _usable(rows: List[Dict[str, Any]], source: str, prompt_format: str, tokeniz
     return drop_long_prompts(format_prompts(kept, prompt_format), tokenizer, max_length, source)
 
 
-def load_preferences(cfg: DictConfig, tokenizer, max_length: int, built: Optional[Dict[str, str]] = None) -> Preferences:
+def load_preferences(
+    cfg: DictConfig, tokenizer, max_length: int, built: Optional[Dict[str, str]] = None
+) -> Preferences:
     """Read, check, format and split the data described by the `data` config group: the run's one path from data to
     trainer rows, which preflight runs too. `built`: the train_file / eval_file of generated data (toy, sentiment)."""
     if cfg.source == "hub":
         train, evals = _load_hub(cfg)
         train_name, eval_name = f"hub:{cfg.name}[{cfg.train_split}]", f"hub:{cfg.name}[{cfg.eval_split}]"
     else:
-        files = built if cfg.source in ("toy", "sentiment") else {"train_file": cfg.train_file, "eval_file": cfg.eval_file}
+        files = (
+            built if cfg.source in ("toy", "sentiment") else {"train_file": cfg.train_file, "eval_file": cfg.eval_file}
+        )
         train_name, eval_name = files["train_file"], files.get("eval_file")
         train = read_rows(train_name)
         evals = read_rows(eval_name) if eval_name else None
@@ -326,13 +377,20 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, built: Optiona
         rng.shuffle(order)
         n_eval = max(1, int(round(len(train) * cfg.eval_fraction)))
         if len(train) - n_eval < 1:
-            raise UserError(f"{train_name} has only {len(train)} usable rows: too few to hold out an eval split. "
-                            "Add rows or pass data.eval_file.")  # fmt: skip
+            raise UserError(
+                f"{train_name} has only {len(train)} usable rows: too few to hold out an eval split. "
+                "Add rows or pass data.eval_file."
+            )
         held = set(order[:n_eval])
         evals = [train[i] for i in sorted(held)]
         train = [r for i, r in enumerate(train) if i not in held]
-        log.info("No eval file: held out %d of %d usable train rows for evaluation (data.eval_fraction=%s, seed %d).",
-                 len(evals), len(train) + len(evals), cfg.eval_fraction, cfg.split_seed)  # fmt: skip
+        log.info(
+            "No eval file: held out %d of %d usable train rows for evaluation (data.eval_fraction=%s, seed %d).",
+            len(evals),
+            len(train) + len(evals),
+            cfg.eval_fraction,
+            cfg.split_seed,
+        )
     else:
         evals = _usable(evals, eval_name, cfg.prompt_format, tokenizer, max_length)
 
@@ -342,6 +400,8 @@ def load_preferences(cfg: DictConfig, tokenizer, max_length: int, built: Optiona
         evals = evals[: cfg.max_eval_samples]
     shapes = {"unpaired" if "completion" in rows[0] else "paired" for rows in (train, evals)}
     if len(shapes) > 1:
-        raise UserError(f"{train_name} and {eval_name} hold different kinds of rows (one paired: prompt, chosen, "
-                        "rejected; the other unpaired: prompt, completion, label): give both files one kind.")  # fmt: skip
+        raise UserError(
+            f"{train_name} and {eval_name} hold different kinds of rows (one paired: prompt, chosen, "
+            "rejected; the other unpaired: prompt, completion, label): give both files one kind."
+        )
     return Preferences(train=train, eval=evals, shape=shapes.pop())

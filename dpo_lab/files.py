@@ -21,7 +21,14 @@ log = logging.getLogger(__name__)
 _UMASK = os.umask(0o22)  # read once, at import: os.umask can only be read by setting it, which races with threads
 os.umask(_UMASK)
 
-CONFIG, JOB, RUN_INFO, RESULT, SAMPLES, LOG = "config.yaml", "job.json", "run_info.json", "result.json", "samples.jsonl", "train.log"
+CONFIG, JOB, RUN_INFO, RESULT, SAMPLES, LOG = (
+    "config.yaml",
+    "job.json",
+    "run_info.json",
+    "result.json",
+    "samples.jsonl",
+    "train.log",
+)
 
 
 def is_main_rank() -> bool:
@@ -34,7 +41,9 @@ def launch_id() -> Optional[str]:
     address), or None outside such a launch: a job dir locked by rank 0 is not busy for ranks 1..N of its launch."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    return (
+        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    )
 
 
 @contextlib.contextmanager
@@ -103,6 +112,8 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
             if n == lines[-1][0]:
                 log.warning("%s: ignoring line %d, cut short (%s), presumably by a kill during an append.", path, n, e)
                 break
-            raise ValueError(f"{path}, line {n}: not a JSON row ({e}); the file is damaged there. Repair or delete "
-                             "that line, or move the file aside (a resumed run then samples its checkpoints again).") from None  # fmt: skip
+            raise ValueError(
+                f"{path}, line {n}: not a JSON row ({e}); the file is damaged there. Repair or delete "
+                "that line, or move the file aside (a resumed run then samples its checkpoints again)."
+            ) from None
     return rows

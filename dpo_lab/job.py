@@ -30,15 +30,22 @@ def task_function(task: Union[str, Task]) -> Task:
     return getattr(importlib.import_module(module), name)
 
 
-def execute(job_dir: str, task: Union[str, Task], cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def execute(
+    job_dir: str, task: Union[str, Task], cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Run a prepared job in this process, holding its dir's lock (JobBusy if another process holds it); always
     writes result.json (status: faults.STATUSES) and closes the wandb run; raises only KeyboardInterrupt (after
     recording `interrupted`). `cfg` and `meta` default to what prepare() saved in `job_dir`."""
     meta = meta or files.read_json(os.path.join(job_dir, files.JOB))
     path = os.path.join(job_dir, files.RESULT)
     with locked(job_dir):
-        result: Dict[str, Any] = {"status": "running", "name": meta["name"], "job_dir": job_dir,
-                                  "overrides": meta["overrides"], "pid": os.getpid()}  # fmt: skip
+        result: Dict[str, Any] = {
+            "status": "running",
+            "name": meta["name"],
+            "job_dir": job_dir,
+            "overrides": meta["overrides"],
+            "pid": os.getpid(),
+        }
         files.write_json(path, result)
         started, run = time.time(), None
         try:
@@ -59,9 +66,12 @@ def execute(job_dir: str, task: Union[str, Task], cfg: Optional[DictConfig] = No
         except Exception as e:
             result.update(faults.classify(e))
             if result.pop("bug", False):
-                log.error("Job failed:\n%s\nThis is a bug in dpo-lab or a library under it, not a problem with your "
-                          "config or data: please report it with the traceback above and %s.", traceback.format_exc(),
-                          os.path.join(job_dir, files.LOG))  # fmt: skip
+                log.error(
+                    "Job failed:\n%s\nThis is a bug in dpo-lab or a library under it, not a problem with your "
+                    "config or data: please report it with the traceback above and %s.",
+                    traceback.format_exc(),
+                    os.path.join(job_dir, files.LOG),
+                )
             else:
                 log.error("Job %s: %s", result["status"], result["error"])
         finally:

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 def load_config(path: str, overrides: List[str] = ()) -> DictConfig:
     """Load a saved config into the typed schema, then apply `key=value` overrides."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(Config), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
+        )
     except Exception as e:  # omegaconf's errors name the key; keep that, drop the traceback
         raise UserError(f"Config {path} with overrides {list(overrides)} is invalid: {e}") from None
     return cfg
@@ -44,25 +46,48 @@ def completed_result(cfg: DictConfig, job_dir: str) -> Optional[Dict[str, Any]]:
     if not os.path.isfile(saved):
         return None
     if not same_config(saved, OmegaConf.to_container(cfg, resolve=True)):
-        raise UserError(f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
-                        "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...).")  # fmt: skip
+        raise UserError(
+            f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
+            "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...)."
+        )
     result = files.read_json(os.path.join(job_dir, files.RESULT)) or {}
     return result if result.get("status") == "completed" else None
 
 
-def prepare(cfg: DictConfig, job_dir: str, name: str, group: Optional[str], overrides: List[str], choices: Dict[str, str],
-            sweep_dir: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+def prepare(
+    cfg: DictConfig,
+    job_dir: str,
+    name: str,
+    group: Optional[str],
+    overrides: List[str],
+    choices: Dict[str, str],
+    sweep_dir: Optional[str] = None,
+) -> Dict[str, Any]:
     """Write what runs and reruns this job into `job_dir`. A relaunched job keeps its wandb run id."""
     os.makedirs(job_dir, exist_ok=True)
     if files.is_main_rank():
         OmegaConf.save(cfg, os.path.join(job_dir, files.CONFIG), resolve=True)
     previous = files.read_json(os.path.join(job_dir, files.JOB)) or {}
-    wandb_id = previous.get("wandb_id") or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    meta = {"name": name, "group": group, "overrides": list(overrides), "choices": dict(choices), "wandb_id": wandb_id,
-            "sweep_dir": sweep_dir}  # fmt: skip
+    wandb_id = previous.get("wandb_id") or "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)
+    )
+    meta = {
+        "name": name,
+        "group": group,
+        "overrides": list(overrides),
+        "choices": dict(choices),
+        "wandb_id": wandb_id,
+        "sweep_dir": sweep_dir,
+    }
     files.write_json(os.path.join(job_dir, files.JOB), meta)
-    info = {"seed": cfg.seed, "versions": provenance.versions(), "git": provenance.git_commit(), "argv": sys.argv,
-            "cwd": os.getcwd(), "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    info = {
+        "seed": cfg.seed,
+        "versions": provenance.versions(),
+        "git": provenance.git_commit(),
+        "argv": sys.argv,
+        "cwd": os.getcwd(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     files.write_json(os.path.join(job_dir, files.RUN_INFO), info)
     return meta
 
@@ -101,8 +126,11 @@ def check_free(job_dir: str) -> None:
     holder = _held_by(job_dir)
     ours = files.launch_id()
     if holder and not (ours and holder.endswith(f"launch {ours}")):
-        raise JobBusy(f"{job_dir} is in use: {holder.split(' launch ')[0]} is training in it. Wait for it to finish, or stop it (kill "
-                      "PID: it records `interrupted` and keeps its last checkpoint), then relaunch to resume.")  # fmt: skip
+        raise JobBusy(
+            f"{job_dir} is in use: {holder.split(' launch ')[0]} is training in it. Wait for it to finish, or stop "
+            "it (kill "
+            "PID: it records `interrupted` and keeps its last checkpoint), then relaunch to resume."
+        )
 
 
 @contextmanager
@@ -122,7 +150,11 @@ def locked(job_dir: str):
             raise JobBusy(f"{job_dir} is in use by another process.") from None
         launch = files.launch_id()
         f.truncate(0)
-        f.write(f"pid {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})" + (f" launch {launch}" if launch else "") + "\n")
+        f.write(
+            f"pid {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+            + (f" launch {launch}" if launch else "")
+            + "\n"
+        )
         f.flush()
         try:
             yield

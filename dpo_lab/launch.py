@@ -20,8 +20,16 @@ log = logging.getLogger(__name__)
 
 # What every job imports. A fork server (multiprocessing's forkserver) imports them once, before anything touches
 # CUDA, and forks each job's process from itself: a fresh process per job without paying ~7 s of imports each time.
-PRELOAD = ["torch", "transformers", "datasets", "peft", "accelerate", "wandb", "trl.trainer.dpo_trainer",
-           "dpo_lab.train"]  # fmt: skip
+PRELOAD = [
+    "torch",
+    "transformers",
+    "datasets",
+    "peft",
+    "accelerate",
+    "wandb",
+    "trl.trainer.dpo_trainer",
+    "dpo_lab.train",
+]
 
 
 def cpu_threads(concurrent: int) -> Optional[int]:
@@ -75,8 +83,9 @@ def _child(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: O
     import torch
 
     if torch.cuda._is_in_bad_fork():  # CUDA was initialised before the fork: it would fail at the first CUDA call
-        log.error("This job was forked from a process that had initialised CUDA. Run the sweep with "
-                  "start_method=spawn.")  # fmt: skip
+        log.error(
+            "This job was forked from a process that had initialised CUDA. Run the sweep with start_method=spawn."
+        )
         sys.exit(EXIT_FAILED)
     _stop_with(parent)
     _use_threads(threads)
@@ -119,8 +128,16 @@ def _use_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None,
-           start_method: str = "forkserver", threads: Optional[int] = None, jobs_per_gpu: int = 1) -> Dict[str, Any]:  # fmt: skip
+def launch(
+    job_dir: str,
+    task: Union[str, Task],
+    isolate: bool,
+    cfg: Optional[DictConfig] = None,
+    meta: Optional[Dict[str, Any]] = None,
+    start_method: str = "forkserver",
+    threads: Optional[int] = None,
+    jobs_per_gpu: int = 1,
+) -> Dict[str, Any]:
     """Run a prepared job and return its result: here, or (`isolate`) in a process of its own, started by
     `start_method` (forkserver: forked from a server that preloaded PRELOAD; spawn: a fresh interpreter), with
     `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs."""
@@ -137,7 +154,9 @@ def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[Di
         # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
         # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
         env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
-        proc = _context(start_method).Process(target=_child, args=(job_dir, task, env, threads, os.getpid()), name=f"job {job_dir}")
+        proc = _context(start_method).Process(
+            target=_child, args=(job_dir, task, env, threads, os.getpid()), name=f"job {job_dir}"
+        )
         with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
             _start(proc, start_method)
             try:
@@ -147,7 +166,11 @@ def launch(job_dir: str, task: Union[str, Task], isolate: bool, cfg: Optional[Di
                 proc.join()
                 raise
     if proc.exitcode == EXIT_BUSY:
-        return {"status": "failed", "error": f"{job_dir} is in use by another process; not started.", "job_dir": job_dir}
+        return {
+            "status": "failed",
+            "error": f"{job_dir} is in use by another process; not started.",
+            "job_dir": job_dir,
+        }
     path = os.path.join(job_dir, files.RESULT)
     result = files.read_json(path) or {}
     if result.get("status") in (None, "running"):  # killed (OOM killer, kill -9) before it could record anything

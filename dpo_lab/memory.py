@@ -56,8 +56,11 @@ class MemoryPlan:
 
     def summary(self) -> Dict[str, float]:
         """For result.json: the decision and its numbers in GB."""
-        return {"activation_checkpointing": self.checkpointing, "memory_estimate_gb": round(self.total / GB, 3),
-                "memory_free_gb": round(self.free / GB, 3)}  # fmt: skip
+        return {
+            "activation_checkpointing": self.checkpointing,
+            "memory_estimate_gb": round(self.total / GB, 3),
+            "memory_free_gb": round(self.free / GB, 3),
+        }
 
 
 def model_shape(path: str, model_cfg, peft_cfg) -> ModelShape:
@@ -65,19 +68,30 @@ def model_shape(path: str, model_cfg, peft_cfg) -> ModelShape:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     lora = 0
     if peft_cfg.enabled:
         output = model.get_output_embeddings()
         for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and module is not output and _targeted(name, peft_cfg.target_modules):
+            if (
+                isinstance(module, torch.nn.Linear)
+                and module is not output
+                and _targeted(name, peft_cfg.target_modules)
+            ):
                 lora += peft_cfg.r * (module.in_features + module.out_features)
     text = config.get_text_config()
     hidden = text.hidden_size
-    return ModelShape(params=sum(p.numel() for p in model.parameters()), lora_params=lora, hidden=hidden,
-                      layers=text.num_hidden_layers, intermediate=getattr(text, "intermediate_size", None) or 4 * hidden)  # fmt: skip
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        lora_params=lora,
+        hidden=hidden,
+        layers=text.num_hidden_layers,
+        intermediate=getattr(text, "intermediate_size", None) or 4 * hidden,
+    )
 
 
 def _targeted(name: str, target) -> bool:
@@ -89,8 +103,15 @@ def _targeted(name: str, target) -> bool:
     return name.split(".")[-1] in set(target) or name in set(target)
 
 
-def estimate(shape: ModelShape, precision: Precision, lora: bool, live_reference: bool, sequences: int,
-             max_length: int, optim: Optional[str] = None) -> Dict[str, float]:  # fmt: skip
+def estimate(
+    shape: ModelShape,
+    precision: Precision,
+    lora: bool,
+    live_reference: bool,
+    sequences: int,
+    max_length: int,
+    optim: Optional[str] = None,
+) -> Dict[str, float]:
     """Bytes per part without checkpointing (see the module docstring), plus "activations_checkpointed"."""
     n, b = shape.params, BYTES
     trainable, t_bytes = (shape.lora_params, 4) if lora else (n, b[precision.trainable])
@@ -139,11 +160,27 @@ def plan(model_path: str, cfg, precision: Precision, device: str) -> MemoryPlan:
     t = cfg.trainer
     shape = model_shape(model_path, cfg.model, cfg.peft)
     live_reference = not t.precompute_ref_log_probs
-    parts = estimate(shape, precision, cfg.peft.enabled, live_reference, 2 * t.per_device_train_batch_size,
-                     t.max_length, t.extra.get("optim") or precision.trainer_args().get("optim"))  # fmt: skip
+    parts = estimate(
+        shape,
+        precision,
+        cfg.peft.enabled,
+        live_reference,
+        2 * t.per_device_train_batch_size,
+        t.max_length,
+        t.extra.get("optim") or precision.trainer_args().get("optim"),
+    )
     result = decide(t.activation_checkpointing, parts, free_memory(device))
-    log.info("Memory estimate (%d params, batch %d x 2 x %d tokens, %s): %s = %.2f GB; with checkpointing the "
-             "activations take %.2f GB. Activation checkpointing %s (%s).", shape.params, t.per_device_train_batch_size,
-             t.max_length, precision.mode, ", ".join(f"{k} {v / GB:.2f}" for k, v in result.parts.items()),
-             result.total / GB, result.checkpointed_activations / GB, "on" if result.checkpointing else "off", result.why)  # fmt: skip
+    log.info(
+        "Memory estimate (%d params, batch %d x 2 x %d tokens, %s): %s = %.2f GB; with checkpointing the "
+        "activations take %.2f GB. Activation checkpointing %s (%s).",
+        shape.params,
+        t.per_device_train_batch_size,
+        t.max_length,
+        precision.mode,
+        ", ".join(f"{k} {v / GB:.2f}" for k, v in result.parts.items()),
+        result.total / GB,
+        result.checkpointed_activations / GB,
+        "on" if result.checkpointing else "off",
+        result.why,
+    )
     return result

@@ -27,10 +27,12 @@ def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:  # a missing or malformed tokenizer file surfaces as OSError, ValueError, KeyError...
         reason = " ".join(str(e).split()).rstrip(".")  # transformers' messages span lines: keep one paragraph
-        raise UserError(f"Cannot load the tokenizer of {path!r}: {type(e).__name__}: {reason}. A checkpoint needs "
-                        "the tokenizer files save_pretrained writes (tokenizer.json and tokenizer_config.json): save "
-                        "the tokenizer beside the model (tokenizer.save_pretrained(DIR)), or for a hub id check the "
-                        "id and internet access.") from None  # fmt: skip
+        raise UserError(
+            f"Cannot load the tokenizer of {path!r}: {type(e).__name__}: {reason}. A checkpoint needs "
+            "the tokenizer files save_pretrained writes (tokenizer.json and tokenizer_config.json): save "
+            "the tokenizer beside the model (tokenizer.save_pretrained(DIR)), or for a hub id check the "
+            "id and internet access."
+        ) from None
     if tok.pad_token is None:  # many causal LMs ship without one; TRL needs it for batching
         tok.pad_token = tok.eos_token
     return tok
@@ -39,15 +41,21 @@ def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code:
 def check_model_path(path: Optional[str], key: str = "model.path") -> str:
     """`path` (the value of config key `key`) as a local directory or hub id, or a UserError saying what is wrong."""
     if not path:
-        raise UserError("model=hf needs model.path: a local checkpoint directory or a hub id, "
-                        "e.g. model=hf model.path=/ckpt/my-sft-model.")  # fmt: skip
+        raise UserError(
+            "model=hf needs model.path: a local checkpoint directory or a hub id, "
+            "e.g. model=hf model.path=/ckpt/my-sft-model."
+        )
     expanded = os.path.expanduser(path)
     if path.startswith(("/", ".", "~")) and not os.path.isdir(expanded):
-        raise UserError(f"{key}={path!r} does not exist. Point it at a directory holding config.json and the "
-                        "weights (a save_pretrained checkpoint), or at a hub id such as Qwen/Qwen2.5-0.5B.")  # fmt: skip
+        raise UserError(
+            f"{key}={path!r} does not exist. Point it at a directory holding config.json and the "
+            "weights (a save_pretrained checkpoint), or at a hub id such as Qwen/Qwen2.5-0.5B."
+        )
     if os.path.isdir(expanded) and not os.path.isfile(os.path.join(expanded, "config.json")):
-        raise UserError(f"{key}={path!r} is a directory without config.json, so it is not a Hugging Face "
-                        "checkpoint. Point it at the directory that save_pretrained wrote.")  # fmt: skip
+        raise UserError(
+            f"{key}={path!r} is a directory without config.json, so it is not a Hugging Face "
+            "checkpoint. Point it at the directory that save_pretrained wrote."
+        )
     if os.path.isdir(expanded):
         _check_model_config(os.path.join(expanded, "config.json"), key)
     return expanded
@@ -67,8 +75,10 @@ def _check_model_config(config_file: str, key: str) -> None:
         raise UserError(f"{config_file} (the config.json of {key}) is not valid JSON ({e}). {fix}") from None
     if not isinstance(config, dict) or not (config.get("model_type") or config.get("auto_map")):
         # transformers 5 needs model_type to pick the architecture (auto_map: a remote-code model names its own)
-        raise UserError(f"{config_file} (the config.json of {key}) has no model_type, so transformers cannot tell "
-                        f"which architecture it is. {fix}")  # fmt: skip
+        raise UserError(
+            f"{config_file} (the config.json of {key}) has no model_type, so transformers cannot tell "
+            f"which architecture it is. {fix}"
+        )
 
 
 def load_model(path: str, cfg, dtype: str):
@@ -78,20 +88,25 @@ def load_model(path: str, cfg, dtype: str):
     from transformers import AutoModelForCausalLM
 
     # No use_safetensors: transformers 5 loads model.safetensors whenever a checkpoint has it, and a .bin-only one
-    # with torch.load(weights_only=True), which runs no pickled code. Remote code runs only with model.trust_remote_code.
+    # with torch.load(weights_only=True), which runs no pickled code. Remote code runs only with
+    # model.trust_remote_code.
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, dtype))
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except pickle.UnpicklingError as e:
-        raise UserError(f"Model {path!r} has its weights in a pickle (.bin) that holds more than tensors, and loading it "
-                        f"would run that code (torch: {str(e).split('. ')[0]}). dpo-lab runs no code from checkpoints: where "
-                        "you trust the file, convert it to safetensors (load it and save_pretrained(DIR) writes "
-                        "model.safetensors) and point model.path at DIR.") from None  # fmt: skip
+        raise UserError(
+            f"Model {path!r} has its weights in a pickle (.bin) that holds more than tensors, and loading it "
+            f"would run that code (torch: {str(e).split('. ')[0]}). dpo-lab runs no code from checkpoints: where "
+            "you trust the file, convert it to safetensors (load it and save_pretrained(DIR) writes "
+            "model.safetensors) and point model.path at DIR."
+        ) from None
     except (OSError, ValueError) as e:
-        raise UserError(f"Cannot load model {path!r}: {e}. For a hub id this needs internet access; otherwise "
-                        "point model.path at a local checkpoint directory.") from None  # fmt: skip
+        raise UserError(
+            f"Cannot load model {path!r}: {e}. For a hub id this needs internet access; otherwise "
+            "point model.path at a local checkpoint directory."
+        ) from None
 
 
 def lora_config(cfg):

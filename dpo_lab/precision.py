@@ -62,15 +62,19 @@ def check(mode: str, extra: Dict[str, Any]) -> Optional[str]:
     if mode != "bf16-pure":
         return None
     if "optim" in extra or "optim_args" in extra:
-        return (f"trainer.precision=bf16-pure keeps the trained weights in bf16, where AdamW's small updates round "
-                f"away to nothing, so it brings its own optimizer ({PURE_OPTIM} with {PURE_OPTIM_ARGS}); "
-                f"trainer.extra.optim={extra.get('optim')!r} / optim_args={extra.get('optim_args')!r} would replace "
-                "it. Drop them, or use trainer.precision=bf16-mixed.")  # fmt: skip
+        return (
+            f"trainer.precision=bf16-pure keeps the trained weights in bf16, where AdamW's small updates round "
+            f"away to nothing, so it brings its own optimizer ({PURE_OPTIM} with {PURE_OPTIM_ARGS}); "
+            f"trainer.extra.optim={extra.get('optim')!r} / optim_args={extra.get('optim_args')!r} would replace "
+            "it. Drop them, or use trainer.precision=bf16-mixed."
+        )
     if importlib.util.find_spec("torchao") is None:
-        return ("trainer.precision=bf16-pure keeps the trained weights in bf16, where AdamW's small updates round away "
-                "to nothing; it needs torchao's AdamW with stochastic rounding, and torchao is not installed. Install "
-                "it (pip install 'dpo-lab[bf16-pure]'), or use trainer.precision=bf16-mixed (fp32 weights and "
-                "optimizer state, bf16 compute: about 10 more bytes per trained parameter).")  # fmt: skip
+        return (
+            "trainer.precision=bf16-pure keeps the trained weights in bf16, where AdamW's small updates round away "
+            "to nothing; it needs torchao's AdamW with stochastic rounding, and torchao is not installed. Install "
+            "it (pip install 'dpo-lab[bf16-pure]'), or use trainer.precision=bf16-mixed (fp32 weights and "
+            "optimizer state, bf16 compute: about 10 more bytes per trained parameter)."
+        )
     return None
 
 
@@ -85,8 +89,10 @@ def resolve(mode: str, device: str) -> Precision:
     if device == "cpu" and mode == "fp16-mixed":
         raise UserError("trainer.precision=fp16-mixed needs CUDA; on CPU use fp32 (or auto, or bf16-mixed).")
     if mode.startswith("bf16") and not bf16_ok:
-        raise UserError(f"trainer.precision={mode} needs a GPU with bf16 (Ampere or newer); this one has none: "
-                        "use fp16-mixed (or auto).")  # fmt: skip
+        raise UserError(
+            f"trainer.precision={mode} needs a GPU with bf16 (Ampere or newer); this one has none: "
+            "use fp16-mixed (or auto)."
+        )
     return _PLANS[mode]
 
 
@@ -128,8 +134,12 @@ class DtypeReport:
         trainable = {dtype_name(p.dtype) for p in model.parameters() if p.requires_grad}
         states = trainer.optimizer.state.values() if trainer.optimizer is not None else ()
         # torchao's 8-bit state is a tensor subclass whose .dtype is the dequantized one: name the class instead
-        state = {dtype_name(v.dtype) if type(v) is torch.Tensor else type(v).__name__
-                 for s in states for v in s.values() if torch.is_tensor(v) and v.dim() > 0}  # fmt: skip
+        state = {
+            dtype_name(v.dtype) if type(v) is torch.Tensor else type(v).__name__
+            for s in states
+            for v in s.values()
+            if torch.is_tensor(v) and v.dim() > 0
+        }
         if not trainer.method.reference:
             reference = set()
         elif trainer.ref_model is not None:
@@ -140,13 +150,20 @@ class DtypeReport:
             reference = trainable  # precomputed log-probs: TRL ran the policy before its first step (reuse.py's key
             # includes the weights' dtype, so reused log-probs were computed in the same one)
         join = lambda names: "+".join(sorted(names)) or None  # noqa: E731
-        self.dtypes = {"trainable_dtype": join(trainable), "optimizer_state_dtype": join(state),
-                       "compute_dtype": self.compute, "reference_dtype": join(reference)}  # fmt: skip
+        self.dtypes = {
+            "trainable_dtype": join(trainable),
+            "optimizer_state_dtype": join(state),
+            "compute_dtype": self.compute,
+            "reference_dtype": join(reference),
+        }
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        log.info("Dtypes: trainable %(trainable_dtype)s, optimizer state %(optimizer_state_dtype)s, compute "
-                 "%(compute_dtype)s, reference %(reference_dtype)s", self.dtypes)  # fmt: skip
+        log.info(
+            "Dtypes: trainable %(trainable_dtype)s, optimizer state %(optimizer_state_dtype)s, compute "
+            "%(compute_dtype)s, reference %(reference_dtype)s",
+            self.dtypes,
+        )
         if self.run is not None:
             tracking.safely(lambda: self.run.config.update({"dtypes": self.dtypes}, allow_val_change=True))
         return self.dtypes

@@ -23,17 +23,28 @@ class Objective:
 
 
 OBJECTIVES = {
-    "win_rate": Objective("samples/win_rate", "samples/win_rate_se",
-                          "the judge's win rate of the policy's answers over the reference's at the last checkpoint", 0.5),
+    "win_rate": Objective(
+        "samples/win_rate",
+        "samples/win_rate_se",
+        "the judge's win rate of the policy's answers over the reference's at the last checkpoint",
+        0.5,
+    ),
     "task_score": Objective("samples/task_score", "samples/task_score_se", "the toy task score of the last answers"),
-    "reward": Objective("samples/reward", "samples/reward_se", "the judge's mean reward of the last checkpoint's answers"),
-    "logratio_margin": Objective("eval/logratios/margins", "eval/logratios/margins_se",
-                                 "the last eval's log-ratio margin: the reward margin / beta"),
-    "accuracy": Objective("eval/rewards/accuracies", "eval/rewards/accuracies_se",
-                          "the last eval's held-out preference accuracy"),
-    "reward_margin": Objective("eval/rewards/margins", None,
-                               "the last eval's reward margin: grows with beta, compare runs of one beta only"),
-}  # fmt: skip
+    "reward": Objective(
+        "samples/reward", "samples/reward_se", "the judge's mean reward of the last checkpoint's answers"
+    ),
+    "logratio_margin": Objective(
+        "eval/logratios/margins",
+        "eval/logratios/margins_se",
+        "the last eval's log-ratio margin: the reward margin / beta",
+    ),
+    "accuracy": Objective(
+        "eval/rewards/accuracies", "eval/rewards/accuracies_se", "the last eval's held-out preference accuracy"
+    ),
+    "reward_margin": Objective(
+        "eval/rewards/margins", None, "the last eval's reward margin: grows with beta, compare runs of one beta only"
+    ),
+}
 ACROSS_METHODS = ("win_rate", "reward", "task_score")  # measured on answers: comparable across methods
 AUTO_ORDER = ("win_rate", "logratio_margin")  # what `auto` picks: the first one the runs have
 
@@ -68,8 +79,38 @@ def mean_se(values: Sequence[float]) -> Dict[str, float]:
 
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom; beyond 30 the normal's 1.96 is within 2%.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t95(dof: Optional[int]) -> float:
@@ -77,7 +118,9 @@ def t95(dof: Optional[int]) -> float:
     return 1.96 if dof is None or dof > len(_T95) else _T95[max(dof, 1) - 1]
 
 
-def aggregate(rows: List[Dict[str, Any]], by: Sequence[str], objective: str, keys: Sequence[str]) -> List[Dict[str, Any]]:
+def aggregate(
+    rows: List[Dict[str, Any]], by: Sequence[str], objective: str, keys: Sequence[str]
+) -> List[Dict[str, Any]]:
     """One row per distinct value of the `by` columns over the completed jobs (by the swept keys without `seed`:
     replicates; by `job`: every run alone), best `objective` first: n, and per key the mean and `<key>_ci`, the
     half-width of its 95% interval. With several values the interval is over them (t with n-1 degrees of freedom);
@@ -91,9 +134,13 @@ def aggregate(rows: List[Dict[str, Any]], by: Sequence[str], objective: str, key
     se_of = {o.key: o.se_key for o in OBJECTIVES.values()}
     out = []
     for key, runs in groups.items():
-        agg = {**dict(zip(by, key)), "n": len(runs), "seeds": ",".join(str(r.get("seed", "")) for r in runs),
-               "jobs": ",".join(r["job"] for r in runs),
-               "name": runs[0].get("name") if len(runs) == 1 else ",".join(f"{k}={v}" for k, v in zip(by, key))}  # fmt: skip
+        agg = {
+            **dict(zip(by, key)),
+            "n": len(runs),
+            "seeds": ",".join(str(r.get("seed", "")) for r in runs),
+            "jobs": ",".join(r["job"] for r in runs),
+            "name": runs[0].get("name") if len(runs) == 1 else ",".join(f"{k}={v}" for k, v in zip(by, key)),
+        }
         for k in keys:
             vals = [r[k] for r in runs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
             if not vals:
@@ -103,7 +150,11 @@ def aggregate(rows: List[Dict[str, Any]], by: Sequence[str], objective: str, key
                 agg[k], agg[f"{k}_ci"], agg[f"{k}_dof"] = m["mean"], t95(len(vals) - 1) * m["se"], len(vals) - 1
             else:
                 se = runs[0].get(se_of.get(k, f"{k}_se") or "")
-                agg[k], agg[f"{k}_ci"], agg[f"{k}_dof"] = vals[0], 1.96 * se if isinstance(se, (int, float)) else None, None
+                agg[k], agg[f"{k}_ci"], agg[f"{k}_dof"] = (
+                    vals[0],
+                    1.96 * se if isinstance(se, (int, float)) else None,
+                    None,
+                )
         out.append(agg)
     obj_key = OBJECTIVES[objective].key
     out.sort(key=lambda a: -a[obj_key] if obj_key in a else math.inf)
@@ -158,8 +209,12 @@ def frontier(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     most of them (ties: the higher best reward). By point estimates: the 95% intervals say how far to trust them.
     None where no run has a reward and a KL."""
     keep = ("step", "kl", "kl_se", "reward", "reward_se")
-    points = [{"job": r["job"], "name": r.get("name"), **{k: h.get(k) for k in keep}}
-              for r in scored_runs(rows) for h in scored_history(r) if h["step"] != 0]  # fmt: skip
+    points = [
+        {"job": r["job"], "name": r.get("name"), **{k: h.get(k) for k in keep}}
+        for r in scored_runs(rows)
+        for h in scored_history(r)
+        if h["step"] != 0
+    ]
     pareto = sorted((p for p in points if not any(_beats(q, p) for q in points)), key=lambda p: (p["kl"], -p["reward"]))
     if not pareto:
         return None

@@ -18,11 +18,15 @@ def one_line(e: BaseException) -> str:
 def read_rows(path: str) -> List[Dict[str, Any]]:
     """Read a JSON array, JSON Lines, Parquet or CSV file (by extension; JSON otherwise) into a list of dicts."""
     if os.path.isdir(path):
-        raise UserError(f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
-                        "itself (.json, .jsonl, .parquet or .csv) inside it.")  # fmt: skip
+        raise UserError(
+            f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
+            "itself (.json, .jsonl, .parquet or .csv) inside it."
+        )
     if not os.path.isfile(path):
-        raise UserError(f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
-                        f"relative to the directory you ran from: {os.getcwd()}).")  # fmt: skip
+        raise UserError(
+            f"Data file {path!r} does not exist. Check data.train_file / data.eval_file (paths are "
+            f"relative to the directory you ran from: {os.getcwd()})."
+        )
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -39,8 +43,10 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
         rows = _parse_json(path, _decode(path, raw))
     bad = next((i for i, row in enumerate(rows, start=1) if not isinstance(row, dict)), None)
     if bad:
-        raise UserError(f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
-                        f"one object per line), but row {bad} is {kind_of(rows[bad - 1])}.")  # fmt: skip
+        raise UserError(
+            f"{path!r} must hold objects with prompt, chosen and rejected (a JSON array of objects or "
+            f"one object per line), but row {bad} is {kind_of(rows[bad - 1])}."
+        )
     return rows
 
 
@@ -50,14 +56,17 @@ def _decode(path: str, raw: bytes) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
         len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) >= 0.9 * (len(head) // 2)
     ):  # UTF-16 without a mark: every other byte of ASCII text is zero
-        raise UserError(f"Data file {path!r} is UTF-16 text (a byte-order mark, or every other byte zero). Save it "
-                        "as UTF-8.")  # fmt: skip
+        raise UserError(
+            f"Data file {path!r} is UTF-16 text (a byte-order mark, or every other byte zero). Save it as UTF-8."
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
-                        "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8.") from None  # fmt: skip
+        raise UserError(
+            f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
+            "UTF-8 does not allow there (a Latin-1 or Windows-1252 file?). Save it as UTF-8."
+        ) from None
 
 
 def _parse_parquet(path: str, raw: bytes) -> List[Any]:
@@ -67,8 +76,10 @@ def _parse_parquet(path: str, raw: bytes) -> List[Any]:
     try:  # through Arrow, not pandas: messages come back as lists and dicts, not numpy arrays
         return pq.read_table(pa.BufferReader(raw)).to_pylist()
     except (ValueError, OSError, pa.ArrowException) as e:  # a damaged file: ArrowInvalid, or OSError from thrift
-        raise UserError(f"Cannot parse {path!r} as parquet: {one_line(e)}. Check that it is a whole parquet file "
-                        "with prompt, chosen and rejected columns.") from None  # fmt: skip
+        raise UserError(
+            f"Cannot parse {path!r} as parquet: {one_line(e)}. Check that it is a whole parquet file "
+            "with prompt, chosen and rejected columns."
+        ) from None
 
 
 def _parse_csv(path: str, text: str) -> List[Any]:
@@ -77,8 +88,10 @@ def _parse_csv(path: str, text: str) -> List[Any]:
     try:  # CSV has no types: every cell is text, and an empty cell is "" (not NaN, not a number)
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).to_dict(orient="records")
     except ValueError as e:  # pandas' ParserError and EmptyDataError are ValueErrors
-        raise UserError(f"Cannot parse {path!r} as CSV: {one_line(e)}. Check that it is a CSV file with prompt, "
-                        "chosen and rejected columns (cells with commas or newlines in double quotes).") from None  # fmt: skip
+        raise UserError(
+            f"Cannot parse {path!r} as CSV: {one_line(e)}. Check that it is a CSV file with prompt, "
+            "chosen and rejected columns (cells with commas or newlines in double quotes)."
+        ) from None
 
 
 def _parse_json(path: str, text: str) -> List[Any]:
@@ -87,8 +100,10 @@ def _parse_json(path: str, text: str) -> List[Any]:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} is not valid JSON: {_json_where(e, f'line {e.lineno}, column {e.colno}')}. "
-                            "Fix that line (a JSON array of objects) or write the file as JSON Lines.") from None  # fmt: skip
+            raise UserError(
+                f"{path!r} is not valid JSON: {_json_where(e, f'line {e.lineno}, column {e.colno}')}. "
+                "Fix that line (a JSON array of objects) or write the file as JSON Lines."
+            ) from None
         except (ValueError, RecursionError) as e:
             raise UserError(f"{path!r} cannot be read as JSON: {_json_limit(e)}. Fix the file.") from None
     rows = []
@@ -98,15 +113,19 @@ def _parse_json(path: str, text: str) -> List[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path!r} line {lineno} is not valid JSON ({_json_where(e, f'column {e.colno}')}). Each line "
-                            "of a JSON Lines file must be one object with prompt, chosen and rejected.") from None  # fmt: skip
+            raise UserError(
+                f"{path!r} line {lineno} is not valid JSON ({_json_where(e, f'column {e.colno}')}). Each line "
+                "of a JSON Lines file must be one object with prompt, chosen and rejected."
+            ) from None
         except (ValueError, RecursionError) as e:
-            raise UserError(f"{path!r} line {lineno} cannot be read as JSON: {_json_limit(e)}. Fix that line.") from None  # fmt: skip
+            raise UserError(
+                f"{path!r} line {lineno} cannot be read as JSON: {_json_limit(e)}. Fix that line."
+            ) from None
     return rows
 
 
 def _json_where(e: json.JSONDecodeError, where: str) -> str:
-    """"Unterminated string starting at line 14, column 5": some of Python's messages end in "at" already."""
+    """ "Unterminated string starting at line 14, column 5": some of Python's messages end in "at" already."""
     return f"{e.msg.removesuffix(' at')} at {where}"
 
 

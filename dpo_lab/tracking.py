@@ -55,9 +55,13 @@ def resolve_mode(mode: str) -> str:
 
 
 def default_tags(cfg: DictConfig) -> List[str]:
-    """Tags to filter a project's runs by, before the user's own: the method, the loss types, full fine-tuning or LoRA."""
-    return ([f"method:{cfg.method.name}"] + [f"loss:{t}" for t in cfg.loss.loss_type] +
-            ["peft:lora" if cfg.peft.enabled else "peft:none"])  # fmt: skip
+    """Tags to filter a project's runs by, before the user's own: the method, the loss types, full fine-tuning or
+    LoRA."""
+    return (
+        [f"method:{cfg.method.name}"]
+        + [f"loss:{t}" for t in cfg.loss.loss_type]
+        + ["peft:lora" if cfg.peft.enabled else "peft:none"]
+    )
 
 
 def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
@@ -96,9 +100,14 @@ def start_run(cfg: DictConfig, job_dir: str, meta: Dict[str, Any]):
             raise
         wandb.teardown()  # the failed attempt still holds the run id in wandb's service
         run = init("offline")
-        log.warning("wandb could not start an online run (%s: %s), so this run logs offline to %s. Upload it when "
-                    "the server is back: wandb sync %s", type(e).__name__, (str(e).splitlines() or [""])[0],
-                    run.settings.sync_dir, run.settings.sync_dir)  # fmt: skip
+        log.warning(
+            "wandb could not start an online run (%s: %s), so this run logs offline to %s. Upload it when "
+            "the server is back: wandb sync %s",
+            type(e).__name__,
+            (str(e).splitlines() or [""])[0],
+            run.settings.sync_dir,
+            run.settings.sync_dir,
+        )
     if meta.get("sweep_dir"):
         _link_into_sweep_view(run.settings.sync_dir, meta["sweep_dir"], meta["name"])
     run.define_metric("train/global_step")
@@ -125,8 +134,12 @@ def finish_run(run, result: Dict[str, Any], in_sweep: bool = False) -> None:
         run.summary.update({k: result[k] for k in OUTCOME if k in result})
         run.finish(exit_code=0 if result["status"] == "completed" else 1)
     except Exception as e:
-        log.warning("wandb could not close the run (%s: %s); its files are in %s (wandb sync uploads them).",
-                    type(e).__name__, e, run_dir)  # fmt: skip
+        log.warning(
+            "wandb could not close the run (%s: %s); its files are in %s (wandb sync uploads them).",
+            type(e).__name__,
+            e,
+            run_dir,
+        )
         import wandb
 
         try:  # drops wandb's exit hook, which would fail the same way with a traceback
@@ -135,8 +148,12 @@ def finish_run(run, result: Dict[str, Any], in_sweep: bool = False) -> None:
             pass
         return
     if offline and not in_sweep:
-        log.info("wandb ran offline; the run is in %s\n  browse it:  wandb leet %s\n  upload it:  wandb sync %s",
-                 run_dir, run_dir, run_dir)  # fmt: skip
+        log.info(
+            "wandb ran offline; the run is in %s\n  browse it:  wandb leet %s\n  upload it:  wandb sync %s",
+            run_dir,
+            run_dir,
+            run_dir,
+        )
 
 
 def sweep_view(sweep_dir: str) -> str:
@@ -209,8 +226,12 @@ def safely(call: Callable[[], Any]) -> None:
         call()
     except Exception as e:
         _wandb_failed = True
-        log.warning("wandb stopped taking this run's data (%s: %s); training goes on, and result.json and "
-                    "samples.jsonl still get every result.", type(e).__name__, e)  # fmt: skip
+        log.warning(
+            "wandb stopped taking this run's data (%s: %s); training goes on, and result.json and "
+            "samples.jsonl still get every result.",
+            type(e).__name__,
+            e,
+        )
 
 
 def guarded(method):

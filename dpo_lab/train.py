@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, out_dir: str, run=None) -> Dict[str, Any]:
-    """Train one run of the chosen method into `out_dir` and return its headline results; `run`: the job's wandb run, or None.
+    """Train one run of the chosen method into `out_dir` and return its headline results; `run`: the job's wandb
+    run, or None.
 
     A job dir that already holds checkpoints (an interrupted run) resumes from the last one, with optimizer,
     scheduler and RNG state.
@@ -93,14 +94,25 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
     prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
     methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
-    log.info("Data: %d train / %d eval pairs. Model: %s on %s (%s).", len(prefs.train), len(prefs.eval), model_path, device, precision.mode)
+    log.info(
+        "Data: %d train / %d eval pairs. Model: %s on %s (%s).",
+        len(prefs.train),
+        len(prefs.eval),
+        model_path,
+        device,
+        precision.mode,
+    )
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
         from dpo_lab.toy.sft import ensure_sft
 
-        model_path = ensure_sft(toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
+        model_path = ensure_sft(
+            toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft)
+        )
     plan = memory.plan(model_path, cfg, precision, device)
     if run is not None:  # what the `auto` settings became
-        tracking.safely(lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}}))
+        tracking.safely(
+            lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}})
+        )
     method = methods.get(cfg.method.name)
     args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
@@ -133,11 +145,26 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         judge = _judge(cfg, toy, str(trainer.accelerator.device))
         # Full fine-tuning with precomputed log-probs or a reference-free method keeps no reference: the sampler
         # loads the starting model for each checkpoint, so every method's samples compare with the same answers.
-        load_reference = None if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled else (
-            lambda: modeling.load_model(model_path, cfg.model, precision.frozen))  # fmt: skip
+        load_reference = (
+            None
+            if getattr(trainer, "ref_model", None) is not None or cfg.peft.enabled
+            else (lambda: modeling.load_model(model_path, cfg.model, precision.frozen))
+        )
         sampler = sampling.Sampler(trainer, data.sample_rows(prefs), cfg, out_dir, run, judge, load_reference)
         trainer.add_callback(Samples(sampler))
-    return Setup(trainer, method.name, methods.settings(method, cfg), model_path, device, precision, plan, dtypes, sampler, run, clock)
+    return Setup(
+        trainer,
+        method.name,
+        methods.settings(method, cfg),
+        model_path,
+        device,
+        precision,
+        plan,
+        dtypes,
+        sampler,
+        run,
+        clock,
+    )
 
 
 def fit(s: Setup, out_dir: str) -> None:
@@ -193,7 +220,9 @@ def summarize(s: Setup) -> Dict[str, Any]:
     return result
 
 
-def trainer_kwargs(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool) -> Dict[str, Any]:
+def trainer_kwargs(
+    cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool
+) -> Dict[str, Any]:
     """Our config as the fields of the method's TRL config: the training loop's, then the method's own (its
     `args`); cfg.trainer.extra passes any other field of that config."""
     t = cfg.trainer
@@ -275,8 +304,13 @@ def _first_use_real(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]
         s = cfg.sentiment
         answers = (s.n_train_prompts + s.n_eval_prompts) * s.answers_per_prompt
         seconds = answers * s.max_new_tokens * SECONDS_PER_STEP["cpu"]["sentiment_token"] if device == "cpu" else 0
-        out.append((cached_sentiment(model, **OmegaConf.to_container(s)),
-                    f"the sentiment data ({answers} answers sampled from the model)", _about(seconds) if seconds else ""))  # fmt: skip
+        out.append(
+            (
+                cached_sentiment(model, **OmegaConf.to_container(s)),
+                f"the sentiment data ({answers} answers sampled from the model)",
+                _about(seconds) if seconds else "",
+            )
+        )
     return out
 
 

@@ -36,8 +36,14 @@ def _isolated_env(tmp_path_factory):
     """Keep tests off the user's cache and wandb account: everything offline, under a tmp dir."""
     cache = tmp_path_factory.mktemp("cache")
     saved = dict(os.environ)
-    os.environ.update(DPO_LAB_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1",
-                      TOKENIZERS_PARALLELISM="false", WANDB_DIR=str(cache))  # fmt: skip
+    os.environ.update(
+        DPO_LAB_CACHE=str(cache),
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_DIR=str(cache),
+    )
     os.environ.pop("WANDB_API_KEY", None)
     yield
     os.environ.clear()

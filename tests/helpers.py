@@ -52,8 +52,15 @@ def train_job(job_dir, overrides) -> dict:
 
 def run_py(*args, cwd, check=False, timeout=600, env=None):
     """Run `python run.py ARGS` as a user would; returns the CompletedProcess (stdout+stderr merged)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     return proc
@@ -68,11 +75,14 @@ def png_size(path) -> tuple:
 
 def leet_records(run_dir) -> list:
     """Every record of an offline wandb run, read back with `wandb leet inspect --json`."""
-    out = subprocess.run([*WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*WANDB, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 def leet_summary(run_dir) -> dict:
-    out = subprocess.run([*WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [*WANDB, "leet", "inspect", "--summary", "--json", str(run_dir)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)

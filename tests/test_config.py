@@ -34,7 +34,13 @@ def test_seed_run_experiment_is_the_first_users_run():
     cfg = compose_cfg(["experiment=seed_run"])
     assert (cfg.lr, cfg.epochs, cfg.beta, list(cfg.loss.loss_type)) == (1e-5, 2, 0.1, ["sigmoid"])
     t = cfg.trainer
-    assert (t.per_device_train_batch_size, t.eval_steps, t.save_steps, t.logging_steps, t.max_length) == (16, 200, 200, 10, 512)
+    assert (t.per_device_train_batch_size, t.eval_steps, t.save_steps, t.logging_steps, t.max_length) == (
+        16,
+        200,
+        200,
+        10,
+        512,
+    )
 
 
 def test_peft_groups():
@@ -86,7 +92,10 @@ def test_semantic_checks_name_the_key(overrides, message):
         (["beta=0.1,0.5"], ["beta=0.1,0.5: several values for one key sweep over them, which needs -m"]),
         (["-m", "beta=0.1,high"], ["1 of 2 jobs would fail", "beta=high: Value 'high'"]),
         (["-m", "bta=0.1,0.2"], ["2 of 2 jobs would fail", "bta is not a dpo-lab config key (did you mean beta?)"]),
-        (["data=json", "data.train_file=missing.json"], ["missing.json' does not exist"]),  # the data, read at preflight
+        (
+            ["data=json", "data.train_file=missing.json"],
+            ["missing.json' does not exist"],
+        ),  # the data, read at preflight
         # closed choices (config.Choice): refused as the config composes, with the valid values
         (["trainer.device=tpu"], ["trainer.device=tpu", "expected one of [auto, cpu, cuda]"]),
         (["trainer.precision=half"], ["trainer.precision=half", "bf16-mixed"]),
@@ -100,7 +109,9 @@ def test_bad_overrides_exit_2_in_one_paragraph_before_any_dir_exists(tmp_path, a
         assert text in proc.stdout, proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout and "HYDRA_FULL_ERROR" not in proc.stdout
     if "-m" not in args:  # one paragraph
-        assert [line for line in proc.stdout.splitlines() if line.startswith("Preflight: ")] == [proc.stdout.strip().splitlines()[-1]]
+        assert [line for line in proc.stdout.splitlines() if line.startswith("Preflight: ")] == [
+            proc.stdout.strip().splitlines()[-1]
+        ]
     assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/ dir, no train.log, no wandb run
 
 

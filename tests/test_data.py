@@ -70,8 +70,14 @@ def test_prompt_formats():
 
 @pytest.mark.e2e
 def test_conversational_rows_pass_through(tmp_path, tokenizer):
-    conv = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
-             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(10)]  # fmt: skip
+    conv = [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": [{"role": "assistant", "content": "yes"}],
+            "rejected": [{"role": "assistant", "content": "no"}],
+        }
+        for i in range(10)
+    ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in conv))
     prefs = load_preferences(data_cfg(source="files", train_file=str(tmp_path / "c.jsonl")), tokenizer, 256)
     assert prefs.train[0]["prompt"][0]["role"] == "user"
@@ -100,11 +106,20 @@ def test_prompts_that_fill_max_length_are_dropped_and_counted(tokenizer, caplog)
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n', "line 2 is not valid JSON"),
+        (
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"\n',
+            "line 2 is not valid JSON",
+        ),
         ('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a" "chosen": "b"}]', "line 2, column"),
-        ('[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a]', "Unterminated string starting at line 2, column 13"),
+        (
+            '[{"prompt": "a", "chosen": "b", "rejected": "c"},\n {"prompt": "a]',
+            "Unterminated string starting at line 2, column 13",
+        ),
         ('{"prompt": "a}\n', r"line 1 is not valid JSON \(Unterminated string starting at column 12\)"),
-        ('[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}]', "row 2 has no 'rejected'"),
+        (
+            '[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}]',
+            "row 2 has no 'rejected'",
+        ),
         ('[{"prompt": "a", "chosen": "", "rejected": "c"}]', "row 1 field 'chosen' is empty"),
         ("", "is empty"),
         ("[1, 2]", "must hold objects"),
@@ -121,8 +136,12 @@ def test_bad_files_name_line_row_and_field(tmp_path, content, message):
 
 def conv(prompt="q", chosen="yes", rejected="no", **extra):
     """A conversational row: one user turn, one assistant answer each."""
-    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], **extra}  # fmt: skip
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        **extra,
+    }
 
 
 @pytest.mark.parametrize(
@@ -176,7 +195,9 @@ def test_conversational_parquet_and_extra_columns_load(tmp_path, tokenizer):
 )
 def test_encodings(tmp_path, encoding, message):
     path = tmp_path / "e.jsonl"
-    path.write_bytes("\n".join(json.dumps(r, ensure_ascii=False) for r in [ROWS[0], {**ROWS[1], "prompt": "café"}]).encode(encoding))
+    path.write_bytes(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in [ROWS[0], {**ROWS[1], "prompt": "café"}]).encode(encoding)
+    )
     if message is None:
         assert read_rows(str(path))[1]["prompt"] == "café"
     else:
@@ -195,7 +216,10 @@ def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp
     seen = {}
     for beta in (0.1, 0.2):  # two jobs of a sweep: the second is answered from the cache
         cfg = compose_cfg([TINY, "data=json", f"data.train_file={path}", f"beta={beta}"])
-        with pytest.raises(UserError, match=r"long.json: every prompt is at least trainer.max_length=256 tokens long \(the shortest is 602\)"):
+        with pytest.raises(
+            UserError,
+            match=r"long.json: every prompt is at least trainer.max_length=256 tokens long \(the shortest is 602\)",
+        ):
             check_job(cfg, seen)
         path.unlink(missing_ok=True)
     assert len([k for k in seen if k[0] == "data"]) == 1

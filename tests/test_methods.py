@@ -6,8 +6,14 @@ import pytest
 from helpers import ROOT, TINY, compose_cfg
 
 GOLDEN = ROOT / "tests" / "data" / "dpo_kwargs_golden.json"
-CASES = {"tiny": [TINY], "ipo": [TINY, "loss=ipo"], "mpo": [TINY, "loss=mpo"], "lora": [TINY, "peft=lora"],
-         "seed_run": ["experiment=seed_run"], "samples_keep_best": [TINY, "samples.count=4", "samples.keep_best=true"]}  # fmt: skip
+CASES = {
+    "tiny": [TINY],
+    "ipo": [TINY, "loss=ipo"],
+    "mpo": [TINY, "loss=mpo"],
+    "lora": [TINY, "peft=lora"],
+    "seed_run": ["experiment=seed_run"],
+    "samples_keep_best": [TINY, "samples.count=4", "samples.keep_best=true"],
+}
 
 
 def dpo_kwargs(overrides) -> dict:
@@ -34,22 +40,31 @@ if __name__ == "__main__":  # python tests/test_methods.py: rewrite the golden f
 def test_simpo_trains_without_a_reference_and_samples_against_the_starting_model(tmp_path):
     from helpers import train_job
 
-    result = train_job(tmp_path / "job", ["method=simpo", "samples.count=2", "samples.judge=task", "samples.max_new_tokens=16"])
+    result = train_job(
+        tmp_path / "job", ["method=simpo", "samples.count=2", "samples.judge=task", "samples.max_new_tokens=16"]
+    )
     assert result["status"] == "completed"
-    assert result["reference_logps"] == "none" and result["reference_batches"] == 0 and result["reference_dtype"] is None
+    assert (
+        result["reference_logps"] == "none" and result["reference_batches"] == 0 and result["reference_dtype"] is None
+    )
     assert isinstance(result["eval/logps/margins"], float) and "eval/logratios/margins" not in result  # β-free, SimPO's
     rows = [json.loads(line) for line in (tmp_path / "job" / "samples.jsonl").read_text().splitlines()]
     start = [r for r in rows if r["step"] == 0]
     assert start and all(r["kl"] == 0 and r["win"] == 0.5 for r in start)  # the starting model, loaded for the samples
     assert result["method_settings"] == "beta=2.0 loss=simpo simpo_gamma=1.0"  # the report's settings column
-    assert result["train_tokens"] > 0 and result["train_tokens"] == _checkpoint_state(tmp_path / "job")["num_input_tokens_seen"]
+    assert (
+        result["train_tokens"] > 0
+        and result["train_tokens"] == _checkpoint_state(tmp_path / "job")["num_input_tokens_seen"]
+    )
     config = (tmp_path / "job" / "config.yaml").read_text()
     assert "name: simpo" in config and "simpo_gamma: 1.0" in config and "beta: 2.0" in config
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("method, settings", [("cpo", "beta=0.1 loss=sigmoid cpo_alpha=1.0"),
-                                               ("alphapo", "beta=2.0 loss=alphapo alpha=0.25 simpo_gamma=1.0")])
+@pytest.mark.parametrize(
+    "method, settings",
+    [("cpo", "beta=0.1 loss=sigmoid cpo_alpha=1.0"), ("alphapo", "beta=2.0 loss=alphapo alpha=0.25 simpo_gamma=1.0")],
+)
 def test_cpo_and_alphapo_train_on_the_default_without_a_reference(method, settings, tmp_path):
     from helpers import train_job
 
@@ -58,11 +73,14 @@ def test_cpo_and_alphapo_train_on_the_default_without_a_reference(method, settin
     assert result["method_settings"] == settings and isinstance(result["eval/logps/margins"], float)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["method=simpo", "method.simpo_gamma=-1"], "method.simpo_gamma=-1.0 must be >= 0"),
-    (["method=simpo", "loss=ipo"], "method=simpo has one loss"),
-    (["method.name=nope"], "method.name='nope': use one of dpo, simpo"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=simpo", "method.simpo_gamma=-1"], "method.simpo_gamma=-1.0 must be >= 0"),
+        (["method=simpo", "loss=ipo"], "method=simpo has one loss"),
+        (["method.name=nope"], "method.name='nope': use one of dpo, simpo"),
+    ],
+)
 def test_a_wrong_method_setting_is_refused_at_preflight(overrides, message):
     from dpo_lab.errors import UserError
     from dpo_lab.validate import validate
@@ -101,7 +119,9 @@ def test_kto_trains_on_pairs_as_desirable_and_undesirable_rows(tmp_path):
 
     pairs = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(8)]
     out = rows(pairs, seed=1)
-    assert sorted((r["completion"], r["label"]) for r in out) == sorted([(f"c{i}", True) for i in range(8)] + [(f"r{i}", False) for i in range(8)])
+    assert sorted((r["completion"], r["label"]) for r in out) == sorted(
+        [(f"c{i}", True) for i in range(8)] + [(f"r{i}", False) for i in range(8)]
+    )
     assert out == rows(pairs, seed=1) and [r["label"] for r in out] != [True, False] * 8  # seeded shuffle
 
 
@@ -117,9 +137,18 @@ def test_kto_refuses_a_per_device_batch_of_one():
 def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     from helpers import run_py
 
-    proc = run_py("-m", TINY, "method=dpo,simpo,orpo,kto", "samples.count=4", "samples.max_new_tokens=8",
-                  "samples.judge=task", f"hydra.sweep.dir={tmp_path}/sweep", f"results_dir={tmp_path}/results",
-                  cwd=tmp_path, check=True)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "method=dpo,simpo,orpo,kto",
+        "samples.count=4",
+        "samples.max_new_tokens=8",
+        "samples.judge=task",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"results_dir={tmp_path}/results",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "4/4 jobs completed" in proc.stdout and "Ranked by win_rate" in proc.stdout
     results = [json.loads((tmp_path / "sweep" / str(j) / "result.json").read_text()) for j in range(4)]
     # DPO's reference log-probs may come from the session's cache (an earlier test computed the same ones)
@@ -128,7 +157,10 @@ def test_a_sweep_over_methods_ranks_them_on_one_objective(tmp_path):
     assert all(isinstance(r["samples/win_rate"], float) for r in results)
     dpo, simpo, orpo, kto = results  # the cost columns: the same pairs, so about the same tokens; KTO a row per answer
     assert simpo["reference_batches"] == orpo["reference_batches"] == 0 < kto["reference_batches"]
-    assert simpo["train_tokens"] == pytest.approx(dpo["train_tokens"], rel=0.05) and kto["train_tokens"] < dpo["train_tokens"]
+    assert (
+        simpo["train_tokens"] == pytest.approx(dpo["train_tokens"], rel=0.05)
+        and kto["train_tokens"] < dpo["train_tokens"]
+    )
     report = next((tmp_path / "results").glob("*/report.md")).read_text()
     assert "| reference batches |" in report and "beta=2.0 loss=simpo simpo_gamma=1.0" in report
 
@@ -154,9 +186,22 @@ def test_a_method_trains_on_a_user_json_file_and_reruns_from_its_job_dir_and_its
     assert run["job_type"] == method and f"method:{method}" in run["tags"], run
     write_logged_config(leet_summary(original["wandb_dir"])["config"], str(tmp_path / "from-wandb"))
     for source in ("job", "from-wandb"):
-        proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / source), "wandb.mode=disabled",
-                               "--out", str(tmp_path / f"again-{source}")], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dpo_lab",
+                "rerun",
+                str(tmp_path / source),
+                "wandb.mode=disabled",
+                "--out",
+                str(tmp_path / f"again-{source}"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         again = read_json(tmp_path / f"again-{source}" / "result.json")
         assert again["method"] == method and again["method_settings"] == original["method_settings"], source
@@ -179,8 +224,13 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
     config = yaml.safe_load(saved.read_text())
     del config["method"]  # what a job saved before methods existed holds
     saved.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_json(tmp_path / "again" / "result.json")
     assert again["method"] == original["method"] == "dpo"
@@ -193,10 +243,20 @@ def test_a_dpo_job_dir_saved_before_methods_existed_reruns_as_dpo(tmp_path):
 def test_a_sweep_over_methods_without_a_judge_is_refused_at_preflight(tmp_path):
     from helpers import run_py
 
-    proc = run_py("-m", TINY, "method=dpo,simpo", "preflight_only=true", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    proc = run_py(
+        "-m", TINY, "method=dpo,simpo", "preflight_only=true", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "their eval metrics are not comparable" in proc.stdout, proc.stdout[-2000:]
-    judged = run_py("-m", TINY, "method=dpo,simpo", "samples.count=2", "samples.judge=task", "preflight_only=true",
-                    f"hydra.sweep.dir={tmp_path}/sweep2", cwd=tmp_path)  # fmt: skip
+    judged = run_py(
+        "-m",
+        TINY,
+        "method=dpo,simpo",
+        "samples.count=2",
+        "samples.judge=task",
+        "preflight_only=true",
+        f"hydra.sweep.dir={tmp_path}/sweep2",
+        cwd=tmp_path,
+    )
     assert judged.returncode == 0 and "all 2 jobs check out" in judged.stdout, judged.stdout[-2000:]
 
 
@@ -207,23 +267,44 @@ def test_a_trl_without_the_methods_trainer_is_a_clear_error():
     from dpo_lab.errors import UserError
 
     gone = replace(methods.get("orpo"), trl_module="trl.experimental.orpo_moved")  # as a later TRL might have it
-    with pytest.raises(UserError, match=r"method=orpo needs trl\.experimental\.orpo_moved\.ORPOTrainer, which trl .* lacks"):
+    with pytest.raises(
+        UserError, match=r"method=orpo needs trl\.experimental\.orpo_moved\.ORPOTrainer, which trl .* lacks"
+    ):
         methods.trl_classes(gone)
 
 
 def test_the_methods_sweep_gives_each_method_its_own_beta_range():
-    betas = {(m, p): compose_cfg([TINY, "+sweep=methods", f"method={m}", f"method.point={p}"]).beta
-             for m in ("dpo", "simpo", "orpo", "kto") for p in ("low", "high")}  # fmt: skip
-    assert betas == {("dpo", "low"): 0.05, ("dpo", "high"): 0.5, ("simpo", "low"): 2.0, ("simpo", "high"): 10.0,
-                     ("orpo", "low"): 0.1, ("orpo", "high"): 1.0, ("kto", "low"): 0.01, ("kto", "high"): 0.5}  # fmt: skip
+    betas = {
+        (m, p): compose_cfg([TINY, "+sweep=methods", f"method={m}", f"method.point={p}"]).beta
+        for m in ("dpo", "simpo", "orpo", "kto")
+        for p in ("low", "high")
+    }
+    assert betas == {
+        ("dpo", "low"): 0.05,
+        ("dpo", "high"): 0.5,
+        ("simpo", "low"): 2.0,
+        ("simpo", "high"): 10.0,
+        ("orpo", "low"): 0.1,
+        ("orpo", "high"): 1.0,
+        ("kto", "low"): 0.01,
+        ("kto", "high"): 0.5,
+    }
 
 
 @pytest.mark.e2e
 def test_the_methods_sweep_preflights_twelve_jobs_each_with_its_own_beta(tmp_path):
     from helpers import run_py
 
-    proc = run_py("-m", TINY, "+sweep=methods", "samples.count=2", "samples.judge=task", "preflight_only=true",
-                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "+sweep=methods",
+        "samples.count=2",
+        "samples.judge=task",
+        "preflight_only=true",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and "all 12 jobs check out" in proc.stdout, proc.stdout[-3000:]
     assert "#5: python run.py method=simpo method.point=high" in proc.stdout  # 4 methods x 3 points of their own grid
 
@@ -265,7 +346,9 @@ def test_kto_trains_on_unpaired_files_and_dpo_refuses_them(tmp_path):
     from helpers import run_py, train_job
 
     files = _unpaired_files(tmp_path)
-    result = train_job(tmp_path / "job", ["method=kto", "data=json", *files, "samples.count=2", "samples.max_new_tokens=8"])
+    result = train_job(
+        tmp_path / "job", ["method=kto", "data=json", *files, "samples.count=2", "samples.max_new_tokens=8"]
+    )
     assert result["status"] == "completed", result.get("error")
     assert isinstance(result["eval/kl"], float)
     samples = [json.loads(line) for line in (tmp_path / "job" / "samples.jsonl").read_text().splitlines()]

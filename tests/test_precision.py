@@ -1,5 +1,6 @@
 """Precision and memory: weights train in the dtype the mode says whatever the checkpoint's, the run records the
-dtypes it really used, bf16-pure needs a stochastic-rounding optimizer, activation checkpointing follows the estimate."""
+dtypes it really used, bf16-pure needs a stochastic-rounding optimizer, activation checkpointing follows the
+estimate."""
 
 import dataclasses
 import importlib.util
@@ -49,8 +50,13 @@ def test_bf16_checkpoint_trains_like_its_fp32_twin(tmp_path, bf16_and_fp32_twins
     for key in EVAL:
         assert results["bf16"][key] == pytest.approx(results["fp32"][key], rel=1e-5, abs=1e-7), key
     bf16 = results["bf16"]
-    assert (bf16["precision"], bf16["trainable_dtype"], bf16["optimizer_state_dtype"], bf16["compute_dtype"],
-            bf16["reference_dtype"]) == ("fp32", "float32", "float32", "float32", "float32")  # fmt: skip
+    assert (
+        bf16["precision"],
+        bf16["trainable_dtype"],
+        bf16["optimizer_state_dtype"],
+        bf16["compute_dtype"],
+        bf16["reference_dtype"],
+    ) == ("fp32", "float32", "float32", "float32", "float32")
     # In bf16 weights most of these updates would round away; in fp32 nearly every weight moves.
     assert changed_fraction(bf16_and_fp32_twins / "bf16", tmp_path / "bf16" / "final") > 0.9
 
@@ -63,8 +69,12 @@ def test_mixed_precision_dtypes_full_finetuning(tmp_path):
     result = train_job(tmp_path, ["trainer.precision=bf16-mixed", "trainer.precompute_ref_log_probs=false"])
     assert result["status"] == "completed", result.get("error")
     dtypes = {k: result[k] for k in ("trainable_dtype", "optimizer_state_dtype", "compute_dtype", "reference_dtype")}
-    assert dtypes == {"trainable_dtype": "float32", "optimizer_state_dtype": "float32", "compute_dtype": "bfloat16",
-                      "reference_dtype": "bfloat16"}  # fmt: skip
+    assert dtypes == {
+        "trainable_dtype": "float32",
+        "optimizer_state_dtype": "float32",
+        "compute_dtype": "bfloat16",
+        "reference_dtype": "bfloat16",
+    }
     assert {t.dtype for t in load_file(str(tmp_path / "final" / "model.safetensors")).values()} == {torch.float32}
     assert abs(result["eval_history"][0]["eval/rewards/margins"]) < 1e-3  # a bf16 reference still matches at step 0
     config = leet_summary(result["wandb_dir"])["config"]
@@ -76,11 +86,17 @@ def test_mixed_precision_dtypes_full_finetuning(tmp_path):
 @pytest.mark.smoke
 def test_lora_adapters_are_fp32_over_a_bf16_base(tmp_path):
     """LoRA under bf16-mixed, with activation checkpointing forced on: bf16 base, fp32 adapters and optimizer."""
-    result = train_job(tmp_path, ["peft=lora", "trainer.precision=bf16-mixed", "trainer.activation_checkpointing=true",
-                                  "wandb.mode=disabled"])  # fmt: skip
+    result = train_job(
+        tmp_path,
+        ["peft=lora", "trainer.precision=bf16-mixed", "trainer.activation_checkpointing=true", "wandb.mode=disabled"],
+    )
     assert result["status"] == "completed", result.get("error")
-    assert (result["trainable_dtype"], result["optimizer_state_dtype"], result["compute_dtype"],
-            result["reference_dtype"]) == ("float32", "float32", "bfloat16", "bfloat16")  # fmt: skip
+    assert (
+        result["trainable_dtype"],
+        result["optimizer_state_dtype"],
+        result["compute_dtype"],
+        result["reference_dtype"],
+    ) == ("float32", "float32", "bfloat16", "bfloat16")
     assert result["activation_checkpointing"] is True
     adapter = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
     assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
@@ -88,8 +104,16 @@ def test_lora_adapters_are_fp32_over_a_bf16_base(tmp_path):
 
 @pytest.mark.e2e
 def test_bf16_pure_without_stochastic_rounding_is_refused_at_preflight(tmp_path):
-    proc = run_py("-m", TINY, "trainer.precision=bf16-pure", "+trainer.extra.optim=adamw_torch", "beta=0.1,0.2",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "trainer.precision=bf16-pure",
+        "+trainer.extra.optim=adamw_torch",
+        "beta=0.1,0.2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "2 of 2 jobs would fail" in proc.stdout and "round away" in proc.stdout and "bf16-mixed" in proc.stdout
 
@@ -112,8 +136,9 @@ def test_auto_precision_on_cpu_is_fp32_and_fp16_is_refused():
 
 def test_activation_checkpointing_follows_the_estimate():
     shape = memory.ModelShape(params=500_000_000, lora_params=0, hidden=1024, layers=24, intermediate=2816)
-    parts = memory.estimate(shape, resolve("bf16-mixed", "cpu"), lora=False, live_reference=True, sequences=16,
-                            max_length=1024)  # fmt: skip
+    parts = memory.estimate(
+        shape, resolve("bf16-mixed", "cpu"), lora=False, live_reference=True, sequences=16, max_length=1024
+    )
     # 0.5B full fine-tuning: 16 bytes/param for weights, grads, Adam, + 2 for the bf16 reference, + 2 for casts.
     assert parts["weights"] + parts["gradients"] + parts["optimizer"] == 16 * 500_000_000
     assert parts["reference"] == parts["casts"] == 1_000_000_000
@@ -123,8 +148,14 @@ def test_activation_checkpointing_follows_the_estimate():
     assert memory.decide("auto", parts, free=total).checkpointing is True  # a card that would be full
     assert memory.decide("false", parts, free=1).checkpointing is False  # forced
     assert memory.decide("True", parts, free=1e15).checkpointing is True
-    lora = memory.estimate(dataclasses.replace(shape, lora_params=4_000_000), resolve("bf16-mixed", "cpu"), lora=True,
-                           live_reference=True, sequences=16, max_length=1024)  # fmt: skip
+    lora = memory.estimate(
+        dataclasses.replace(shape, lora_params=4_000_000),
+        resolve("bf16-mixed", "cpu"),
+        lora=True,
+        live_reference=True,
+        sequences=16,
+        max_length=1024,
+    )
     assert lora["reference"] == lora["casts"] == 0 and lora["optimizer"] == 8 * 4_000_000
 
 
@@ -134,6 +165,7 @@ def test_model_shape_counts_what_peft_and_transformers_build():
     from transformers import AutoModelForCausalLM
 
     from dpo_lab.modeling import lora_config
+
     cfg = compose_cfg([TINY, "peft=lora"])
     toy = tiny_toy()
     shape = memory.model_shape(toy["model"], cfg.model, cfg.peft)

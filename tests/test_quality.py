@@ -9,8 +9,16 @@ from dpo_lab import quality
 
 
 def _run(job, beta, seed, win, se=0.05, margin=None):
-    return {"job": job, "status": "completed", "beta": beta, "seed": seed, "samples/win_rate": win,
-            "samples/win_rate_se": se, "eval/logratios/margins": 1.0, "eval/rewards/margins": margin or float(beta)}  # fmt: skip
+    return {
+        "job": job,
+        "status": "completed",
+        "beta": beta,
+        "seed": seed,
+        "samples/win_rate": win,
+        "samples/win_rate_se": se,
+        "eval/logratios/margins": 1.0,
+        "eval/rewards/margins": margin or float(beta),
+    }
 
 
 def test_auto_objective_is_the_win_rate_where_every_run_has_one():
@@ -22,8 +30,12 @@ def test_auto_objective_is_the_win_rate_where_every_run_has_one():
 
 
 def test_single_runs_rank_by_objective_with_their_own_interval():
-    rows = [_run("0", "0.5", "0", 0.55, margin=2.0), _run("1", "0.1", "0", 0.80, margin=0.1),
-            _run("2", "0.1", "0", 0.70, se=0.05), {"job": "3", "status": "failed"}]  # fmt: skip
+    rows = [
+        _run("0", "0.5", "0", 0.55, margin=2.0),
+        _run("1", "0.1", "0", 0.80, margin=0.1),
+        _run("2", "0.1", "0", 0.70, se=0.05),
+        {"job": "3", "status": "failed"},
+    ]
     ranked = quality.aggregate(rows, ["job"], "win_rate", ["samples/win_rate"])
     assert [a["job"] for a in ranked] == ["1", "2", "0"]  # not the reward margin's order (0 first)
     assert ranked[0]["samples/win_rate_ci"] == pytest.approx(1.96 * 0.05)
@@ -32,7 +44,12 @@ def test_single_runs_rank_by_objective_with_their_own_interval():
 
 
 def test_seeds_fold_into_configurations_with_t_intervals():
-    rows = [_run("0", "0.1", "0", 0.6), _run("1", "0.1", "1", 0.7), _run("2", "0.5", "0", 0.5), _run("3", "0.5", "1", 0.5)]
+    rows = [
+        _run("0", "0.1", "0", 0.6),
+        _run("1", "0.1", "1", 0.7),
+        _run("2", "0.5", "0", 0.5),
+        _run("3", "0.5", "1", 0.5),
+    ]
     configs = quality.aggregate(rows, ["beta"], "win_rate", ["samples/win_rate"])
     assert [(c["beta"], c["n"], c["seeds"]) for c in configs] == [("0.1", 2, "0,1"), ("0.5", 2, "0,1")]
     assert configs[0]["samples/win_rate"] == pytest.approx(0.65)
@@ -48,14 +65,23 @@ def test_report_says_when_even_the_best_run_is_not_above_the_starting_model():
     win = quality.OBJECTIVES["win_rate"]
     assert "includes 0.5" in _vs_baseline({"samples/win_rate": 0.5, "samples/win_rate_ci": 0.13}, win)
     assert _vs_baseline({"samples/win_rate": 0.72, "samples/win_rate_ci": 0.12}, win) == ""
-    assert _vs_baseline({"eval/logratios/margins": 0.1, "eval/logratios/margins_ci": 1.0},
-                        quality.OBJECTIVES["logratio_margin"]) == ""  # fmt: skip
+    assert (
+        _vs_baseline(
+            {"eval/logratios/margins": 0.1, "eval/logratios/margins_ci": 1.0}, quality.OBJECTIVES["logratio_margin"]
+        )
+        == ""
+    )
 
 
 def test_console_summary_fits_100_columns_and_gives_the_seed_verdict():
     from dpo_lab.sweeps.report import CONSOLE_WIDTH, console_summary
 
-    rows = [_run("0", "0.1", "0", 0.6), _run("1", "0.1", "1", 0.7), _run("2", "0.5", "0", 0.5), _run("3", "0.5", "1", 0.5)]
+    rows = [
+        _run("0", "0.1", "0", 0.6),
+        _run("1", "0.1", "1", 0.7),
+        _run("2", "0.5", "0", 0.5),
+        _run("3", "0.5", "1", 0.5),
+    ]
     rows += [{"job": "4", "status": "interrupted", "beta": "1.0", "seed": "0"}]
     out = console_summary(rows, ["beta", "seed"])
     assert max(len(line) for line in out.splitlines()) <= CONSOLE_WIDTH, out
@@ -63,7 +89,9 @@ def test_console_summary_fits_100_columns_and_gives_the_seed_verdict():
     board, configs = out.split("Configurations (seeds aggregated):")
     assert "| 1   | 0.1,1     | ok          | 0.700 ± 0.098 | best    |" in board
     assert "| degraded |" in board and "time" not in board  # the last column is left out rather than overflow
-    assert "| 0.1  | 2     | 0.65 ± 0.64 | best    |" in configs and "| 0.5  | 2     | 0.5 ± 0     | ≈ best  |" in configs
+    assert (
+        "| 0.1  | 2     | 0.65 ± 0.64 | best    |" in configs and "| 0.5  | 2     | 0.5 ± 0     | ≈ best  |" in configs
+    )
     assert "Best: beta=0.1 (win_rate 0.65 ± 0.64); 1 other(s) within noise of it." in configs
     alone = console_summary(rows[:4], ["beta"])  # no seeds swept: no configurations, the verdict is about jobs
     assert "Configurations" not in alone and "Best: " in alone and "status" not in alone

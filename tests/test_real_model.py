@@ -38,8 +38,12 @@ def test_smollm2_is_the_gguf_model_saved_as_a_checkpoint_that_stops_at_im_end(sm
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     gguf = gguf_file()
     original = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, original(ids).logits)
         answer = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :]
@@ -51,7 +55,9 @@ def test_sentiment_pairs_are_deterministic_ranked_and_split_by_prompt(smollm2, t
 
     built = [ensure_sentiment(smollm2, cache_dir=tmp_path / name, **TINY_DATA) for name in ("a", "b")]
     read = lambda f: open(f, encoding="utf-8").read()  # noqa: E731
-    assert all(read(a[k]) == read(b[k]) for a, b in [built] for k in ("train_file", "eval_file"))  # same seed: same bytes
+    assert all(
+        read(a[k]) == read(b[k]) for a, b in [built] for k in ("train_file", "eval_file")
+    )  # same seed: same bytes
     rows = {k: [json.loads(line) for line in read(built[0][f"{k}_file"]).splitlines()] for k in ("train", "eval")}
     assert rows["train"] and rows["eval"]
     for r in rows["train"] + rows["eval"]:
@@ -65,10 +71,26 @@ def test_sentiment_pairs_are_deterministic_ranked_and_split_by_prompt(smollm2, t
 @pytest.mark.slow
 def test_two_step_sentiment_sweep_logs_reward_win_rate_and_kl_and_plots_the_frontier(smollm2, tmp_path):
     data = [f"sentiment.{k}={v}" for k, v in TINY_DATA.items()]
-    proc = run_py("-m", "model=smollm2", "data=sentiment", *data, "beta=0.1,0.5", "max_steps=2", "lr=1e-5",
-                  "samples.count=4", "samples.max_new_tokens=12", "trainer.max_length=64", "trainer.eval_steps=2",
-                  "trainer.save_steps=2", "trainer.per_device_train_batch_size=2", "trainer.per_device_eval_batch_size=4",
-                  f"hydra.sweep.dir={tmp_path}/sweep", f"results_dir={tmp_path}/results", cwd=tmp_path, check=True)  # fmt: skip
+    proc = run_py(
+        "-m",
+        "model=smollm2",
+        "data=sentiment",
+        *data,
+        "beta=0.1,0.5",
+        "max_steps=2",
+        "lr=1e-5",
+        "samples.count=4",
+        "samples.max_new_tokens=12",
+        "trainer.max_length=64",
+        "trainer.eval_steps=2",
+        "trainer.save_steps=2",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.per_device_eval_batch_size=4",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"results_dir={tmp_path}/results",
+        cwd=tmp_path,
+        check=True,
+    )
     for job in ("0", "1"):
         job_dir = tmp_path / "sweep" / job
         result = json.loads((job_dir / "result.json").read_text())

@@ -16,10 +16,12 @@ from dpo_lab.sweeps import plots, report
 # beta=0.1 gets more reward for less KL than beta=0.5 at both checkpoints, and than beta=1.0's last one; beta=1.0's
 # first checkpoint has the least KL of all, so it is on the frontier too. Job 3 has not finished: left out, though
 # its points would beat every other.
-RUNS = {"0": ("beta=0.1", "completed", {2: (2.0, 0.5), 4: (4.0, 0.8)}),
-        "1": ("beta=0.5", "completed", {2: (3.0, 0.3), 4: (6.0, 0.6)}),
-        "2": ("beta=1.0", "completed", {2: (1.0, 0.1), 4: (5.0, 0.75)}),
-        "3": ("beta=2.0", "running", {2: (0.5, 0.9), 4: (0.6, 0.95)})}  # fmt: skip
+RUNS = {
+    "0": ("beta=0.1", "completed", {2: (2.0, 0.5), 4: (4.0, 0.8)}),
+    "1": ("beta=0.5", "completed", {2: (3.0, 0.3), 4: (6.0, 0.6)}),
+    "2": ("beta=1.0", "completed", {2: (1.0, 0.1), 4: (5.0, 0.75)}),
+    "3": ("beta=2.0", "running", {2: (0.5, 0.9), 4: (0.6, 0.95)}),
+}
 SPREAD = (-0.1, -0.05, 0.05, 0.1)  # four prompts around each mean, so every checkpoint has a standard error
 
 
@@ -28,9 +30,18 @@ def _samples(points, scored=True):
     rows = []
     for step, (kl, reward) in {0: (0.0, 0.0), **points}.items():
         for i, d in enumerate(SPREAD):
-            row = {"step": step, "index": i, "prompt": f"review {i}:", "policy": "a fine film", "reference": "a film",
-                   "length": 3, "repetition": 0.0, "judge_policy": reward + d, "judge_reference": 0.6,
-                   "win": float(reward + d > 0.6)}  # fmt: skip
+            row = {
+                "step": step,
+                "index": i,
+                "prompt": f"review {i}:",
+                "policy": "a fine film",
+                "reference": "a film",
+                "length": 3,
+                "repetition": 0.0,
+                "judge_policy": reward + d,
+                "judge_reference": 0.6,
+                "win": float(reward + d > 0.6),
+            }
             if scored:
                 row.update(reward=reward + d, kl=kl + 10 * d if step else 0.0)
             rows.append(row)
@@ -51,8 +62,12 @@ def _sweep(tmp_path, scored=True):
         (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if status == "completed":
             last = means_by_step(rows)[4]
-            result = {"status": "completed", "steps": 4, "samples/judge": "sentiment",
-                      **{f"samples/{k}": v for k, v in last.items()}}  # fmt: skip
+            result = {
+                "status": "completed",
+                "steps": 4,
+                "samples/judge": "sentiment",
+                **{f"samples/{k}": v for k, v in last.items()},
+            }
             (d / "result.json").write_text(json.dumps(result))
     return sweep
 

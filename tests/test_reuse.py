@@ -58,7 +58,9 @@ def test_reused_and_live_reference_give_the_same_results(tmp_path, cold_cache):
     assert (reused["reference_logps"], live["reference_logps"]) == ("reused", "live")
     for key in EVAL:
         assert reused[key] == pytest.approx(live[key], rel=1e-4, abs=1e-5), key
-    assert [h["eval/loss"] for h in reused["eval_history"]] == pytest.approx([h["eval/loss"] for h in live["eval_history"]], rel=1e-4)
+    assert [h["eval/loss"] for h in reused["eval_history"]] == pytest.approx(
+        [h["eval/loss"] for h in live["eval_history"]], rel=1e-4
+    )
 
 
 def test_tokenized_data_is_shared(tmp_path, cold_cache):
@@ -75,8 +77,16 @@ def test_concurrent_jobs_have_their_own_process_run_and_dir(tmp_path):
     """Two jobs at once on one machine (joblib, 2 workers): separate processes, wandb runs and job dirs, each with
     its share of the CPU cores; seconds_to_first_step reaches the summary."""
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", "hydra/launcher=gpus", "hydra.launcher.n_jobs=2", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY,
-                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = run_py(
+        "-m",
+        "hydra/launcher=gpus",
+        "hydra.launcher.n_jobs=2",
+        "loss=sigmoid,ipo",
+        "beta=0.1,0.5",
+        TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     results = [json.loads((sweep / str(i) / "result.json").read_text()) for i in range(4)]
     assert all(r["status"] == "completed" for r in results)
@@ -91,6 +101,8 @@ def test_concurrent_jobs_have_their_own_process_run_and_dir(tmp_path):
 
 def test_spawn_start_method_runs_a_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", "start_method=spawn", "beta=0.1", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_py(
+        "-m", "start_method=spawn", "beta=0.1", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert json.loads((sweep / "0" / "result.json").read_text())["status"] == "completed"

@@ -18,8 +18,18 @@ from dpo_lab.samples.viewer import wrap
 
 # On top of experiment=tiny: a short warm-up, so the tiny model's answers are stories, 3 prompts per checkpoint, and
 # a short toy reward model for the default judge.
-SAMPLED = [TINY, "sft.steps=40", "sft.batch_size=8", "max_steps=6", "trainer.save_steps=3", "trainer.eval_steps=3",
-           "samples.count=3", "samples.max_new_tokens=24", "reward_model.steps=40", "reward_model.batch_size=8"]  # fmt: skip
+SAMPLED = [
+    TINY,
+    "sft.steps=40",
+    "sft.batch_size=8",
+    "max_steps=6",
+    "trainer.save_steps=3",
+    "trainer.eval_steps=3",
+    "samples.count=3",
+    "samples.max_new_tokens=24",
+    "reward_model.steps=40",
+    "reward_model.batch_size=8",
+]
 
 
 def read_samples(job) -> list:
@@ -27,7 +37,20 @@ def read_samples(job) -> list:
 
 
 def test_units_split_cjk_by_character():
-    assert units("The cat sat.  小猫在河边，hello 世界") == ["The", "cat", "sat.", "小", "猫", "在", "河", "边", "，", "hello", "世", "界"]  # fmt: skip
+    assert units("The cat sat.  小猫在河边，hello 世界") == [
+        "The",
+        "cat",
+        "sat.",
+        "小",
+        "猫",
+        "在",
+        "河",
+        "边",
+        "，",
+        "hello",
+        "世",
+        "界",
+    ]
     assert units("") == [] and units("  \n ") == []
 
 
@@ -44,7 +67,11 @@ def test_metrics_on_hand_made_text():
     assert zh["length"] == 14 and zh["repetition"] == 0.0 and zh["distinct_1"] == 1.0
     assert zh["task_score"] == pytest.approx(2 / 3)
     zh_looped = text_metrics("走啊走" * 30)
-    assert zh_looped["length"] == 90 and zh_looped["repetition"] > 0.95 and zh_looped["distinct_1"] == pytest.approx(2 / 90)
+    assert (
+        zh_looped["length"] == 90
+        and zh_looped["repetition"] > 0.95
+        and zh_looped["distinct_1"] == pytest.approx(2 / 90)
+    )
 
     empty = text_metrics("", ["cat"])
     assert empty == {"length": 0, "distinct_1": 0.0, "distinct_2": 0.0, "repetition": 0.0, "task_score": 0.0}
@@ -56,7 +83,9 @@ def test_toy_answers_separate_by_repetition():
 
     rows = generate_pairs(200, seed=0)
     chosen = [text_metrics(r["chosen"])["repetition"] for r in rows]
-    looped = [text_metrics(r["rejected"])["repetition"] for r in rows if re.search(r"(.+?)(?: ?\1){3,}$", r["rejected"])]
+    looped = [
+        text_metrics(r["rejected"])["repetition"] for r in rows if re.search(r"(.+?)(?: ?\1){3,}$", r["rejected"])
+    ]
     assert max(chosen) < 0.05 and min(looped) > 0.1 and len(looped) > 50
 
 
@@ -82,7 +111,9 @@ def test_reward_model_pairs_add_garbled_mixtures():
 
 def test_task_judge_calls_ties_and_wins():
     rows = [{"required_words": ["cat", "lamp"]}] * 3
-    verdicts = judges.TaskJudge().compare(["p"] * 3, ["a cat and a lamp", "a cat", "a cat"], ["a cat", "a cat", "a lamp and a cat"], rows)
+    verdicts = judges.TaskJudge().compare(
+        ["p"] * 3, ["a cat and a lamp", "a cat", "a cat"], ["a cat", "a cat", "a lamp and a cat"], rows
+    )
     assert [v["win"] for v in verdicts] == [1.0, 0.5, 0.0]
     assert [v["judge_policy"] for v in verdicts] == [1.0, 0.5, 0.5]
     assert judges.resolve("auto", None, "toy") == "reward_model" and judges.resolve("auto", None, "files") == "none"
@@ -91,8 +122,12 @@ def test_task_judge_calls_ties_and_wins():
 
 def test_summarize_best_and_degradation():
     history = {0: {"task_score": 0.5}, 3: {"task_score": 0.9}, 6: {"task_score": 0.6}}
-    assert summarize(history, "task_score", 0.1) == {"best_checkpoint_step": 3, "best_checkpoint_metric": "samples/task_score",
-                                                     "best_checkpoint_value": 0.9, "degraded_after_step": 3}  # fmt: skip
+    assert summarize(history, "task_score", 0.1) == {
+        "best_checkpoint_step": 3,
+        "best_checkpoint_metric": "samples/task_score",
+        "best_checkpoint_value": 0.9,
+        "degraded_after_step": 3,
+    }
     history[6]["task_score"] = 0.85  # within the margin: not degraded
     assert summarize(history, "task_score", 0.1)["degraded_after_step"] is None
     # Lower is better for repetition; ties go to the earliest checkpoint, as load_best_model_at_end does.
@@ -114,7 +149,9 @@ def test_summarize_does_not_flag_sampling_noise():
 def test_wrap_respects_display_width():
     lines = wrap("小猫在河边找到了一盏灯笼。" * 3 + " and then a rather long English sentence follows here", 20)
     assert all(viewer._width(line) <= 20 for line in lines)
-    assert "".join(lines).replace(" ", "") == ("小猫在河边找到了一盏灯笼。" * 3 + "andthenaratherlongEnglishsentencefollowshere")
+    assert "".join(lines).replace(" ", "") == (
+        "小猫在河边找到了一盏灯笼。" * 3 + "andthenaratherlongEnglishsentencefollowshere"
+    )
     assert wrap("", 10) == [""]
 
 
@@ -154,7 +191,9 @@ def test_jsonl_has_every_checkpoint(full_ft_job):
         assert r["ref_nll"] > 0 and 0 <= r["task_score"] <= 1 and r["length"] > 0
     # The same prompts, and one reference answer per prompt for the whole run.
     for s in (3, 6):
-        assert [(r["index"], r["prompt"], r["reference"]) for r in by_step[s]] == [(r["index"], r["prompt"], r["reference"]) for r in by_step[0]]  # fmt: skip
+        assert [(r["index"], r["prompt"], r["reference"]) for r in by_step[s]] == [
+            (r["index"], r["prompt"], r["reference"]) for r in by_step[0]
+        ]
     # Before any update the policy is the reference: same weights, same seed, same answers.
     assert [r["policy"] for r in by_step[0]] == [r["reference"] for r in by_step[0]]
     eval_rows = json.loads(next((job.parent / "cache").glob("toy-*/eval.json")).read_text(encoding="utf-8"))
@@ -169,9 +208,16 @@ def test_jsonl_has_every_checkpoint(full_ft_job):
     # The default judge on toy data is the toy reward model: equal answers tie, so step 0 is exactly 0.5.
     assert result["samples/judge"] == "reward_model"
     assert all(r["win"] == 0.5 and r["judge_policy"] == r["judge_reference"] for r in by_step[0])
-    assert all(r["win"] in (0.0, 0.5, 1.0) and r["win"] == 0.5 + 0.5 * ((r["judge_policy"] > r["judge_reference"]) -
-               (r["judge_policy"] < r["judge_reference"])) for r in rows if r["policy"] != r["reference"])  # fmt: skip
-    assert result["samples/win_rate"] == pytest.approx(means(by_step[6])["win_rate"]) and "samples/win_rate_se" in result
+    assert all(
+        r["win"] in (0.0, 0.5, 1.0)
+        and r["win"]
+        == 0.5 + 0.5 * ((r["judge_policy"] > r["judge_reference"]) - (r["judge_policy"] < r["judge_reference"]))
+        for r in rows
+        if r["policy"] != r["reference"]
+    )
+    assert (
+        result["samples/win_rate"] == pytest.approx(means(by_step[6])["win_rate"]) and "samples/win_rate_se" in result
+    )
 
 
 @pytest.mark.e2e
@@ -179,7 +225,11 @@ def test_wandb_table_matches_jsonl(full_ft_job):
     _, job = full_ft_job
     run_dir = next((job / "wandb").glob("offline-run-*"))
     # A logged Table is a history record holding a reference to the table file under the run's files/.
-    logged = [r["history"]["item"] for r in leet_records(run_dir) if r["type"] == "history" and "samples/table.path" in r["history"]["item"]]  # fmt: skip
+    logged = [
+        r["history"]["item"]
+        for r in leet_records(run_dir)
+        if r["type"] == "history" and "samples/table.path" in r["history"]["item"]
+    ]
     assert [h["train/global_step"] for h in logged] == [0, 3, 6]
     rows = read_samples(job)
     for h in logged:
@@ -214,15 +264,24 @@ def test_first_run_says_what_it_builds_once(full_ft_job, monkeypatch):
     assert "Samples at step 0: the policy answers 3 eval prompts" in log and "reward_model judge compares" in log
     monkeypatch.setenv("DPO_LAB_CACHE", str(tmp / "cache"))
     planned = train.first_use(compose_cfg(SAMPLED), "cpu")
-    assert [what for _, what, _ in planned] == ["the toy data and model", "the tiny model's warm-up", "the toy reward model"]
+    assert [what for _, what, _ in planned] == [
+        "the toy data and model",
+        "the tiny model's warm-up",
+        "the toy reward model",
+    ]
     assert all(cache.done_params(out_dir) is not None for out_dir, _, _ in planned)
 
 
 @pytest.mark.e2e
 def test_samples_command_prints_side_by_side(full_ft_job):
     _, job = full_ft_job
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "3", "--width", "120"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "3", "--width", "120"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     rows = [r for r in read_samples(job) if r["step"] == 3]
@@ -230,7 +289,9 @@ def test_samples_command_prints_side_by_side(full_ft_job):
     assert out.count("step 3  prompt") == 3
     assert rows[0]["prompt"].split()[0] in out
     assert max(viewer._width(line) for line in out.splitlines()) <= 120
-    bad = subprocess.run([sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "4"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "dpo_lab", "samples", str(job), "--step", "4"], cwd=ROOT, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "sampled steps: 0, 3, 6" in bad.stderr
 
 
@@ -239,8 +300,16 @@ def test_lora_greedy_keep_best_reuses_warmup(full_ft_job):
     tmp, _ = full_ft_job
     (done,) = (tmp / "cache").glob("sft-*/DONE")
     built = done.stat().st_mtime_ns
-    job = _run(tmp, "lora", "peft=lora", "samples=greedy", "samples.count=2", "samples.max_new_tokens=16",
-               "samples.keep_best=true", "wandb.mode=disabled")  # fmt: skip
+    job = _run(
+        tmp,
+        "lora",
+        "peft=lora",
+        "samples=greedy",
+        "samples.count=2",
+        "samples.max_new_tokens=16",
+        "samples.keep_best=true",
+        "wandb.mode=disabled",
+    )
     assert [p.stat().st_mtime_ns for p in (tmp / "cache").glob("sft-*/DONE")] == [built]  # the warm-up came from cache
     assert "First run on this machine" not in (job / "train.log").read_text()  # nothing built, nothing to announce
     rows = read_samples(job)
@@ -270,7 +339,7 @@ def _default_run(tmp_path: Path, name: str, *overrides: str):
 @pytest.mark.slow
 def test_toy_reward_model_prefers_chosen_on_heldout_pairs():
     """The default judge's reward model (trained on the toy train pairs from the default warm-up, cached for the
-    session) scores chosen above rejected on the 128 held-out eval pairs far above chance (0.5). Seen on 2 cores: 0.828."""
+    session) scores chosen above rejected on the 128 held-out eval pairs far above chance (0.5)."""
     from dpo_lab.toy.reward_model import ensure_reward_model, heldout_accuracy
     from dpo_lab.toy.sft import ensure_sft
     from dpo_lab.toy.task import ensure_toy
@@ -301,8 +370,15 @@ def test_over_trained_run_is_flagged_as_degraded(tmp_path):
     """lr 1e-3 (20x the default) wrecks the warmed-up model within 100 steps: the reference's NLL of its answers
     rises, fewer answers stop at EOS, the task score falls, and the run says "degraded after step N".
     Seen on 2 cores: ref_nll 0.18 -> 3.31, stopped 1.00 -> 0.23, task score 0.84 -> 0.59, degraded after step 0."""
-    by_step, result = _default_run(tmp_path, "over", "samples.count=64", "lr=1e-3", "max_steps=100",
-                                   "trainer.save_steps=25", "trainer.eval_steps=25")  # fmt: skip
+    by_step, result = _default_run(
+        tmp_path,
+        "over",
+        "samples.count=64",
+        "lr=1e-3",
+        "max_steps=100",
+        "trainer.save_steps=25",
+        "trainer.eval_steps=25",
+    )
     before, after = means(by_step[0]), means(by_step[100])
     assert after["ref_nll"] > before["ref_nll"] + 1.0, (before, after)
     assert after["stopped"] < before["stopped"] - 0.3, (before, after)

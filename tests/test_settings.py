@@ -33,15 +33,20 @@ def _files():
             yield path, "" if "@package _global_" in text else f"{group}."
 
 
-@pytest.mark.parametrize("path, prefix", list(_files()), ids=lambda x: str(x.relative_to(CONF)) if isinstance(x, Path) else None)
+@pytest.mark.parametrize(
+    "path, prefix", list(_files()), ids=lambda x: str(x.relative_to(CONF)) if isinstance(x, Path) else None
+)
 def test_a_group_file_sets_only_what_differs_from_the_schema(path, prefix):
     from dpo_lab.config import Config
 
     schema = OmegaConf.structured(Config)
     node = OmegaConf.to_container(OmegaConf.create(path.read_text(encoding="utf-8")))  # OmegaConf reads 5e-5 as a float
     node.pop("hydra", None)
-    repeats = [key for key, value in _set_keys(node, prefix)
-               if OmegaConf.select(schema, key, default=object()) == value and key not in IDENTITY
-               and not (path.parent.name == "method" and key.startswith(METHOD_OWN))]  # fmt: skip
+    repeats = [
+        key
+        for key, value in _set_keys(node, prefix)
+        if OmegaConf.select(schema, key, default=object()) == value
+        and key not in IDENTITY
+        and not (path.parent.name == "method" and key.startswith(METHOD_OWN))
+    ]
     assert not repeats, f"{path.relative_to(CONF)} repeats the defaults of dpo_lab/config.py for {repeats}: drop them"
-

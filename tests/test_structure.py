@@ -62,8 +62,12 @@ def test_subpackages_import_only_downwards():
     graph = imports()
     assert set(SUBPACKAGES) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     rank = {name: i for i, name in enumerate(SUBPACKAGES)}
-    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
-              if m.split(".")[0] in rank and d.split(".")[0] in rank and rank[d.split(".")[0]] > rank[m.split(".")[0]]]  # fmt: skip
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if m.split(".")[0] in rank and d.split(".")[0] in rank and rank[d.split(".")[0]] > rank[m.split(".")[0]]
+    ]
     assert not upward, f"imports from a subpackage above: {upward}"
 
 

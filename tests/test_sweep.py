@@ -28,8 +28,17 @@ def _console_table(stdout: str) -> list:
 def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "DPO_LAB_CACHE": str(tmp_path / "cache")}  # empty: job 0 builds the toy model
-    proc = run_py("-m", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY, *JUDGED, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-                  env=env, check=True)  # fmt: skip
+    proc = run_py(
+        "-m",
+        "loss=sigmoid,ipo",
+        "beta=0.1,0.5",
+        TINY,
+        *JUDGED,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
     assert "4/4 jobs completed" in proc.stdout and "| ipo,0.5 " in proc.stdout
     # The sweep says once what its first job builds; the other jobs find it built.
     assert proc.stdout.count("First run on this machine") == 1 and "building the toy data and model" in proc.stdout
@@ -57,8 +66,11 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
         config = summary["config"]
         assert config["choices"]["loss"] in ("sigmoid", "ipo") and config["beta"] in (0.1, 0.5)
         assert config["loss"]["loss_type"] == [config["choices"]["loss"]]
-        margins = [r["history"]["item"]["eval/rewards/margins"] for r in records
-                   if r["type"] == "history" and "eval/rewards/margins" in r["history"]["item"]]  # fmt: skip
+        margins = [
+            r["history"]["item"]["eval/rewards/margins"]
+            for r in records
+            if r["type"] == "history" and "eval/rewards/margins" in r["history"]["item"]
+        ]
         assert len(margins) >= 2  # step 0 and the end, at least
         assert "max" in summary["summary"]["eval/rewards/margins"]  # define_metric summary
     assert len(run_ids) == 4 and len(groups) == 1
@@ -85,7 +97,9 @@ def test_loss_beta_sweep_gives_four_separate_wandb_runs_in_one_group(tmp_path):
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     # max_length=4 passes preflight but leaves no pair to train on once prompts are tokenized: the job fails.
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_py(
+        "-m", TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "1/2 jobs completed" in proc.stdout
     rows = {r["name"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
@@ -96,8 +110,16 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 
 def test_preflight_rejects_a_bad_job_before_any_training(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, "loss=robust", "loss.label_smoothing=0.1,0.7", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
-                  cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "loss=robust",
+        "loss.label_smoothing=0.1,0.7",
+        "beta=0.1,0.2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "2 of 4 jobs would fail; nothing was started" in proc.stdout
     assert "loss.label_smoothing=0.7 beta=0.1" in proc.stdout and "out of range for the robust loss" in proc.stdout
@@ -116,10 +138,23 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     """SIGKILL the whole sweep mid-job, relaunch: the finished job is skipped, the interrupted one resumes from its
     checkpoint and continues the same (offline) wandb run."""
     sweep = tmp_path / "sweep"
-    args = ["-m", TINY, "seed=1,2", "max_steps=80", "trainer.save_steps=5", "trainer.eval_steps=80",
-            "trainer.logging_steps=10", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        "-m",
+        TINY,
+        "seed=1,2",
+        "max_steps=80",
+        "trainer.save_steps=5",
+        "trainer.eval_steps=80",
+        "trainer.logging_steps=10",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while not list((sweep / "1" / "checkpoints").glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, "sweep ended before job 1 saved a checkpoint"
@@ -149,19 +184,36 @@ def _ranked_jobs(report_md: str) -> list:
 
 def test_report_matches_logged_metrics(tmp_path):
     sweep = tmp_path / "sweep"
-    run_py("-m", "+sweep=loss_beta_grid", TINY, "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    run_py(
+        "-m",
+        "+sweep=loss_beta_grid",
+        TINY,
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        "results_dir=results",
+        cwd=tmp_path,
+        check=True,
+    )
     out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
     assert not list(sweep.rglob("run.log")) and all((sweep / str(i) / "train.log").read_text() for i in range(4))
     assert {"summary.csv", "report.md", "eval.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert [(r["loss"], r["beta"]) for r in rows] == [("sigmoid", "0.1"), ("sigmoid", "0.5"), ("ipo", "0.1"), ("ipo", "0.5")]
+    assert [(r["loss"], r["beta"]) for r in rows] == [
+        ("sigmoid", "0.1"),
+        ("sigmoid", "0.5"),
+        ("ipo", "0.1"),
+        ("ipo", "0.5"),
+    ]
     for row in rows:
         result = json.loads((sweep / row["job"] / "result.json").read_text())
         assert float(row["eval/rewards/margins"]) == pytest.approx(result["eval/rewards/margins"])
-        assert float(row["best_eval/rewards/margins"]) == pytest.approx(max(h["eval/rewards/margins"] for h in result["eval_history"]))
+        assert float(row["best_eval/rewards/margins"]) == pytest.approx(
+            max(h["eval/rewards/margins"] for h in result["eval_history"])
+        )
         # The β-free margin is TRL's reward margin over β; it comes with standard errors, as does the accuracy.
-        assert float(row["eval/logratios/margins"]) == pytest.approx(result["eval/rewards/margins"] / float(row["beta"]))
+        assert float(row["eval/logratios/margins"]) == pytest.approx(
+            result["eval/rewards/margins"] / float(row["beta"])
+        )
         assert float(row["eval/logratios/margins_se"]) >= 0 and float(row["eval/rewards/accuracies_se"]) >= 0
     report = (out / "report.md").read_text()
     assert "Ranked by **logratio_margin**" in report  # no samples in experiment=tiny, so no judge
@@ -170,8 +222,13 @@ def test_report_matches_logged_metrics(tmp_path):
 
     # Regenerated on demand, also for a partial sweep (a job dir without a result).
     (sweep / "3" / "result.json").unlink()
-    again = subprocess.run([sys.executable, "-m", "dpo_lab", "report", str(sweep), "--out", str(tmp_path / "r2")],
-                           cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", "dpo_lab", "report", str(sweep), "--out", str(tmp_path / "r2")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "pending" in again.stdout and (tmp_path / "r2" / "report.md").is_file()
 
 
@@ -180,8 +237,17 @@ def test_default_ranking_is_not_the_reward_margin_order(tmp_path):
     lead by reward margin (beta x gap) while the lr=4e-4 runs lead by the gap itself. The leaderboard follows the
     gap (the objective), and says so."""
     sweep = tmp_path / "sweep"
-    run_py("-m", TINY, "beta=0.1,0.5", "lr=1e-4,4e-4", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-           "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    run_py(
+        "-m",
+        TINY,
+        "beta=0.1,0.5",
+        "lr=1e-4,4e-4",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        "results_dir=results",
+        cwd=tmp_path,
+        check=True,
+    )
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     by = lambda key: sorted(results, key=lambda j: -results[j][key])  # noqa: E731
     assert by("eval/logratios/margins") != by("eval/rewards/margins")
@@ -191,8 +257,17 @@ def test_default_ranking_is_not_the_reward_margin_order(tmp_path):
 
 def test_seed_replicates_aggregate_into_configurations(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, "beta=0.1,0.5", "seed=0,1", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-                  "results_dir=results", cwd=tmp_path, check=True)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "beta=0.1,0.5",
+        "seed=0,1",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        "results_dir=results",
+        cwd=tmp_path,
+        check=True,
+    )
     out = next((tmp_path / "results").glob("*/"))
     configs = list(csv.DictReader(open(out / "summary_by_config.csv")))
     assert sorted(c["beta"] for c in configs) == ["0.1", "0.5"] and all(c["n"] == "2" for c in configs)

@@ -68,11 +68,19 @@ def test_rejected_is_wrong(rows):
 def test_word_lists_do_not_collide():
     """Substring scoring is exact only if no task word hides inside another word or inside template text."""
     for words, texts in [
-        (toy.EN_CHARACTERS + toy.EN_OBJECTS + list(toy.EN_PLACES),
-         [t for s, stories in toy.EN_PLOTS for t in (s, *(x for st in stories for x in st))] + toy.EN_LOOPS + [toy.PROMPTS["en"]]),
-        (toy.ZH_CHARACTERS + list(toy.ZH_OBJECTS) + list(toy.ZH_PLACES),
-         [t for s, stories in toy.ZH_PLOTS for t in (s, *(x for st in stories for x in st))] + toy.ZH_LOOPS + [toy.PROMPTS["zh"]]),
-    ]:  # fmt: skip
+        (
+            toy.EN_CHARACTERS + toy.EN_OBJECTS + list(toy.EN_PLACES),
+            [t for s, stories in toy.EN_PLOTS for t in (s, *(x for st in stories for x in st))]
+            + toy.EN_LOOPS
+            + [toy.PROMPTS["en"]],
+        ),
+        (
+            toy.ZH_CHARACTERS + list(toy.ZH_OBJECTS) + list(toy.ZH_PLACES),
+            [t for s, stories in toy.ZH_PLOTS for t in (s, *(x for st in stories for x in st))]
+            + toy.ZH_LOOPS
+            + [toy.PROMPTS["zh"]],
+        ),
+    ]:
         assert len(set(words)) == len(words) >= 30
         fragments = [f.lower() for t in texts for f in re.split(r"\{\w+\}", t)]
         for w in words:
@@ -134,7 +142,11 @@ def test_write_toy_loads_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "toy"
     paths = write_toy(out, n_train=64, n_eval=16)
-    assert paths == {"model": str(out / "model"), "train_file": str(out / "train.json"), "eval_file": str(out / "eval.json")}  # fmt: skip
+    assert paths == {
+        "model": str(out / "model"),
+        "train_file": str(out / "train.json"),
+        "eval_file": str(out / "eval.json"),
+    }
     train, eval_ = (json.loads(Path(paths[k]).read_text(encoding="utf-8")) for k in ("train_file", "eval_file"))
     assert len(train) == 64 and len(eval_) == 16
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in eval_}
@@ -170,7 +182,8 @@ def test_ensure_toy_caches(tmp_path):
 
 @pytest.mark.e2e
 def test_cli_writes_what_the_default_run_uses(tmp_path):
-    """`python -m dpo_lab.toy.task --out DIR` with no flags builds the artifact the default run trains on (ToyConfig)."""
+    """`python -m dpo_lab.toy.task --out DIR` with no flags builds the artifact the default run trains on
+    (ToyConfig)."""
     from dataclasses import asdict
 
     from dpo_lab.toy.task import VERSION
@@ -188,8 +201,11 @@ def test_cli_writes_what_the_default_run_uses(tmp_path):
 
 def _file_bytes(folder: Path) -> dict:
     """Every file under `folder` (relative path -> bytes), leaving out the trainers' scratch output (trainer/)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and "trainer" not in p.relative_to(folder).parts}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "trainer" not in p.relative_to(folder).parts
+    }
 
 
 @pytest.mark.e2e
@@ -207,7 +223,9 @@ def test_build_once_artifacts_are_the_same_bytes_from_two_fresh_caches(tmp_path)
         toy = tiny_toy(cache_dir=cache_dir)
         sft = ensure_sft(toy, steps=4, batch_size=8)
         rm = ensure_reward_model(toy, sft, steps=4, batch_size=8)
-        built.append({name: _file_bytes(Path(p)) for name, p in (("toy", Path(toy["model"]).parent), ("sft", sft), ("rm", rm))})
+        built.append(
+            {name: _file_bytes(Path(p)) for name, p in (("toy", Path(toy["model"]).parent), ("sft", sft), ("rm", rm))}
+        )
     for name in ("toy", "sft", "rm"):
         a, b = built[0][name], built[1][name]
         assert any(f.endswith(".safetensors") for f in a), (name, list(a))

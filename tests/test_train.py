@@ -48,7 +48,9 @@ def test_metrics_are_plotted_against_the_integer_trainer_step(tmp_path):
     result = train_job(tmp_path, ["max_steps=2"])
     records = leet_records(result["wandb_dir"])
     metrics = [r["metric"] for r in records if r["type"] == "metric"]
-    assert {"glob_name": "*", "step_metric": "train/global_step"}.items() <= next(m for m in metrics if m.get("glob_name")).items()
+    assert {"glob_name": "*", "step_metric": "train/global_step"}.items() <= next(
+        m for m in metrics if m.get("glob_name")
+    ).items()
     steps = [r["history"]["item"]["train/global_step"] for r in records if r["type"] == "history"]
     assert steps and all(type(s) is int for s in steps) and sorted(set(steps)) == [0, 1, 2]
 
@@ -59,11 +61,32 @@ def test_rerun_is_named_by_what_it_changed(tmp_path):
     from dpo_lab.train import train
 
     overrides = ["loss=sigmoid", "beta=0.1", "wandb.mode=disabled", "max_steps=1", "trainer.eval_on_start=false"]
-    prepare(compose_cfg([TINY, *overrides]), str(tmp_path / "job"), name="loss=sigmoid,beta=0.1", group=None,
-            overrides=overrides, choices={})  # fmt: skip
+    prepare(
+        compose_cfg([TINY, *overrides]),
+        str(tmp_path / "job"),
+        name="loss=sigmoid,beta=0.1",
+        group=None,
+        overrides=overrides,
+        choices={},
+    )
     assert execute(str(tmp_path / "job"), train)["status"] == "completed"
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "lr=1e-5", "beta=0.5",
-                           "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpo_lab",
+            "rerun",
+            str(tmp_path / "job"),
+            "lr=1e-5",
+            "beta=0.5",
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_json(tmp_path / "again" / "job.json")["name"] == "loss=sigmoid,beta=0.5,lr=1e-5 (rerun)"
 
@@ -71,8 +94,13 @@ def test_rerun_is_named_by_what_it_changed(tmp_path):
 def test_rerun_reproduces_eval_metrics(tmp_path):
     original = train_job(tmp_path / "job", ["wandb.mode=disabled", "loss=ipo"])
     assert original["status"] == "completed", original.get("error")
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "job"), "--out", str(tmp_path / "again")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_json(tmp_path / "again" / "result.json")
     for key in ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies", "eval/logps/chosen"):
@@ -101,8 +129,22 @@ def test_wandb_config_is_ours_and_a_logged_config_reruns(tmp_path):
     assert run["job_type"] == "dpo" and {"loss:ipo", "peft:lora"} <= set(run["tags"]), run
 
     write_logged_config(config, str(tmp_path / "from-wandb"))
-    proc = subprocess.run([sys.executable, "-m", "dpo_lab", "rerun", str(tmp_path / "from-wandb"), "wandb.mode=disabled",
-                           "--out", str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpo_lab",
+            "rerun",
+            str(tmp_path / "from-wandb"),
+            "wandb.mode=disabled",
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = read_json(tmp_path / "again" / "result.json")
     assert again["steps"] == original["steps"] == 5  # ceil(0.34 epochs x 12 steps)

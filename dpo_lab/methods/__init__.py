@@ -27,18 +27,23 @@ def trl_classes(method: Method) -> Tuple[type, type]:
             module = importlib.import_module(method.trl_module)
         return getattr(module, method.config_class), getattr(module, method.trainer_class)
     except (ImportError, AttributeError) as e:
-        raise UserError(f"method={method.name} needs {method.trl_module}.{method.trainer_class}, which trl "
-                        f"{trl.__version__} lacks ({e}). dpo-lab's methods are tested with trl 1.16, which has it"
-                        f"{' (under trl.experimental: TRL may move it in any release)' if method.experimental else ''}: "
-                        "pip install 'trl==1.16.*'.") from None  # fmt: skip
+        raise UserError(
+            f"method={method.name} needs {method.trl_module}.{method.trainer_class}, which trl "
+            f"{trl.__version__} lacks ({e}). dpo-lab's methods are tested with trl 1.16, which has it"
+            f"{' (under trl.experimental: TRL may move it in any release)' if method.experimental else ''}: "
+            "pip install 'trl==1.16.*'."
+        ) from None
 
 
 def settings(method: Method, cfg) -> str:
     """The method's own settings in one short string for reports: β, its TRL loss type, its parameters."""
     args = method.args(cfg)
     loss = args.get("loss_type")
-    shown = {"beta": args["beta"], "loss": "+".join(loss) if isinstance(loss, list) else loss,
-             **{p: args[p] for p in method.params}}  # fmt: skip
+    shown = {
+        "beta": args["beta"],
+        "loss": "+".join(loss) if isinstance(loss, list) else loss,
+        **{p: args[p] for p in method.params},
+    }
     return " ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
 
 
@@ -46,5 +51,7 @@ def check_data(method: Method, shape: str, source: str) -> None:
     """UserError unless the method trains on `shape` rows (data.Preferences.shape)."""
     if shape not in method.data:
         takers = [n for n in NAMES if shape in get(n).data]
-        raise UserError(f"method={method.name} trains on pairs (prompt, chosen, rejected); {source} holds unpaired rows "
-                        f"(prompt, completion, label), which only method={' or method='.join(takers)} takes.")  # fmt: skip
+        raise UserError(
+            f"method={method.name} trains on pairs (prompt, chosen, rejected); {source} holds unpaired rows "
+            f"(prompt, completion, label), which only method={' or method='.join(takers)} takes."
+        )

@@ -11,16 +11,22 @@ from dpo_lab.methods.simpo import METHOD as SIMPO
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": "alphapo", "alpha": cfg.method.alpha, "simpo_gamma": cfg.method.simpo_gamma,
-            **OLDER_PIPELINE_ARGS}  # fmt: skip
+    return {
+        "beta": cfg.beta,
+        "loss_type": "alphapo",
+        "alpha": cfg.method.alpha,
+        "simpo_gamma": cfg.method.simpo_gamma,
+        **OLDER_PIPELINE_ARGS,
+    }
 
 
 def check(cfg: DictConfig) -> None:
     only_default_loss(cfg, "AlphaPO's")
     m = cfg.method
     if m.alpha is None or m.alpha == 0:
-        raise UserError(f"method.alpha={m.alpha}: AlphaPO's reward shape must be non-zero (alpha 0 is SimPO: "
-                        "method=simpo).")  # fmt: skip
+        raise UserError(
+            f"method.alpha={m.alpha}: AlphaPO's reward shape must be non-zero (alpha 0 is SimPO: method=simpo)."
+        )
     if m.simpo_gamma is None or m.simpo_gamma < 0:
         raise UserError(f"method.simpo_gamma={m.simpo_gamma} must be >= 0: the target margin.")
 

@@ -62,6 +62,8 @@ def derive_policy_margin(trainer, training: bool) -> None:
 def only_default_loss(cfg: DictConfig, whose: str) -> None:
     """A method with one loss of its own: the loss group must be left at its default (loss=sigmoid)."""
     if OmegaConf.to_container(cfg.loss) != OmegaConf.to_container(OmegaConf.structured(LossConfig)):
-        raise UserError(f"method={cfg.method.name} has one loss, {whose} (loss=sigmoid, the default); loss.loss_type="
-                        f"{list(cfg.loss.loss_type)} and the other loss.* settings are DPO's: use method=dpo for "
-                        "them.")  # fmt: skip
+        raise UserError(
+            f"method={cfg.method.name} has one loss, {whose} (loss=sigmoid, the default); loss.loss_type="
+            f"{list(cfg.loss.loss_type)} and the other loss.* settings are DPO's: use method=dpo for "
+            "them."
+        )

@@ -12,23 +12,34 @@ LOSSES = ("sigmoid", "hinge", "ipo")  # CPOConfig's loss types besides simpo / a
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": cfg.loss.loss_type[0], "label_smoothing": cfg.loss.label_smoothing,
-            "cpo_alpha": cfg.method.cpo_alpha, **OLDER_PIPELINE_ARGS}  # fmt: skip
+    return {
+        "beta": cfg.beta,
+        "loss_type": cfg.loss.loss_type[0],
+        "label_smoothing": cfg.loss.label_smoothing,
+        "cpo_alpha": cfg.method.cpo_alpha,
+        **OLDER_PIPELINE_ARGS,
+    }
 
 
 def check(cfg: DictConfig) -> None:
     loss = cfg.loss
     if len(loss.loss_type) != 1 or loss.loss_type[0] not in LOSSES or loss.loss_weights is not None:
-        raise UserError(f"method=cpo takes one of the losses {', '.join(LOSSES)} (loss=NAME); loss.loss_type="
-                        f"{list(loss.loss_type)} is DPO's: use method=dpo for it.")  # fmt: skip
+        raise UserError(
+            f"method=cpo takes one of the losses {', '.join(LOSSES)} (loss=NAME); loss.loss_type="
+            f"{list(loss.loss_type)} is DPO's: use method=dpo for it."
+        )
     if loss.use_weighting or loss.ld_alpha is not None or loss.f_divergence_type != "reverse_kl":
-        raise UserError("loss.use_weighting, loss.ld_alpha and loss.f_divergence_type are DPO's settings: method=cpo "
-                        "has no reference model to apply them to. Leave them unset, or use method=dpo.")  # fmt: skip
+        raise UserError(
+            "loss.use_weighting, loss.ld_alpha and loss.f_divergence_type are DPO's settings: method=cpo "
+            "has no reference model to apply them to. Leave them unset, or use method=dpo."
+        )
     if not 0 <= loss.label_smoothing < 0.5:
         raise UserError(f"loss.label_smoothing={loss.label_smoothing} must lie in [0, 0.5) for method=cpo.")
     if cfg.method.cpo_alpha is None or cfg.method.cpo_alpha < 0:
-        raise UserError(f"method.cpo_alpha={cfg.method.cpo_alpha} must be >= 0: the weight of the chosen answer's NLL "
-                        "(conf/method/cpo.yaml: 1.0, TRL's default).")  # fmt: skip
+        raise UserError(
+            f"method.cpo_alpha={cfg.method.cpo_alpha} must be >= 0: the weight of the chosen answer's NLL "
+            "(conf/method/cpo.yaml: 1.0, TRL's default)."
+        )
 
 
 METHOD = Method(
@@ -40,9 +51,19 @@ METHOD = Method(
     experimental=True,
     shares=False,
     reference=False,
-    eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
-               "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
-               "eval_rewards/accuracies_se", "eval_nll_loss"),  # fmt: skip
+    eval_keys=(
+        "eval_rewards/margins",
+        "eval_rewards/accuracies",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_loss",
+        "eval_logps/margins",
+        "eval_logps/margins_se",
+        "eval_rewards/accuracies_se",
+        "eval_nll_loss",
+    ),
     params=("cpo_alpha",),
     token_masks=POLICY_ONLY_MASKS,
     args=args,

@@ -13,7 +13,11 @@ F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "r
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
     """beta, the loss group's fields (DPOConfig's names) and whether reference log-probs are precomputed."""
-    return {"beta": cfg.beta, **OmegaConf.to_container(cfg.loss), "precompute_ref_log_probs": cfg.trainer.precompute_ref_log_probs}
+    return {
+        "beta": cfg.beta,
+        **OmegaConf.to_container(cfg.loss),
+        "precompute_ref_log_probs": cfg.trainer.precompute_ref_log_probs,
+    }
 
 
 def _check(ok: bool, message: str) -> None:
@@ -27,7 +31,9 @@ def check(cfg: DictConfig) -> None:
     types = list(loss.loss_type)
     _check(len(types) > 0, "loss.loss_type is empty: give at least one loss type, e.g. loss=sigmoid.")
     for t in types:
-        _check(t in LOSS_TYPES, f"loss.loss_type contains {t!r}, which TRL does not know. Valid: {', '.join(LOSS_TYPES)}.")
+        _check(
+            t in LOSS_TYPES, f"loss.loss_type contains {t!r}, which TRL does not know. Valid: {', '.join(LOSS_TYPES)}."
+        )
     if loss.loss_weights is not None:
         _check(
             len(loss.loss_weights) == len(types),
@@ -83,9 +89,18 @@ METHOD = Method(
     experimental=False,
     shares=True,
     reference=True,
-    eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
-               "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logratios/margins",
-               "eval_logratios/margins_se", "eval_rewards/accuracies_se"),  # fmt: skip
+    eval_keys=(
+        "eval_rewards/margins",
+        "eval_rewards/accuracies",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_loss",
+        "eval_logratios/margins",
+        "eval_logratios/margins_se",
+        "eval_rewards/accuracies_se",
+    ),
     params=(),
     args=args,
     check=check,

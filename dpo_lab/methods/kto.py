@@ -16,8 +16,13 @@ log = logging.getLogger(__name__)
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
     m = cfg.method
-    return {"beta": cfg.beta, "loss_type": "kto", "desirable_weight": m.desirable_weight,
-            "undesirable_weight": m.undesirable_weight, "precompute_ref_log_probs": cfg.trainer.precompute_ref_log_probs}  # fmt: skip
+    return {
+        "beta": cfg.beta,
+        "loss_type": "kto",
+        "desirable_weight": m.desirable_weight,
+        "undesirable_weight": m.undesirable_weight,
+        "precompute_ref_log_probs": cfg.trainer.precompute_ref_log_probs,
+    }
 
 
 def check(cfg: DictConfig) -> None:
@@ -27,10 +32,12 @@ def check(cfg: DictConfig) -> None:
         if m[key] is None or m[key] <= 0:
             raise UserError(f"method.{key}={m[key]} must be > 0 (conf/method/kto.yaml: 1.0).")
     if batch < 2:
-        raise UserError(f"method=kto with trainer.per_device_train_batch_size={batch}: KTO estimates its KL term from "
-                        "the other rows of a per-device batch (TRL refuses a batch of 1). Set "
-                        "trainer.per_device_train_batch_size=2 or more (KTO's authors suggest an effective batch of "
-                        "16 or more).")  # fmt: skip
+        raise UserError(
+            f"method=kto with trainer.per_device_train_batch_size={batch}: KTO estimates its KL term from "
+            "the other rows of a per-device batch (TRL refuses a batch of 1). Set "
+            "trainer.per_device_train_batch_size=2 or more (KTO's authors suggest an effective batch of "
+            "16 or more)."
+        )
 
 
 def rows(given: List[Dict[str, Any]], seed: int) -> List[Dict[str, Any]]:
@@ -39,7 +46,11 @@ def rows(given: List[Dict[str, Any]], seed: int) -> List[Dict[str, Any]]:
         out = [dict(r) for r in given]
         how = f"{len(out)} unpaired rows"
     else:
-        out = [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"} for p in given for key in ("chosen", "rejected")]
+        out = [
+            {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in given
+            for key in ("chosen", "rejected")
+        ]
         how = f"{len(given)} pairs -> {len(out)} rows"
     random.Random(seed).shuffle(out)
     good = sum(r["label"] for r in out)
@@ -65,8 +76,17 @@ METHOD = Method(
     experimental=False,
     shares=False,
     reference=True,
-    eval_keys=("eval_rewards/margins", "eval_rewards/chosen", "eval_rewards/rejected", "eval_logps/chosen",
-               "eval_logps/rejected", "eval_loss", "eval_kl", "eval_logratios/margins", "eval_logratios/margins_se"),  # fmt: skip
+    eval_keys=(
+        "eval_rewards/margins",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_loss",
+        "eval_kl",
+        "eval_logratios/margins",
+        "eval_logratios/margins_se",
+    ),
     params=("desirable_weight", "undesirable_weight"),
     args=args,
     check=check,

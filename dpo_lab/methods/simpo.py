@@ -11,16 +11,23 @@ from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method,
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.method.simpo_gamma,
-            **OLDER_PIPELINE_ARGS}  # fmt: skip
+    return {
+        "beta": cfg.beta,
+        "loss_type": "simpo",
+        "cpo_alpha": 0.0,
+        "simpo_gamma": cfg.method.simpo_gamma,
+        **OLDER_PIPELINE_ARGS,
+    }
 
 
 def check(cfg: DictConfig) -> None:
     only_default_loss(cfg, "SimPO's")
     gamma = cfg.method.simpo_gamma
     if gamma is None or gamma < 0:
-        raise UserError(f"method.simpo_gamma={gamma} must be >= 0: SimPO's target margin γ (the SimPO README starts "
-                        "at γ = β / 2; conf/method/simpo.yaml sets 1.0 for β 2.0).")  # fmt: skip
+        raise UserError(
+            f"method.simpo_gamma={gamma} must be >= 0: SimPO's target margin γ (the SimPO README starts "
+            "at γ = β / 2; conf/method/simpo.yaml sets 1.0 for β 2.0)."
+        )
 
 
 METHOD = Method(
@@ -32,9 +39,18 @@ METHOD = Method(
     experimental=True,
     shares=False,
     reference=False,
-    eval_keys=("eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected",
-               "eval_logps/chosen", "eval_logps/rejected", "eval_loss", "eval_logps/margins", "eval_logps/margins_se",
-               "eval_rewards/accuracies_se"),  # fmt: skip
+    eval_keys=(
+        "eval_rewards/margins",
+        "eval_rewards/accuracies",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_loss",
+        "eval_logps/margins",
+        "eval_logps/margins_se",
+        "eval_rewards/accuracies_se",
+    ),
     params=("simpo_gamma",),
     token_masks=POLICY_ONLY_MASKS,
     args=args,

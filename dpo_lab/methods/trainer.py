@@ -74,16 +74,23 @@ class LabTrainer:
         if not self.is_world_process_zero():
             return
         card = generate_model_card(
-            base_model=base_model, model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
-            hub_model_id=os.path.abspath(out_dir), dataset_name=None, tags=list(getattr(self, "_tag_names", [])),
-            wandb_url=run.url if run is not None and not run.offline else None, trackio_url=None,
-            trainer_name=getattr(self, "_name", self.method.title), trainer_citation=getattr(self, "_paper", {}).get("citation"),
-            template_file=getattr(self, "_template_file", None), paper_title=getattr(self, "_paper", {}).get("title"),
+            base_model=base_model,
+            model_name=os.path.basename(os.path.dirname(os.path.abspath(out_dir))),
+            hub_model_id=os.path.abspath(out_dir),
+            dataset_name=None,
+            tags=list(getattr(self, "_tag_names", [])),
+            wandb_url=run.url if run is not None and not run.offline else None,
+            trackio_url=None,
+            trainer_name=getattr(self, "_name", self.method.title),
+            trainer_citation=getattr(self, "_paper", {}).get("citation"),
+            template_file=getattr(self, "_template_file", None),
+            paper_title=getattr(self, "_paper", {}).get("title"),
             paper_id=getattr(self, "_paper", {}).get("id"),
-        )  # fmt: skip
+        )
         if os.path.isdir(base_model):  # the template links huggingface.co/<base>: name the local checkpoint
-            card.text = card.text.replace(f"[{base_model}](https://huggingface.co/{base_model})",
-                                          f"the local checkpoint `{base_model}`")  # fmt: skip
+            card.text = card.text.replace(
+                f"[{base_model}](https://huggingface.co/{base_model})", f"the local checkpoint `{base_model}`"
+            )
         card.save(os.path.join(out_dir, "README.md"))
 
 

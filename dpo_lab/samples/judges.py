@@ -24,8 +24,10 @@ from dpo_lab.samples.metrics import task_score
 
 log = logging.getLogger(__name__)
 
-PAIRWISE_TEMPLATE = ("Which answer follows the request better?\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\n"
-                     "Answer B:\n{b}\n\nReply with one letter: A or B.")  # fmt: skip
+PAIRWISE_TEMPLATE = (
+    "Which answer follows the request better?\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\n"
+    "Answer B:\n{b}\n\nReply with one letter: A or B."
+)
 
 
 def resolve(judge: str, judge_model: Optional[str], data_source: str) -> str:
@@ -50,8 +52,10 @@ class Judge:
         """Per prompt: the judge's score of each answer (the policy's is its reward) and the policy's win (1, 0.5 for
         a tie, 0)."""
         a, b = self.scores(prompts, policy, rows), self.scores(prompts, reference, rows)
-        return [{"judge_policy": x, "judge_reference": y, "reward": x, "win": 0.5 if p == r or x == y else float(x > y)}
-                for x, y, p, r in zip(a, b, policy, reference)]  # fmt: skip
+        return [
+            {"judge_policy": x, "judge_reference": y, "reward": x, "win": 0.5 if p == r or x == y else float(x > y)}
+            for x, y, p, r in zip(a, b, policy, reference)
+        ]
 
 
 class TaskJudge(Judge):
@@ -85,8 +89,11 @@ class RewardModelJudge(Judge):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                        num_labels=1).to(device).eval()  # fmt: skip
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code, num_labels=1)
+            .to(device)
+            .eval()
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         self.device, self.batch_size = device, batch_size
@@ -136,8 +143,9 @@ class PairwiseJudge(Judge):
 
         question = PAIRWISE_TEMPLATE.format(prompt=as_text(prompt), a=a, b=b)
         if self.tokenizer.chat_template:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                                     return_dict=False)  # fmt: skip
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=False
+            )
         else:
             ids = self.tokenizer.encode(question + "\nAnswer:", add_special_tokens=True)
         with torch.no_grad():

@@ -12,10 +12,30 @@ CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]"  # CJK radicals, punctuation,
 UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
 REPETITION_N = 4  # toy chosen answers: ~0 repeated 4-grams; looping rejected ones: ~0.55
 # Metrics a run can be ranked by: +1 higher is better, -1 lower is better.
-BETTER = {"win_rate": 1, "task_score": 1, "reward": 1, "distinct_1": 1, "distinct_2": 1, "repetition": -1, "ref_nll": -1}
+BETTER = {
+    "win_rate": 1,
+    "task_score": 1,
+    "reward": 1,
+    "distinct_1": 1,
+    "distinct_2": 1,
+    "repetition": -1,
+    "ref_nll": -1,
+}
 # Per-sample columns (samples.jsonl); a checkpoint's scalar is their mean, named as in MEAN_NAME where it differs.
-SAMPLE_METRICS = ("length", "distinct_1", "distinct_2", "repetition", "stopped", "ref_nll", "task_score",
-                  "judge_policy", "judge_reference", "win", "reward", "kl")  # fmt: skip
+SAMPLE_METRICS = (
+    "length",
+    "distinct_1",
+    "distinct_2",
+    "repetition",
+    "stopped",
+    "ref_nll",
+    "task_score",
+    "judge_policy",
+    "judge_reference",
+    "win",
+    "reward",
+    "kl",
+)
 MEAN_NAME = {"length": "mean_length", "win": "win_rate"}
 ROW_KEY = {v: k for k, v in MEAN_NAME.items()}  # a checkpoint metric's per-sample column
 
@@ -34,8 +54,12 @@ def distinct(tokens: List[str], n: int) -> float:
 def text_metrics(text: str, required_words: Optional[List[str]] = None) -> Dict[str, float]:
     """Per-sample metrics; repetition is the fraction of 4-grams that repeat an earlier one (rep-n)."""
     u = units(text)
-    m = {"length": len(u), "distinct_1": distinct(u, 1), "distinct_2": distinct(u, 2),
-         "repetition": 1.0 - distinct(u, REPETITION_N) if len(u) >= REPETITION_N else 0.0}  # fmt: skip
+    m = {
+        "length": len(u),
+        "distinct_1": distinct(u, 1),
+        "distinct_2": distinct(u, 2),
+        "repetition": 1.0 - distinct(u, REPETITION_N) if len(u) >= REPETITION_N else 0.0,
+    }
     if required_words is not None:
         m["task_score"] = task_score(text, required_words)
     return m
@@ -68,8 +92,12 @@ def resolve_metric(best_metric: str, data_source: str, judged: bool = False) -> 
     return "win_rate" if judged else "task_score" if data_source == "toy" else "repetition"
 
 
-def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,
-              values: Optional[Dict[int, List[Optional[float]]]] = None) -> Dict[str, Any]:  # fmt: skip
+def summarize(
+    history: Dict[int, Dict[str, float]],
+    metric: str,
+    margin: float,
+    values: Optional[Dict[int, List[Optional[float]]]] = None,
+) -> Dict[str, Any]:
     """Best checkpoint by `metric` (the earliest on ties, as load_best_model_at_end) and whether the last checkpoint
     is worse than it by more than `margin`: then the run "degraded after" the best step. With the per-prompt values
     of each step (`values`, same prompt order), the drop must also exceed two standard errors of the per-prompt
@@ -85,8 +113,12 @@ def summarize(history: Dict[int, Dict[str, float]], metric: str, margin: float,
         diffs = [sign * (a - b) for a, b in zip(values[best], values[last]) if a is not None and b is not None]
         if len(diffs) > 1:
             degraded = drop > 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return {"best_checkpoint_step": best, "best_checkpoint_metric": f"samples/{metric}",
-            "best_checkpoint_value": history[best][metric], "degraded_after_step": best if degraded else None}  # fmt: skip
+    return {
+        "best_checkpoint_step": best,
+        "best_checkpoint_metric": f"samples/{metric}",
+        "best_checkpoint_value": history[best][metric],
+        "degraded_after_step": best if degraded else None,
+    }
 
 
 def task_score(text: str, required_words: list[str]) -> float:

@@ -38,15 +38,29 @@ def trainer_args(cfg) -> Dict[str, Any]:
     if not (cfg.samples.count and cfg.samples.keep_best):
         return {}
     metric = best_metric(cfg)
-    return {"load_best_model_at_end": True, "metric_for_best_model": f"samples_{metric}",
-            "greater_is_better": BETTER[metric] > 0}  # fmt: skip
+    return {
+        "load_best_model_at_end": True,
+        "metric_for_best_model": f"samples_{metric}",
+        "greater_is_better": BETTER[metric] > 0,
+    }
 
 
 def generation_kwargs(s) -> Dict[str, Any]:
     if not s.do_sample:
-        return {"do_sample": False, "max_new_tokens": s.max_new_tokens, "top_k": None, "top_p": None, "temperature": None}
-    return {"do_sample": True, "max_new_tokens": s.max_new_tokens, "top_k": s.top_k, "top_p": s.top_p,
-            "temperature": s.temperature}  # fmt: skip
+        return {
+            "do_sample": False,
+            "max_new_tokens": s.max_new_tokens,
+            "top_k": None,
+            "top_p": None,
+            "temperature": None,
+        }
+    return {
+        "do_sample": True,
+        "max_new_tokens": s.max_new_tokens,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "temperature": s.temperature,
+    }
 
 
 def pick(rows: List[Dict[str, Any]], count: int, seed: int) -> List[int]:
@@ -109,7 +123,9 @@ class Sampler:
     """Samples a trainer's policy at checkpoints and its reference once; every rank answers its share of the prompts,
     rank 0 writes and logs. `callback()` hooks it into the trainer; `finish()` returns the run summary."""
 
-    def __init__(self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None, judge=None, load_reference=None):
+    def __init__(
+        self, trainer, rows: List[Dict[str, Any]], cfg, out_dir: str, run=None, judge=None, load_reference=None
+    ):
         """`load_reference()`: the reference model, for a run that keeps none (full fine-tuning with precomputed
         log-probs); it is loaded for each checkpoint's samples and freed after."""
         self.trainer, self.s, self.run, self.judge = trainer, cfg.samples, run, judge
@@ -134,8 +150,13 @@ class Sampler:
         kept = [r for r in files.read_jsonl(self.path) if r["step"] <= step]
         last = [r["index"] for r in kept if r["step"] == kept[-1]["step"]] if kept else []
         if last and len(last) < len(self.index) and last == self.index[: len(last)]:  # a kill cut that step short
-            log.warning("Samples: step %d has %d of %d rows in %s (cut short); sampling it again.", kept[-1]["step"],
-                        len(last), len(self.index), self.path)  # fmt: skip
+            log.warning(
+                "Samples: step %d has %d of %d rows in %s (cut short); sampling it again.",
+                kept[-1]["step"],
+                len(last),
+                len(self.index),
+                self.path,
+            )
             kept = [r for r in kept if r["step"] != kept[-1]["step"]]
         for s in sorted({r["step"] for r in kept}):
             self._record(s, [r for r in kept if r["step"] == s])
@@ -173,8 +194,10 @@ class Sampler:
         with acc.split_between_processes(list(range(len(self.rows))), apply_padding=True) as mine:
             prompts = [self.prompts[i] for i in mine]
             with _eval_mode(policy), acc.autocast():
-                self._say(step, f"the policy answers {len(self.rows)} eval prompts (up to {self.s.max_new_tokens} new "
-                                "tokens each)")  # fmt: skip
+                self._say(
+                    step,
+                    f"the policy answers {len(self.rows)} eval prompts (up to {self.s.max_new_tokens} new tokens each)",
+                )
                 answers = generate(policy, self.tokenizer, prompts, self.gen, self.s.seed)
                 own = logps(policy, prompts, answers)
                 ref_answers = None
@@ -195,10 +218,18 @@ class Sampler:
                 rows = [self.rows[i] for i in mine]
                 verdicts = self.judge.compare([r["prompt"] for r in rows], texts, ref_texts, rows)
             for k, i in enumerate(mine):
-                out.append({"index": self.index[i], "policy": texts[k], "reference": ref_texts[k],
-                            "ref_nll": -ref_logps[k] / len(answers[k]), "kl": own[k] - ref_logps[k],
-                            "stopped": float(bool(answers[k]) and answers[k][-1] in stop), **verdicts[k],
-                            **text_metrics(texts[k], self.rows[i].get("required_words"))})  # fmt: skip
+                out.append(
+                    {
+                        "index": self.index[i],
+                        "policy": texts[k],
+                        "reference": ref_texts[k],
+                        "ref_nll": -ref_logps[k] / len(answers[k]),
+                        "kl": own[k] - ref_logps[k],
+                        "stopped": float(bool(answers[k]) and answers[k][-1] in stop),
+                        **verdicts[k],
+                        **text_metrics(texts[k], self.rows[i].get("required_words")),
+                    }
+                )
             return out
 
     def _say(self, step: int, what: str) -> None:
@@ -217,8 +248,16 @@ class Sampler:
         answered = gather_object(self._answer(step))[: len(self.rows)]  # drop the padding of uneven splits
         if self.reference is None:  # the first call: the reference's answers, kept for the whole run
             self.reference = [a["reference"] for a in answered]
-        rows = [{"step": step, "prompt": as_text(row["prompt"]), "ground_truth": as_text(row["chosen"]), **a,
-                 "reference": ref} for row, a, ref in zip(self.rows, answered, self.reference)]  # fmt: skip
+        rows = [
+            {
+                "step": step,
+                "prompt": as_text(row["prompt"]),
+                "ground_truth": as_text(row["chosen"]),
+                **a,
+                "reference": ref,
+            }
+            for row, a, ref in zip(self.rows, answered, self.reference)
+        ]
         rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
         seconds = time.time() - started
         self.seconds += seconds
@@ -241,22 +280,38 @@ class Sampler:
             import wandb
 
             table = wandb.Table(columns=list(COLUMNS), data=[[r[k] for k in COLUMNS] for r in rows])
-            tracking.safely(lambda: self.run.log({**scalars, "samples/seconds": seconds, "samples/table": table,
-                                                  "train/global_step": step}))  # fmt: skip
+            tracking.safely(
+                lambda: self.run.log(
+                    {**scalars, "samples/seconds": seconds, "samples/table": table, "train/global_step": step}
+                )
+            )
 
     def finish(self) -> Dict[str, Any]:
-        """The run's sample summary (best checkpoint, degradation, last checkpoint's metrics), also in wandb's summary."""
+        """The run's sample summary (best checkpoint, degradation, last checkpoint's metrics), also in wandb's
+        summary."""
         if not self.history:
             return {}
         out = summarize(self.history, self.metric, self.s.degrade_margin, self.values)
         last = max(self.history)
-        out.update({f"samples/{k}": v for k, v in self.history[last].items()}, **{"samples/seconds": round(self.seconds, 2)})
+        out.update(
+            {f"samples/{k}": v for k, v in self.history[last].items()}, **{"samples/seconds": round(self.seconds, 2)}
+        )
         out["samples/judge"] = self.judge.name if self.judge is not None else None
         if out.get("degraded_after_step") is not None:
-            log.warning("Samples: %s fell from %.3f at step %d (best) to %.3f at step %d: degraded after step %d.",
-                        out["best_checkpoint_metric"], out["best_checkpoint_value"], out["best_checkpoint_step"],
-                        self.history[last][self.metric], last, out["degraded_after_step"])  # fmt: skip
+            log.warning(
+                "Samples: %s fell from %.3f at step %d (best) to %.3f at step %d: degraded after step %d.",
+                out["best_checkpoint_metric"],
+                out["best_checkpoint_value"],
+                out["best_checkpoint_step"],
+                self.history[last][self.metric],
+                last,
+                out["degraded_after_step"],
+            )
         if self.main and self.run is not None:
             # Keys with a define_metric summary (max, last) keep it rather than a plain last value.
-            tracking.safely(lambda: self.run.summary.update({k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES}))
+            tracking.safely(
+                lambda: self.run.summary.update(
+                    {k: v for k, v in out.items() if v is not None and k not in EVAL_SUMMARIES}
+                )
+            )
         return out

@@ -46,16 +46,21 @@ def show(job_dir: str, step: Optional[int] = None, width: Optional[int] = None) 
     if step not in steps:
         raise UserError(f"{job_dir} has no samples at step {step}; sampled steps: {', '.join(map(str, steps))}.")
     width = max(60, width or shutil.get_terminal_size((120, 24)).columns)
-    keys = [k for k in ("win_rate", "task_score", "repetition", "distinct_1", "distinct_2", "ref_nll", "mean_length")
-            if any(k in m for m in history.values())]  # fmt: skip
+    keys = [
+        k
+        for k in ("win_rate", "task_score", "repetition", "distinct_1", "distinct_2", "ref_nll", "mean_length")
+        if any(k in m for m in history.values())
+    ]
     out = [f"{'step':>6}  " + "  ".join(f"{k:>11}" for k in keys)]
     for s, m in history.items():
         out.append(f"{s:>6}  " + "  ".join(f"{m[k]:>11.3f}" if k in m else f"{'-':>11}" for k in keys))
     result = files.read_json(os.path.join(job_dir, files.RESULT)) or {}
     if result.get("best_checkpoint_step") is not None:
         degraded = result.get("degraded_after_step")
-        out.append(f"best checkpoint: step {result['best_checkpoint_step']} by {result['best_checkpoint_metric']}"
-                   + (f"; degraded after step {degraded}" if degraded is not None else ""))  # fmt: skip
+        out.append(
+            f"best checkpoint: step {result['best_checkpoint_step']} by {result['best_checkpoint_metric']}"
+            + (f"; degraded after step {degraded}" if degraded is not None else "")
+        )
     col = (width - 6) // 3
     picked = [r for r in rows if r["step"] == step]
     for n, r in enumerate(picked, start=1):
@@ -64,7 +69,8 @@ def show(job_dir: str, step: Optional[int] = None, width: Optional[int] = None) 
         cols = [wrap(r[k] or "", col) for k in ("policy", "reference", "ground_truth")]
         out.append(" | ".join(h.ljust(col) for h in ("policy", "reference", "ground truth")))
         for i in range(max(map(len, cols))):
-            out.append(" | ".join(c[i] + " " * (col - _width(c[i])) if i < len(c) else " " * col for c in cols).rstrip())
+            out.append(
+                " | ".join(c[i] + " " * (col - _width(c[i])) if i < len(c) else " " * col for c in cols).rstrip()
+            )
         out += wrap("  ".join(f"{k} {r[k]:.3g}" for k in SAMPLE_METRICS if r.get(k) is not None), width)
     return "\n".join(out)
-

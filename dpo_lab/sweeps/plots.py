@@ -14,16 +14,26 @@ DPI = 100  # a figure's inches x 100: its PNG's pixels
 
 # Checkpoint sample metrics, in metrics.resolve_metric's order, and what their y axis measures. A judge's reward and
 # the answers' KL are frontier.png's axes (plot_frontier), so samples.png stays at four panels.
-SAMPLE_AXES = {"win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
-               "task_score": "task score\n(share of the required words present)",
-               "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
-               "ref_nll": "reference model's NLL of the answers\n(nats per token)"}  # fmt: skip
+SAMPLE_AXES = {
+    "win_rate": "win rate over the reference's answers\n(judge; 0.5: no better than the start)",
+    "task_score": "task score\n(share of the required words present)",
+    "repetition": "repetition\n(share of 4-grams repeating an earlier one)",
+    "ref_nll": "reference model's NLL of the answers\n(nats per token)",
+}
 
 
-EVAL_PANELS = [("eval/logratios/margins", "eval log-ratio margin (higher is better)",
-                "log-ratio margin, chosen - rejected\n(nats; TRL's reward margin / beta)"),
-               ("eval/rewards/accuracies", "eval preference accuracy (higher is better)",
-                "share of held-out pairs ranked right\n(chosen reward > rejected; ties count wrong)")]  # fmt: skip
+EVAL_PANELS = [
+    (
+        "eval/logratios/margins",
+        "eval log-ratio margin (higher is better)",
+        "log-ratio margin, chosen - rejected\n(nats; TRL's reward margin / beta)",
+    ),
+    (
+        "eval/rewards/accuracies",
+        "eval preference accuracy (higher is better)",
+        "share of held-out pairs ranked right\n(chosen reward > rejected; ties count wrong)",
+    ),
+]
 
 
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
@@ -61,8 +71,16 @@ def _lines(ax, runs: List[Dict[str, Any]], history: str, key: str, se_key: Optio
         marker, style = STYLES[i % len(STYLES)]
         (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=5, label=r.get("name"))
         if se_key and all(se_key in h for h in hist):
-            ax.errorbar(x, y, yerr=[1.96 * h[se_key] for h in hist], fmt="none", ecolor=line.get_color(), elinewidth=1,
-                        capsize=3, alpha=0.6)  # fmt: skip
+            ax.errorbar(
+                x,
+                y,
+                yerr=[1.96 * h[se_key] for h in hist],
+                fmt="none",
+                ecolor=line.get_color(),
+                elinewidth=1,
+                capsize=3,
+                alpha=0.6,
+            )
 
 
 def _legend(fig, axes, used: int) -> None:
@@ -107,10 +125,16 @@ def _mark_ties(ax, runs: List[Dict[str, Any]]) -> None:
     every margin is exactly 0 and every tie counts as wrong, so a 0 there means untrained, not wrong."""
     if not any(h["step"] == 0 and h.get("eval/rewards/accuracies") == 0 for r in runs for h in r["eval_history"]):
         return
-    ax.annotate("step 0: policy = reference, every margin is 0;\nTRL counts these ties as wrong, so 0 here\n"
-                "means untrained, not worse than chance", xy=(0, 0), xytext=(0.4, 0.25), textcoords="axes fraction",
-                fontsize=9, arrowprops={"arrowstyle": "->", "color": "0.3"},
-                bbox={"boxstyle": "round", "fc": "w", "ec": "0.7"})  # fmt: skip
+    ax.annotate(
+        "step 0: policy = reference, every margin is 0;\nTRL counts these ties as wrong, so 0 here\n"
+        "means untrained, not worse than chance",
+        xy=(0, 0),
+        xytext=(0.4, 0.25),
+        textcoords="axes fraction",
+        fontsize=9,
+        arrowprops={"arrowstyle": "->", "color": "0.3"},
+        bbox={"boxstyle": "round", "fc": "w", "ec": "0.7"},
+    )
 
 
 def heatmap_keys(rows: List[Dict[str, Any]], swept: List[str]) -> List[str]:
@@ -142,8 +166,10 @@ def plot_heatmap(rows: List[Dict[str, Any]], path: str, objective: str, swept: L
     ax.set_yticks(range(len(ys)), [",".join(y) for y in ys])
     ax.set(xlabel=across or "", ylabel=",".join(down))
     seeds = " (mean over seeds)" if "seed" in swept else ""
-    ax.set_title(f"{objective} per configuration{seeds}, ± 95% interval\nhatched: within noise of the best (outlined)",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"{objective} per configuration{seeds}, ± 95% interval\nhatched: within noise of the best (outlined)",
+        fontsize=10,
+    )
     fig.colorbar(im, label=f"{objective} ({key})")
     fig.tight_layout()
     return _save(fig, path)
@@ -176,8 +202,16 @@ def _heat_cell(ax, im, at: tuple, config: Optional[Dict[str, Any]], key: str, st
     vs = config.get("vs_best")
     mark = {"best": "best", "within noise": "≈ best"}.get(vs, "")
     light = im.norm(config[key]) > 0.6  # dark text on viridis' yellow end
-    ax.text(j, i, rounded_pm(config, key) + (f"\n{mark}" if mark else ""), ha="center", va="center", fontsize=9,
-            color="k" if light else "w", fontweight="bold" if vs == "best" else "normal")  # fmt: skip
+    ax.text(
+        j,
+        i,
+        rounded_pm(config, key) + (f"\n{mark}" if mark else ""),
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="k" if light else "w",
+        fontweight="bold" if vs == "best" else "normal",
+    )
     if vs == "within noise":
         hatch = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor=(1, 1, 1, 0.45), linewidth=0)
         ax.add_patch(hatch)
@@ -218,8 +252,11 @@ def plot_samples(rows: List[Dict[str, Any]], path: str) -> bool:
         if metric == "win_rate":
             ax.axhline(0.5, color="gray", linewidth=0.8)  # the reference against itself
         better = "higher is better" if BETTER[metric] > 0 else "lower is better"
-        ax.set(xlabel="step", ylabel=SAMPLE_AXES[metric], title=f"samples: {metric} ({better}"
-               + (", bars: 95% over prompts)" if i == 0 else ")"))  # fmt: skip
+        ax.set(
+            xlabel="step",
+            ylabel=SAMPLE_AXES[metric],
+            title=f"samples: {metric} ({better}" + (", bars: 95% over prompts)" if i == 0 else ")"),
+        )
         ax.grid(alpha=0.3)
     _legend(fig, axes, len(metrics))
     return _save(fig, path)
@@ -241,21 +278,47 @@ def plot_frontier(rows: List[Dict[str, Any]], path: str) -> bool:
         x, y = [h["kl"] for h in hist], [h["reward"] for h in hist]
         marker, style = STYLES[i % len(STYLES)]
         label = (r.get("name") or f"job {r['job']}") + (" (best frontier)" if best else "")
-        (line,) = ax.plot(x, y, marker=marker, linestyle=style, markersize=6 if best else 5, label=label,
-                          linewidth=3 if best else 1.2, zorder=3 if best else 2)  # fmt: skip
+        (line,) = ax.plot(
+            x,
+            y,
+            marker=marker,
+            linestyle=style,
+            markersize=6 if best else 5,
+            label=label,
+            linewidth=3 if best else 1.2,
+            zorder=3 if best else 2,
+        )
         if all(h.get("kl_se") is not None and h.get("reward_se") is not None for h in hist):
-            ax.errorbar(x, y, xerr=[1.96 * h["kl_se"] for h in hist], yerr=[1.96 * h["reward_se"] for h in hist],
-                        fmt="none", ecolor=line.get_color(), elinewidth=0.8, alpha=0.3, zorder=1)  # fmt: skip
+            ax.errorbar(
+                x,
+                y,
+                xerr=[1.96 * h["kl_se"] for h in hist],
+                yerr=[1.96 * h["reward_se"] for h in hist],
+                fmt="none",
+                ecolor=line.get_color(),
+                elinewidth=0.8,
+                alpha=0.3,
+                zorder=1,
+            )
     points = front["points"]
-    ax.scatter([p["kl"] for p in points], [p["reward"] for p in points], s=200, facecolors="none", edgecolors="k",
-               linewidths=1.5, zorder=4)  # fmt: skip
+    ax.scatter(
+        [p["kl"] for p in points],
+        [p["reward"] for p in points],
+        s=200,
+        facecolors="none",
+        edgecolors="k",
+        linewidths=1.5,
+        zorder=4,
+    )
     for p in points:
         ax.annotate(f"step {p['step']}", (p["kl"], p["reward"]), xytext=(8, -12), textcoords="offset points", size=8)
     judges = {r.get("samples/judge") for r in runs} - {None}  # e.g. sentiment: what the reward's scale means
-    ax.set(xlabel="KL(policy ‖ reference), nats per answer, from the sampled answers",
-           ylabel="mean reward of the policy's answers" + (f"\n(judge: {judges.pop()})" if len(judges) == 1 else ""),
-           title="reward vs KL per checkpoint, from step 0 (KL 0): up and to the left is better\n"
-                 "black rings: Pareto-optimal checkpoints; bars: 95% over the prompts")  # fmt: skip
+    ax.set(
+        xlabel="KL(policy ‖ reference), nats per answer, from the sampled answers",
+        ylabel="mean reward of the policy's answers" + (f"\n(judge: {judges.pop()})" if len(judges) == 1 else ""),
+        title="reward vs KL per checkpoint, from step 0 (KL 0): up and to the left is better\n"
+        "black rings: Pareto-optimal checkpoints; bars: 95% over the prompts",
+    )
     ax.grid(alpha=0.3)
     _legend(fig, axes, 1)
     return _save(fig, path)

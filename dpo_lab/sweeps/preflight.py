@@ -33,8 +33,10 @@ def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
     for o in OverridesParser.create().parse_overrides(params + task_overrides(config)):
         key = o.get_key_element()
         if o.is_sweep_override() and not o.is_discrete_sweep():
-            raise UserError(f"{o.input_line}: the basic sweeper takes lists (a,b,c or choice(a,b)); a range or interval "
-                            "needs a sweeper that samples, e.g. hydra/sweeper=optuna.")  # fmt: skip
+            raise UserError(
+                f"{o.input_line}: the basic sweeper takes lists (a,b,c or choice(a,b)); a range or interval "
+                "needs a sweeper that samples, e.g. hydra/sweeper=optuna."
+            )
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         choices.append([f"{key}={v}" for v in values])
     return [list(job) for job in itertools.product(*choices)]
@@ -89,16 +91,21 @@ def explain(error: Exception, overrides: List[str] = ()) -> str:
     cause = error.__cause__
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
         group, option = error.missing_cfg_file.rsplit("/", 1)
-        valid = [line.strip() for line in str(error).split("Available options in")[-1].splitlines()[1:]
-                 if line.startswith("\t") and "provider=" not in line]  # fmt: skip
+        valid = [
+            line.strip()
+            for line in str(error).split("Available options in")[-1].splitlines()[1:]
+            if line.startswith("\t") and "provider=" not in line
+        ]
         return f"{group}={option} is not a {group} option. Valid: {', '.join(valid)}."
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
         return unknown_key(cause.full_key)
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == cause.full_key), None)
         what = f"{cause.full_key}={given}" if given is not None else cause.full_key
-        return (f"{what}: {str(cause).splitlines()[0]}. python run.py --cfg job prints every key with its default "
-                "(dpo_lab/config.py has their types).")  # fmt: skip
+        return (
+            f"{what}: {str(cause).splitlines()[0]}. python run.py --cfg job prints every key with its default "
+            "(dpo_lab/config.py has their types)."
+        )
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     if "An item is already at" in text:  # `+beta=0.1`: the key exists, so it is set without the +
         key = text.split("An item is already at '", 1)[1].split("'", 1)[0]
@@ -115,8 +122,16 @@ def check_command_line(argv: List[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_dir \
-            or args.config_name or args.experimental_rerun:  # fmt: skip
+    if (
+        args.help
+        or args.hydra_help
+        or args.info
+        or args.shell_completion
+        or args.config_path
+        or args.config_dir
+        or args.config_name
+        or args.experimental_rerun
+    ):
         return  # Hydra's own commands, or a config other than ours
     try:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
@@ -124,8 +139,10 @@ def check_command_line(argv: List[str]) -> None:
         raise UserError(explain(e)) from None
     swept = [o.input_line for o in parsed if o.is_sweep_override()]
     if swept and not args.multirun:
-        raise UserError(f"{' '.join(swept)}: several values for one key sweep over them, which needs -m (python "
-                        f"run.py -m {' '.join(args.overrides)}); a single run takes one value per key.")  # fmt: skip
+        raise UserError(
+            f"{' '.join(swept)}: several values for one key sweep over them, which needs -m (python "
+            f"run.py -m {' '.join(args.overrides)}); a single run takes one value per key."
+        )
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
     conf = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's conf/, beside the dpo_lab package
     try:
@@ -163,11 +180,13 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
         except Exception as e:  # composition errors: unknown key, bad type, missing group option
             failures.append((overrides, explain(e, list(overrides))))
     if len(ranked_by) > 1 and not all(ranked_by.values()) and not failures:
-        raise UserError(f"the sweep compares methods ({', '.join(ranked_by)}), and their eval metrics are not "
-                        "comparable (each method's margin and accuracy measure its own loss): rank them on what their "
-                        "answers say. Turn on checkpoint samples with a judge (samples.count > 0 and "
-                        "samples.judge=reward_model with samples.judge_model=..., or the toy data's default judge), "
-                        "or set objective=win_rate, reward or task_score. Nothing was started.")  # fmt: skip
+        raise UserError(
+            f"the sweep compares methods ({', '.join(ranked_by)}), and their eval metrics are not "
+            "comparable (each method's margin and accuracy measure its own loss): rank them on what their "
+            "answers say. Turn on checkpoint samples with a judge (samples.count > 0 and "
+            "samples.judge=reward_model with samples.judge_model=..., or the toy data's default judge), "
+            "or set objective=win_rate, reward or task_score. Nothing was started."
+        )
     return jobs, failures
 
 
@@ -203,8 +222,10 @@ def check_writable_dir(path: str, key: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"{key}={path} cannot be written: {_why_not_writable(full, e)}. Point {key} at a directory "
-                        f"you can write to ({key}=/path/you/own/...), or fix the permissions.") from None  # fmt: skip
+        raise UserError(
+            f"{key}={path} cannot be written: {_why_not_writable(full, e)}. Point {key} at a directory "
+            f"you can write to ({key}=/path/you/own/...), or fix the permissions."
+        ) from None
     finally:
         for d in reversed(created):
             try:
@@ -254,7 +275,9 @@ def check_job_dir(job: DictConfig, num: int) -> None:
         with read_write(cfg.hydra), open_dict(cfg.hydra):
             cfg.hydra.job.num = num
             cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}" if joblib else num
-            job_dir = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+            job_dir = os.path.join(
+                str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            )
             cfg.hydra.runtime.output_dir = os.path.abspath(job_dir)
         saved = os.path.join(job_dir, "config.yaml")
         if not os.path.isfile(saved):
@@ -268,6 +291,8 @@ def check_job_dir(job: DictConfig, num: int) -> None:
     if not same_config(saved, now):
         earlier = (read_json(os.path.join(str(job.hydra.sweep.dir), "sweep.json")) or {}).get("overrides")
         again = f": python run.py -m {' '.join(earlier)} hydra.sweep.dir={job.hydra.sweep.dir}" if earlier else ""
-        raise UserError(f"{job_dir} already holds job {num} of an earlier launch with a different config, so it can be "
-                        "neither skipped nor resumed; nothing was changed. Launch into a new directory "
-                        f"(hydra.sweep.dir=multirun/NEW_NAME), or finish the earlier sweep with its own values{again}.")  # fmt: skip
+        raise UserError(
+            f"{job_dir} already holds job {num} of an earlier launch with a different config, so it can be "
+            "neither skipped nor resumed; nothing was changed. Launch into a new directory "
+            f"(hydra.sweep.dir=multirun/NEW_NAME), or finish the earlier sweep with its own values{again}."
+        )

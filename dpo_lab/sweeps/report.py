@@ -23,31 +23,81 @@ from dpo_lab.samples.metrics import means_by_step
 from dpo_lab.sweeps import plots
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
-HEADLINE = [("samples/win_rate", "win rate"), ("samples/reward", "reward"), ("samples/kl", "KL"),
-            ("eval/logratios/margins", "log-ratio margin"), ("eval/logps/margins", "log-prob margin"),
-            ("eval/rewards/accuracies", "accuracy"),
-            ("eval/rewards/margins", "reward margin"), ("samples/task_score", "task score")]  # fmt: skip
-ERRORS = ["samples/win_rate_se", "samples/reward_se", "samples/kl_se", "eval/logratios/margins_se", "eval/logps/margins_se",
-          "eval/rewards/accuracies_se", "samples/task_score_se"]  # fmt: skip
+HEADLINE = [
+    ("samples/win_rate", "win rate"),
+    ("samples/reward", "reward"),
+    ("samples/kl", "KL"),
+    ("eval/logratios/margins", "log-ratio margin"),
+    ("eval/logps/margins", "log-prob margin"),
+    ("eval/rewards/accuracies", "accuracy"),
+    ("eval/rewards/margins", "reward margin"),
+    ("samples/task_score", "task score"),
+]
+ERRORS = [
+    "samples/win_rate_se",
+    "samples/reward_se",
+    "samples/kl_se",
+    "eval/logratios/margins_se",
+    "eval/logps/margins_se",
+    "eval/rewards/accuracies_se",
+    "samples/task_score_se",
+]
 # summary.csv has these columns only where a run measured them (a scoring judge's reward, the answers' KL), so the
 # CSV of a sweep without them keeps the columns it had.
-IF_MEASURED = {"samples/reward", "samples/reward_se", "samples/kl", "samples/kl_se", "eval/logps/margins",
-               "eval/logps/margins_se"}  # fmt: skip
+IF_MEASURED = {
+    "samples/reward",
+    "samples/reward_se",
+    "samples/kl",
+    "samples/kl_se",
+    "eval/logps/margins",
+    "eval/logps/margins_se",
+}
 CHECKPOINTS = [("best_checkpoint_step", "best step"), ("degraded_after_step", "degraded after")]
-CHECKPOINT_COLUMNS = [("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
-                      (lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
-                       "degraded after")]  # fmt: skip
+CHECKPOINT_COLUMNS = [
+    ("best_checkpoint_step", "best step"),  # a run with a best checkpoint that did not degrade: "no"
+    (
+        lambda r: _fmt(r.get("degraded_after_step", "")) or ("no" if "best_checkpoint_step" in r else ""),
+        "degraded after",
+    ),
+]
 # What each run was and cost, for a fair comparison across methods: a reference-free method scores no reference batches.
-COST_COLUMNS = [("method", "method"), (lambda r: r.get("method_settings") or "", "settings"), ("steps", "steps"), ("train_seconds", "seconds"),
-                ("train_tokens", "train tokens"), ("reference_batches", "reference batches")]  # fmt: skip
-RUN_STATS = ["method", "method_settings", "train_tokens", "steps", "train_seconds", "seconds_to_first_step", "reference_logps", "reference_batches", "tokens_per_second", "peak_rss_mb", "peak_cuda_mb", "wandb_run_id", "wandb_dir"]
+COST_COLUMNS = [
+    ("method", "method"),
+    (lambda r: r.get("method_settings") or "", "settings"),
+    ("steps", "steps"),
+    ("train_seconds", "seconds"),
+    ("train_tokens", "train tokens"),
+    ("reference_batches", "reference batches"),
+]
+RUN_STATS = [
+    "method",
+    "method_settings",
+    "train_tokens",
+    "steps",
+    "train_seconds",
+    "seconds_to_first_step",
+    "reference_logps",
+    "reference_batches",
+    "tokens_per_second",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+    "wandb_run_id",
+    "wandb_dir",
+]
 REPORT_LOCK = ".report.lock"  # in the sweep dir: held while one process writes the sweep's report
 LOCK_TIMEOUT_S = 600  # a report takes seconds; waiting longer means a writer hangs (filelock.Timeout)
 CONSOLE_WIDTH = 100  # the table a sweep prints fits a terminal this wide (report.md has every column)
 # Short titles of the HEADLINE metrics for the console.
-SHORT = {"samples/win_rate": "win rate", "samples/reward": "reward", "samples/kl": "KL",
-         "eval/logratios/margins": "log-ratio", "eval/logps/margins": "log-prob margin", "eval/rewards/accuracies": "accuracy",
-         "eval/rewards/margins": "reward margin", "samples/task_score": "task score"}  # fmt: skip
+SHORT = {
+    "samples/win_rate": "win rate",
+    "samples/reward": "reward",
+    "samples/kl": "KL",
+    "eval/logratios/margins": "log-ratio",
+    "eval/logps/margins": "log-prob margin",
+    "eval/rewards/accuracies": "accuracy",
+    "eval/rewards/margins": "reward margin",
+    "samples/task_score": "task score",
+}
 
 
 def collect(sweep_dir: str) -> List[Dict[str, Any]]:
@@ -122,8 +172,14 @@ def ranked_jobs(rows: List[Dict[str, Any]], objective: str) -> List[Dict[str, An
 def leaderboard(rows: List[Dict[str, Any]], objective: str = "auto") -> str:
     """report.md's leaderboard: every job with every headline metric (the console prints console_summary)."""
     objective = objective_of(rows, objective)
-    cols = [("job", "job"), ("name", "run"), ("status", "status"), *_metric_columns(rows, objective), *CHECKPOINT_COLUMNS,
-            *COST_COLUMNS]  # fmt: skip
+    cols = [
+        ("job", "job"),
+        ("name", "run"),
+        ("status", "status"),
+        *_metric_columns(rows, objective),
+        *CHECKPOINT_COLUMNS,
+        *COST_COLUMNS,
+    ]
     return table(ranked_jobs(rows, objective), cols)
 
 
@@ -134,7 +190,11 @@ def by_config(rows: List[Dict[str, Any]], swept: List[str], objective: str) -> L
 
 
 def config_table(configs: List[Dict[str, Any]], swept: List[str], objective: str) -> str:
-    cols = [(k, k) for k in swept if k != "seed"] + [("n", "seeds"), *_metric_columns(configs, objective), ("jobs", "jobs")]
+    cols = [(k, k) for k in swept if k != "seed"] + [
+        ("n", "seeds"),
+        *_metric_columns(configs, objective),
+        ("jobs", "jobs"),
+    ]
     return table(configs, cols)
 
 
@@ -175,10 +235,15 @@ def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str
     ranked, head = ranking(rows, swept, objective), _headline_column(rows, objective)
     status = [(_status, "status")] if any(r.get("status") != "completed" for r in rows) else []  # all ok: say nothing
     first = [("job", "job"), _keys_column(swept), *status, *_objective_columns(objective)]
-    rest = [("best_checkpoint_step", "best step"), (CHECKPOINT_COLUMNS[1][0], "degraded"),
-            (lambda r: _duration(r.get("train_seconds")), "time")]  # fmt: skip
-    lines = [f"Ranked by {objective} (± 95% intervals; ≈ best: within noise of the best)",
-             _narrow_table(ranked_jobs(rows, objective), first, head + rest)]
+    rest = [
+        ("best_checkpoint_step", "best step"),
+        (CHECKPOINT_COLUMNS[1][0], "degraded"),
+        (lambda r: _duration(r.get("train_seconds")), "time"),
+    ]
+    lines = [
+        f"Ranked by {objective} (± 95% intervals; ≈ best: within noise of the best)",
+        _narrow_table(ranked_jobs(rows, objective), first, head + rest),
+    ]
     if "seed" in swept and ranked:
         first = [_keys_column([k for k in swept if k != "seed"]), ("n", "seeds"), *_objective_columns(objective)]
         lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
@@ -259,15 +324,19 @@ def _checkpoint_cell(row: Dict[str, Any], step: int) -> str:
 def frontier_verdict(front: Dict[str, Any], strong: str = "") -> str:
     """`Best reward-KL frontier: X (job 2): 3 of the 4 Pareto-optimal checkpoints.`; `strong` wraps the name."""
     n = len(front["points"])
-    return (f"Best reward-KL frontier: {strong}{front['name'] or front['job']}{strong} (job {front['job']}): "
-            f"{front['owned']} of the {n} Pareto-optimal checkpoint{'s' if n > 1 else ''}.")  # fmt: skip
+    return (
+        f"Best reward-KL frontier: {strong}{front['name'] or front['job']}{strong} (job {front['job']}): "
+        f"{front['owned']} of the {n} Pareto-optimal checkpoint{'s' if n > 1 else ''}."
+    )
 
 
 def frontier_table(front: Dict[str, Any]) -> str:
     """The frontier's checkpoints, low KL first, each value ± its 95% interval over the prompts."""
     pm = lambda k: lambda p: rounded_pm({k: p[k], f"{k}_ci": _times(1.96, p[f"{k}_se"])}, k)  # noqa: E731
-    return table(front["points"], [("job", "job"), ("name", "run"), ("step", "step"), (pm("kl"), "KL (nats)"),
-                                   (pm("reward"), "reward")])  # fmt: skip
+    return table(
+        front["points"],
+        [("job", "job"), ("name", "run"), ("step", "step"), (pm("kl"), "KL (nats)"), (pm("reward"), "reward")],
+    )
 
 
 def _times(a: float, b: Any) -> Optional[float]:
@@ -303,17 +372,24 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
     objective = objective_of(rows, sweep.get("objective", "auto"))
     for target in (out_dir, sweep_dir):
         _write_rows_csv(rows, swept, os.path.join(target, "summary.csv"))
-    figures = {"samples.png": plots.plot_samples(rows, os.path.join(out_dir, "samples.png")),
-               "eval.png": plots.plot_eval(rows, os.path.join(out_dir, "eval.png")),
-               "heatmap.png": plots.plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept),
-               "frontier.png": plots.plot_frontier(rows, os.path.join(out_dir, "frontier.png"))}  # fmt: skip
+    figures = {
+        "samples.png": plots.plot_samples(rows, os.path.join(out_dir, "samples.png")),
+        "eval.png": plots.plot_eval(rows, os.path.join(out_dir, "eval.png")),
+        "heatmap.png": plots.plot_heatmap(rows, os.path.join(out_dir, "heatmap.png"), objective, swept),
+        "frontier.png": plots.plot_frontier(rows, os.path.join(out_dir, "frontier.png")),
+    }
     done = sum(r.get("status") == "completed" for r in rows)
     obj = quality.OBJECTIVES[objective]
-    lines = [f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}", "",
-             f"`{sweep_dir}`: {done}/{len(rows)} jobs completed.", "",
-             f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
-             "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
-             "difference to the best lies inside the 95% interval of the difference.", ""]  # fmt: skip
+    lines = [
+        f"# Sweep {sweep.get('name') or os.path.basename(sweep_dir)}",
+        "",
+        f"`{sweep_dir}`: {done}/{len(rows)} jobs completed.",
+        "",
+        f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
+        "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
+        "difference to the best lies inside the 95% interval of the difference.",
+        "",
+    ]
     ranked = ranking(rows, swept, objective)
     configs = ranked if "seed" in swept else []
     if configs:
@@ -323,19 +399,38 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
     lines += ["## Leaderboard", "", leaderboard(rows, objective), ""]
     checkpoints = checkpoint_table(rows)
     if checkpoints:
-        lines += ["## Checkpoints", "", "Each sampled checkpoint's metric (± 95% over the prompts); *best step*: the "
-                  "best checkpoint by it; *degraded after*: the last checkpoint fell below the best by more than "
-                  "samples.degrade_margin and by more than the noise.", "", checkpoints, ""]  # fmt: skip
+        lines += [
+            "## Checkpoints",
+            "",
+            "Each sampled checkpoint's metric (± 95% over the prompts); *best step*: the "
+            "best checkpoint by it; *degraded after*: the last checkpoint fell below the best by more than "
+            "samples.degrade_margin and by more than the noise.",
+            "",
+            checkpoints,
+            "",
+        ]
     front = frontier(rows)
     if front:
-        lines += ["## Reward vs KL", "", "Each checkpoint's mean reward of the policy's answers against their KL from "
-                  "the reference (frontier.png), as in the DPO paper's Fig. 2: the better run gets more reward for the "
-                  "same KL. *Pareto-optimal*: no other checkpoint (step 0, the start, left out) has at least its "
-                  "reward for at most its KL, by the point estimates; `± x`: the 95% interval over the prompts.", "",
-                  frontier_verdict(front, strong="**"), "", frontier_table(front), ""]  # fmt: skip
+        lines += [
+            "## Reward vs KL",
+            "",
+            "Each checkpoint's mean reward of the policy's answers against their KL from "
+            "the reference (frontier.png), as in the DPO paper's Fig. 2: the better run gets more reward for the "
+            "same KL. *Pareto-optimal*: no other checkpoint (step 0, the start, left out) has at least its "
+            "reward for at most its KL, by the point estimates; `± x`: the 95% interval over the prompts.",
+            "",
+            frontier_verdict(front, strong="**"),
+            "",
+            frontier_table(front),
+            "",
+        ]
     failures = [r for r in rows if r.get("status") == "failed"]
     if failures:
-        lines += ["## Failures", ""] + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures] + [""]
+        lines += (
+            ["## Failures", ""]
+            + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures]
+            + [""]
+        )
     lines += [f"![{name}]({name})" for name, made in figures.items() if made]
     with files.atomic_write(os.path.join(out_dir, "report.md"), encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -347,9 +442,20 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
 def _write_rows_csv(rows: List[Dict[str, Any]], swept: List[str], path: str) -> None:
     samples = sorted({k for r in rows for k in r if k.startswith("samples/")} - {k for k, _ in HEADLINE} - set(ERRORS))
     shown = [k for k in [*(k for k, _ in HEADLINE), *ERRORS] if k not in IF_MEASURED or any(k in r for r in rows)]
-    keys = ["job", "name", *swept, "status", *shown, "best_eval/logratios/margins",
-            "best_eval/rewards/margins", *(k for k, _ in CHECKPOINTS), "best_checkpoint_metric", *samples, *RUN_STATS,
-            "error"]  # fmt: skip
+    keys = [
+        "job",
+        "name",
+        *swept,
+        "status",
+        *shown,
+        "best_eval/logratios/margins",
+        "best_eval/rewards/margins",
+        *(k for k, _ in CHECKPOINTS),
+        "best_checkpoint_metric",
+        *samples,
+        *RUN_STATS,
+        "error",
+    ]
     keys = list(dict.fromkeys(keys))  # a swept key may also be a run stat (method)
     with files.atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")

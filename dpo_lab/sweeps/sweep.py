@@ -56,7 +56,10 @@ class SweepCallback(Callback):
             print(f"Preflight: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         if config.get("preflight_only"):
-            print("Preflight: the run checks out. It would run as:\n  python run.py " + " ".join(_without_preflight_only(list(config.hydra.overrides.task))))
+            print(
+                "Preflight: the run checks out. It would run as:\n  python run.py "
+                + " ".join(_without_preflight_only(list(config.hydra.overrides.task)))
+            )
             raise SystemExit(0)
 
     def on_multirun_start(self, config, **kwargs) -> None:
@@ -80,13 +83,17 @@ class SweepCallback(Callback):
             else:  # not the user's mistake: show where, and say so
                 import traceback
 
-                print(f"{traceback.format_exc()}Preflight could not run: {type(e).__name__}: {e}. This is a bug in "
-                      "dpo-lab or a library under it, not in your config or data: please report it with the traceback "
-                      "above.")  # fmt: skip
+                print(
+                    f"{traceback.format_exc()}Preflight could not run: {type(e).__name__}: {e}. This is a bug in "
+                    "dpo-lab or a library under it, not in your config or data: please report it with the traceback "
+                    "above."
+                )
             raise SystemExit(2) from None
         if failures:
             lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
-            print(f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines))
+            print(
+                f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines)
+            )
             raise SystemExit(2)
         if config.get("preflight_only"):
             print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
@@ -100,9 +107,18 @@ class SweepCallback(Callback):
         parsed = OverridesParser.create().parse_overrides(args)
         swept = list(params) + [o.key_or_group for o in parsed if o.is_sweep_override()]
         name = sweep_name(config.name, sweep_dir)
-        write_json(os.path.join(sweep_dir, "sweep.json"), {
-            "name": name, "results_dir": os.path.join(config.results_dir, name), "overrides": args, "params": params,
-            "swept_keys": swept, "objective": config.objective, "jobs": jobs})  # fmt: skip
+        write_json(
+            os.path.join(sweep_dir, "sweep.json"),
+            {
+                "name": name,
+                "results_dir": os.path.join(config.results_dir, name),
+                "overrides": args,
+                "params": params,
+                "swept_keys": swept,
+                "objective": config.objective,
+                "jobs": jobs,
+            },
+        )
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
@@ -122,11 +138,17 @@ class SweepCallback(Callback):
             failed = [r for r in rows if r.get("status") != "completed"]
             browse = "".join(f"  {line}\n" for line in sweep_commands(sweep_dir))
             where = f"report: {out}/report.md" if out else "no report: see the warning above"
-            print(f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed ({where})\n"
-                  f"{sweep_summary(sweep_dir, rows)}\n{browse}", flush=True)  # fmt: skip
+            print(
+                f"\nSweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed ({where})\n"
+                f"{sweep_summary(sweep_dir, rows)}\n{browse}",
+                flush=True,
+            )
         except Exception as e:  # Hydra would make this a warning and exit 0: a sweep it cannot vouch for fails
-            print(f"\nSweep {sweep_dir}: its results could not be read back ({type(e).__name__}: {e}); each job's "
-                  "result.json holds its own.", flush=True)  # fmt: skip
+            print(
+                f"\nSweep {sweep_dir}: its results could not be read back ({type(e).__name__}: {e}); each job's "
+                "result.json holds its own.",
+                flush=True,
+            )
             raise SystemExit(1) from None
         if failed:
             raise SystemExit(1)
@@ -140,8 +162,12 @@ class SweepCallback(Callback):
         try:
             return write_report(sweep_dir, timeout=timeout)
         except Timeout:  # another process holds the report that long: a job's write is left to the sweep's last one
-            log.warning("The sweep report was locked by another process for %ss; not written now (python -m dpo_lab "
-                        "report %s writes it).", timeout, sweep_dir)  # fmt: skip
+            log.warning(
+                "The sweep report was locked by another process for %ss; not written now (python -m dpo_lab "
+                "report %s writes it).",
+                timeout,
+                sweep_dir,
+            )
             return None
         except Exception as e:
             first = f"{type(e).__name__}: {e}"
@@ -153,7 +179,13 @@ class SweepCallback(Callback):
                 pass
         if not getattr(self, "_warned", False):
             self._warned = True
-            log.warning("Could not write the sweep report to %s (%s); %s", tried or os.path.join(sweep_dir, "report"),
-                        first, f"writing it to {fallback} instead." if fallback else "the results table is printed "
-                        f"when the sweep ends (python -m dpo_lab report {sweep_dir} --out DIR writes it elsewhere).")  # fmt: skip
+            log.warning(
+                "Could not write the sweep report to %s (%s); %s",
+                tried or os.path.join(sweep_dir, "report"),
+                first,
+                f"writing it to {fallback} instead."
+                if fallback
+                else "the results table is printed "
+                f"when the sweep ends (python -m dpo_lab report {sweep_dir} --out DIR writes it elsewhere).",
+            )
         return fallback

@@ -43,13 +43,26 @@ def garble(text: str, other: str, rng: random.Random) -> str:
 def training_pairs(rows: list, garbled_fraction: float, seed: int) -> list:
     """The toy pairs, plus for `garbled_fraction` of them a pair (chosen, chosen garbled with another row's answer)."""
     rng = random.Random(seed)
-    extra = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": garble(r["chosen"], rng.choice(rows)["chosen"], rng)}
-             for r in rows if isinstance(r["chosen"], str) and rng.random() < garbled_fraction]  # fmt: skip
+    extra = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": garble(r["chosen"], rng.choice(rows)["chosen"], rng)}
+        for r in rows
+        if isinstance(r["chosen"], str) and rng.random() < garbled_fraction
+    ]
     return rows + extra
 
 
-def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr: float, batch_size: int, seed: int,
-                       garbled_fraction: float = 0.5, prompt_format: str = "none", device: str = "cpu") -> None:  # fmt: skip
+def write_reward_model(
+    out_dir,
+    base_model: str,
+    train_file: str,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    garbled_fraction: float = 0.5,
+    prompt_format: str = "none",
+    device: str = "cpu",
+) -> None:
     """Train a sequence-classification head (and the body) of base_model on train_file's pairs into out_dir/model."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -67,9 +80,15 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     # center_rewards_coefficient keeps scores near 0, so a judge's scores read alike across runs
-    args = RewardConfig(**cache.training_args(out_dir, steps, lr, batch_size, seed, device), center_rewards_coefficient=0.01)
-    trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
-                            train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in rows]))  # fmt: skip
+    args = RewardConfig(
+        **cache.training_args(out_dir, steps, lr, batch_size, seed, device), center_rewards_coefficient=0.01
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{k: r[k] for k in FIELDS} for r in rows]),
+    )
     if trainer.pop_callback(ProgressCallback):
         trainer.add_callback(Progress("reward model"))
     trainer.train()
@@ -77,16 +96,22 @@ def write_reward_model(out_dir, base_model: str, train_file: str, steps: int, lr
     tokenizer.save_pretrained(out_dir / "model")
 
 
-def ensure_reward_model(toy_paths: dict, base_model: str, prompt_format: str = "none", device: str = "cpu",
-                        **recipe) -> str:  # fmt: skip
+def ensure_reward_model(
+    toy_paths: dict, base_model: str, prompt_format: str = "none", device: str = "cpu", **recipe
+) -> str:
     """The toy reward model trained from base_model, built at most once into `rm-<hash>` beside the toy artifact.
     `recipe`: RewardModelConfig fields; unset ones take its defaults."""
     recipe = asdict(RewardModelConfig(**recipe))
     params, cache_dir = _key(toy_paths, base_model, prompt_format, recipe)
-    kwargs = dict(base_model=base_model, train_file=toy_paths["train_file"], prompt_format=prompt_format, device=device,
-                  **recipe)  # fmt: skip
-    out_dir = cache.ensure("rm", params, lambda tmp: cache.write_in_child("dpo_lab.toy.reward_model:write_reward_model",
-                                                                          tmp, kwargs), cache_dir=cache_dir)  # fmt: skip
+    kwargs = dict(
+        base_model=base_model, train_file=toy_paths["train_file"], prompt_format=prompt_format, device=device, **recipe
+    )
+    out_dir = cache.ensure(
+        "rm",
+        params,
+        lambda tmp: cache.write_in_child("dpo_lab.toy.reward_model:write_reward_model", tmp, kwargs),
+        cache_dir=cache_dir,
+    )
     return str(out_dir / "model")
 
 
@@ -99,8 +124,13 @@ def cached_reward_model(toy_paths: dict, base_model: str, prompt_format: str = "
 def _key(toy_paths: dict, base_model: str, prompt_format: str, recipe: dict):
     """(params, cache dir): the reward model's cache key, beside the toy artifact."""
     toy_dir, base = Path(toy_paths["model"]).parent, Path(base_model)
-    params = {"version": VERSION, "toy": toy_dir.name, "base": f"{base.parent.name}/{base.name}",
-              "prompt_format": prompt_format, **recipe}  # fmt: skip
+    params = {
+        "version": VERSION,
+        "toy": toy_dir.name,
+        "base": f"{base.parent.name}/{base.name}",
+        "prompt_format": prompt_format,
+        **recipe,
+    }
     return params, toy_dir.parent
 
 
@@ -113,10 +143,13 @@ def toy_reward_model(cfg, toy_paths: dict, device: str) -> str:
     if cfg.sft.steps > 0:
         from dpo_lab.toy.sft import ensure_sft
 
-        base = ensure_sft(toy_paths, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft))
+        base = ensure_sft(
+            toy_paths, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft)
+        )
     device = "cuda" if device.startswith("cuda") else "cpu"
-    return ensure_reward_model(toy_paths, base, prompt_format=cfg.data.prompt_format, device=device,
-                               **OmegaConf.to_container(cfg.reward_model))  # fmt: skip
+    return ensure_reward_model(
+        toy_paths, base, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.reward_model)
+    )
 
 
 def heldout_accuracy(model_path: str, eval_file: str, prompt_format: str = "none") -> float:
@@ -130,6 +163,7 @@ def heldout_accuracy(model_path: str, eval_file: str, prompt_format: str = "none
     chosen = judge.scores(prompts, [as_text(r["chosen"]) for r in rows], rows)
     rejected = judge.scores(prompts, [as_text(r["rejected"]) for r in rows], rows)
     return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+
 
 if __name__ == "__main__":
     from dpo_lab.toy.sft import ensure_sft

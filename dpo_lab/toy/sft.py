@@ -32,8 +32,17 @@ def warmup_rows(rows: list[dict], rejected_fraction: float, seed: int) -> list[d
     return out
 
 
-def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, rejected_fraction: float, seed: int,
-              prompt_format: str = "none", device: str = "cpu") -> None:  # fmt: skip
+def write_sft(
+    out_dir,
+    toy_paths: dict,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    rejected_fraction: float,
+    seed: int,
+    prompt_format: str = "none",
+    device: str = "cpu",
+) -> None:
     """Warm up toy_paths["model"] on toy_paths["train_file"]; the result goes to out_dir/model."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,8 +58,12 @@ def write_sft(out_dir, toy_paths: dict, steps: int, lr: float, batch_size: int, 
     tokenizer = AutoTokenizer.from_pretrained(toy_paths["model"])
     model = AutoModelForCausalLM.from_pretrained(toy_paths["model"])
     args = SFTConfig(**cache.training_args(out_dir, steps, lr, batch_size, seed, device))
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)))  # fmt: skip
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(warmup_rows(rows, rejected_fraction, seed)),
+    )
     if trainer.pop_callback(ProgressCallback):  # the bar with the loss on it, not a metrics dict per log
         trainer.add_callback(Progress("warm-up"))
     trainer.train()
@@ -67,7 +80,9 @@ def ensure_sft(toy_paths: dict, prompt_format: str = "none", device: str = "cpu"
     recipe = asdict(SftConfig(**recipe))  # one place for the defaults; an unknown field fails here
     kwargs = dict(toy_paths=toy_paths, prompt_format=prompt_format, device=device, **recipe)
     params, cache_dir = _key(toy_paths, prompt_format, recipe)
-    out_dir = cache.ensure("sft", params, lambda tmp: cache.write_in_child("dpo_lab.toy.sft:write_sft", tmp, kwargs), cache_dir)
+    out_dir = cache.ensure(
+        "sft", params, lambda tmp: cache.write_in_child("dpo_lab.toy.sft:write_sft", tmp, kwargs), cache_dir
+    )
     return str(out_dir / "model")
 
 

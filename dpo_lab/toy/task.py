@@ -2,7 +2,8 @@
 
 The task: the prompt names 2-3 required words and a one-line summary; `chosen` is a template story that uses every
 required word, `rejected` is the same story with some required words swapped out, or a text that degenerates into
-repetition. `metrics.task_score` measures the property DPO should improve, so a run can be checked end to end without the hub.
+repetition. `metrics.task_score` measures the property DPO should improve, so a run can be checked end to end
+without the hub.
 
     python -m dpo_lab.toy.task --out /tmp/toy        # what the default run uses (ToyConfig); --help lists the knobs
 """
@@ -38,74 +39,157 @@ CHAT_TEMPLATE = (
 EN_CHARACTERS = ["cat", "dog", "fox", "bird", "girl", "boy", "bear", "rabbit", "duck", "frog", "queen", "baker"]
 EN_OBJECTS = ["lamp", "key", "ball", "book", "kite", "box", "cake", "bell", "coin", "drum", "shell", "cup"]
 EN_PLACES = {  # word -> phrase used in the story
-    "river": "by the river", "forest": "in the forest", "garden": "in the garden", "beach": "on the beach",
-    "hill": "on the hill", "market": "at the market", "bridge": "on the bridge", "castle": "in the castle",
-    "farm": "on the farm", "cave": "in the cave", "lake": "by the lake", "village": "in the village",
-}  # fmt: skip
+    "river": "by the river",
+    "forest": "in the forest",
+    "garden": "in the garden",
+    "beach": "on the beach",
+    "hill": "on the hill",
+    "market": "at the market",
+    "bridge": "on the bridge",
+    "castle": "in the castle",
+    "farm": "on the farm",
+    "cave": "in the cave",
+    "lake": "by the lake",
+    "village": "in the village",
+}
 ZH_CHARACTERS = ["小猫", "小狗", "狐狸", "小鸟", "女孩", "男孩", "小熊", "兔子", "鸭子", "青蛙", "国王", "老奶奶"]
 ZH_OBJECTS = {  # word -> measure word, for "一{m}{o}"
-    "灯笼": "盏", "钥匙": "把", "皮球": "个", "故事书": "本", "帽子": "顶", "盒子": "个",
-    "蛋糕": "块", "地图": "张", "铜钱": "枚", "风筝": "只", "小鼓": "面", "贝壳": "个",
-}  # fmt: skip
+    "灯笼": "盏",
+    "钥匙": "把",
+    "皮球": "个",
+    "故事书": "本",
+    "帽子": "顶",
+    "盒子": "个",
+    "蛋糕": "块",
+    "地图": "张",
+    "铜钱": "枚",
+    "风筝": "只",
+    "小鼓": "面",
+    "贝壳": "个",
+}
 ZH_PLACES = {  # word -> locative suffix, for "在{p}{loc}"
-    "河边": "", "森林": "里", "花园": "里", "海滩": "上", "山顶": "上", "市场": "里",
-    "小桥": "上", "城堡": "里", "农场": "里", "山洞": "里", "湖边": "", "村子": "里",
-}  # fmt: skip
+    "河边": "",
+    "森林": "里",
+    "花园": "里",
+    "海滩": "上",
+    "山顶": "上",
+    "市场": "里",
+    "小桥": "上",
+    "城堡": "里",
+    "农场": "里",
+    "山洞": "里",
+    "湖边": "",
+    "村子": "里",
+}
 
 # Slots: {c} character, {o} object, {p} place word, {at} English place phrase, {m} measure word, {loc} locative.
 # Each plot: a summary and story variants of 4 sentences (EN ~35-50 words, ZH ~55-75 characters).
 EN_PLOTS = [
-    ("A {c} finds a {o} {at}.", [
-        ("One sunny morning a little {c} went for a walk {at}.",
-         "Under an old tree the {c} saw a small {o} lying in the grass.",
-         "The {c} picked up the {o} and smiled.",
-         "That night the {c} kept the {o} close and slept well."),
-        ("There was a curious {c} who loved the {p}.",
-         "One day the {c} was digging {at} and found an old {o}.",
-         "Nobody knew where the {o} came from.",
-         "The {c} was proud of the {o} and showed it to everyone."),
-    ]),
-    ("A {c} loses a {o} {at}.", [
-        ("A happy {c} took a {o} to the {p} to play.",
-         "The {c} played all day {at} and forgot about the {o}.",
-         "When the sun went down, the {o} was gone.",
-         "The {c} felt sad and walked home slowly."),
-        ("Every day the {c} carried a {o} everywhere.",
-         "One windy afternoon {at}, the {o} slipped away.",
-         "The {c} looked behind every stone but could not find it.",
-         "Now the {c} is more careful with the things it loves."),
-    ]),
-    ("A {c} gives a {o} to a friend {at}.", [
-        ("The {c} had a bright new {o}.",
-         "One afternoon {at}, the {c} met a friend who looked very sad.",
-         "The {c} gave the {o} to the friend.",
-         "Soon they were both laughing together."),
-        ("A kind {c} lived near the {p}.",
-         "The {c} found out that a friend wanted a {o}.",
-         "So the {c} made a {o} and gave it away {at}.",
-         "The friend was so happy that the {c} felt happy too."),
-    ]),
-]  # fmt: skip
+    (
+        "A {c} finds a {o} {at}.",
+        [
+            (
+                "One sunny morning a little {c} went for a walk {at}.",
+                "Under an old tree the {c} saw a small {o} lying in the grass.",
+                "The {c} picked up the {o} and smiled.",
+                "That night the {c} kept the {o} close and slept well.",
+            ),
+            (
+                "There was a curious {c} who loved the {p}.",
+                "One day the {c} was digging {at} and found an old {o}.",
+                "Nobody knew where the {o} came from.",
+                "The {c} was proud of the {o} and showed it to everyone.",
+            ),
+        ],
+    ),
+    (
+        "A {c} loses a {o} {at}.",
+        [
+            (
+                "A happy {c} took a {o} to the {p} to play.",
+                "The {c} played all day {at} and forgot about the {o}.",
+                "When the sun went down, the {o} was gone.",
+                "The {c} felt sad and walked home slowly.",
+            ),
+            (
+                "Every day the {c} carried a {o} everywhere.",
+                "One windy afternoon {at}, the {o} slipped away.",
+                "The {c} looked behind every stone but could not find it.",
+                "Now the {c} is more careful with the things it loves.",
+            ),
+        ],
+    ),
+    (
+        "A {c} gives a {o} to a friend {at}.",
+        [
+            (
+                "The {c} had a bright new {o}.",
+                "One afternoon {at}, the {c} met a friend who looked very sad.",
+                "The {c} gave the {o} to the friend.",
+                "Soon they were both laughing together.",
+            ),
+            (
+                "A kind {c} lived near the {p}.",
+                "The {c} found out that a friend wanted a {o}.",
+                "So the {c} made a {o} and gave it away {at}.",
+                "The friend was so happy that the {c} felt happy too.",
+            ),
+        ],
+    ),
+]
 ZH_PLOTS = [
-    ("{c}在{p}{loc}找到了一{m}{o}。", [
-        ("一天早上，{c}去{p}{loc}散步。", "在一棵老树下面，{c}看见了一{m}{o}。",
-         "{c}高兴地把{o}捡起来，带回了家。", "晚上，{c}抱着{o}睡得很香。"),
-        ("从前，{c}最喜欢去{p}{loc}玩。", "有一天，{c}在地上挖呀挖，挖出了一{m}{o}。",
-         "没有人知道这{m}{o}是从哪里来的。", "{c}把{o}拿给大家看，非常骄傲。"),
-    ]),
-    ("{c}在{p}{loc}弄丢了一{m}{o}。", [
-        ("{c}带着一{m}{o}去{p}{loc}玩。", "{c}玩了一整天，忘记了{o}。",
-         "太阳下山的时候，{o}已经不见了。", "{c}很难过，慢慢地走回了家。"),
-        ("{c}每天都带着心爱的{o}。", "一个刮风的下午，{c}在{p}{loc}休息，{o}被风吹走了。",
-         "{c}找遍了每一块石头，也没有找到。", "从此以后，{c}变得更加细心了。"),
-    ]),
-    ("{c}在{p}{loc}把一{m}{o}送给了朋友。", [
-        ("{c}有一{m}漂亮的新{o}。", "一天下午，{c}在{p}{loc}遇到了一个很难过的朋友。",
-         "{c}把{o}送给了朋友。", "很快，他们就一起开心地笑了起来。"),
-        ("善良的{c}住在{p}附近。", "{c}听说朋友很想要一{m}{o}。",
-         "于是{c}做了一{m}{o}，在{p}{loc}送给了朋友。", "朋友非常高兴，{c}也觉得很快乐。"),
-    ]),
-]  # fmt: skip
+    (
+        "{c}在{p}{loc}找到了一{m}{o}。",
+        [
+            (
+                "一天早上，{c}去{p}{loc}散步。",
+                "在一棵老树下面，{c}看见了一{m}{o}。",
+                "{c}高兴地把{o}捡起来，带回了家。",
+                "晚上，{c}抱着{o}睡得很香。",
+            ),
+            (
+                "从前，{c}最喜欢去{p}{loc}玩。",
+                "有一天，{c}在地上挖呀挖，挖出了一{m}{o}。",
+                "没有人知道这{m}{o}是从哪里来的。",
+                "{c}把{o}拿给大家看，非常骄傲。",
+            ),
+        ],
+    ),
+    (
+        "{c}在{p}{loc}弄丢了一{m}{o}。",
+        [
+            (
+                "{c}带着一{m}{o}去{p}{loc}玩。",
+                "{c}玩了一整天，忘记了{o}。",
+                "太阳下山的时候，{o}已经不见了。",
+                "{c}很难过，慢慢地走回了家。",
+            ),
+            (
+                "{c}每天都带着心爱的{o}。",
+                "一个刮风的下午，{c}在{p}{loc}休息，{o}被风吹走了。",
+                "{c}找遍了每一块石头，也没有找到。",
+                "从此以后，{c}变得更加细心了。",
+            ),
+        ],
+    ),
+    (
+        "{c}在{p}{loc}把一{m}{o}送给了朋友。",
+        [
+            (
+                "{c}有一{m}漂亮的新{o}。",
+                "一天下午，{c}在{p}{loc}遇到了一个很难过的朋友。",
+                "{c}把{o}送给了朋友。",
+                "很快，他们就一起开心地笑了起来。",
+            ),
+            (
+                "善良的{c}住在{p}附近。",
+                "{c}听说朋友很想要一{m}{o}。",
+                "于是{c}做了一{m}{o}，在{p}{loc}送给了朋友。",
+                "朋友非常高兴，{c}也觉得很快乐。",
+            ),
+        ],
+    ),
+]
 # Phrases a degenerate `rejected` loops on after a good start.
 EN_LOOPS = ["the {c}", "{o}", "and the {c} went to the {p}", "very very", "the {o} and the {o}", "and then"]
 ZH_LOOPS = ["{c}", "{o}", "然后", "{c}和{o}", "走啊走", "{c}去了{p}"]
@@ -180,10 +264,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     tok = Tokenizer(models.BPE())
     # CJK characters are split one by one first: otherwise a whole Chinese clause is one pre-token, BPE memorises
     # clauses and the words of the task stop being separate tokens the model can copy from the prompt.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])  # fmt: skip
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -205,7 +291,8 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
 
 
 def build_model(tokenizer, cfg: Optional[ToyConfig] = None):
-    """A tiny fp32 Llama sized to the tokenizer (cfg: default ToyConfig), initialised deterministically from cfg.seed."""
+    """A tiny fp32 Llama sized to the tokenizer (cfg: default ToyConfig), initialised deterministically from
+    cfg.seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -234,7 +321,11 @@ def build_model(tokenizer, cfg: Optional[ToyConfig] = None):
 
 
 def _paths(out_dir: Path) -> dict:
-    return {"model": str(out_dir / "model"), "train_file": str(out_dir / "train.json"), "eval_file": str(out_dir / "eval.json")}
+    return {
+        "model": str(out_dir / "model"),
+        "train_file": str(out_dir / "train.json"),
+        "eval_file": str(out_dir / "eval.json"),
+    }
 
 
 def _params(cfg: ToyConfig) -> dict:
@@ -276,11 +367,15 @@ def ensure_toy(cache_dir=None, **params) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Write the offline toy preference dataset and tiny model (defaults: the "
-                                             "default run's, from dpo_lab.config.ToyConfig).")  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description="Write the offline toy preference dataset and tiny model (defaults: the "
+        "default run's, from dpo_lab.config.ToyConfig)."
+    )
     ap.add_argument("--out", required=True, help="output directory (must not exist, or hold the same artifact)")
     for f in fields(ToyConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default: {f.default})")
+        ap.add_argument(
+            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default: {f.default})"
+        )
     args = vars(ap.parse_args(argv))
     paths = write_toy(args.pop("out"), **args)
     for name, path in paths.items():

@@ -31,8 +31,21 @@ from dpo_lab.errors import UserError
 from dpo_lab.modeling import load_tokenizer
 
 SECONDS_PER_CASE = 20  # far above any case's real time (the 1 MB rows take ~1 s): past it, a case counts as a hang
-SNIPPETS = ["café", "日本語の文", "🙂 emoji", "{braces} and {prompt}", "tab\there", "nul\x00byte", 'a "quote"',
-            "back\\slash", "<|user|> special", "line\nbreak", "  padded  ", "Ünïcödé", "\u200bzero-width"]  # fmt: skip
+SNIPPETS = [
+    "café",
+    "日本語の文",
+    "🙂 emoji",
+    "{braces} and {prompt}",
+    "tab\there",
+    "nul\x00byte",
+    'a "quote"',
+    "back\\slash",
+    "<|user|> special",
+    "line\nbreak",
+    "  padded  ",
+    "Ünïcödé",
+    "\u200bzero-width",
+]
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and bright rivers".split()
 
 
@@ -56,7 +69,9 @@ def text(rng: random.Random, words: int = 6) -> str:
 
 
 def plain_rows(rng: random.Random, n: int) -> List[dict]:
-    rows = [{"prompt": f"{text(rng)} {i}", "chosen": f"good {text(rng)}", "rejected": f"bad {text(rng)}"} for i in range(n)]
+    rows = [
+        {"prompt": f"{text(rng)} {i}", "chosen": f"good {text(rng)}", "rejected": f"bad {text(rng)}"} for i in range(n)
+    ]
     if rng.random() < 0.3:  # extra columns (the toy data's required_words) travel along
         for row in rows:
             row["required_words"] = [rng.choice(WORDS)]
@@ -69,8 +84,13 @@ def conv_rows(rng: random.Random, n: int) -> List[dict]:
         prompt = [{"role": "user", "content": f"{text(rng)} {i}"}]
         if rng.random() < 0.3:  # a multi-turn prompt
             prompt += [{"role": "assistant", "content": text(rng)}, {"role": "user", "content": text(rng)}]
-        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": f"good {text(rng)}"}],
-                     "rejected": [{"role": "assistant", "content": f"bad {text(rng)}"}]})  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": f"good {text(rng)}"}],
+                "rejected": [{"role": "assistant", "content": f"bad {text(rng)}"}],
+            }
+        )
     return rows
 
 
@@ -107,8 +127,22 @@ def good_file(rng: random.Random, suffix: str, n: int = 20) -> bytes:
 
 def bad_values(rng: random.Random) -> list:
     """Values that are not a prompt, chosen or rejected."""
-    return [rng.randint(-5, 10**6), rng.random(), True, False, None, {"text": text(rng)}, [text(rng)], [], [1, 2],
-            {}, "", "   ", "\n\t", [[{"role": "user", "content": "x"}]]]  # fmt: skip
+    return [
+        rng.randint(-5, 10**6),
+        rng.random(),
+        True,
+        False,
+        None,
+        {"text": text(rng)},
+        [text(rng)],
+        [],
+        [1, 2],
+        {},
+        "",
+        "   ",
+        "\n\t",
+        [[{"role": "user", "content": "x"}]],
+    ]
 
 
 def cases(seed: int = 11) -> Iterator[Case]:
@@ -116,8 +150,14 @@ def cases(seed: int = 11) -> Iterator[Case]:
     formats = [".json", ".jsonl", ".parquet", ".csv"]
     for i in range(40):  # well-formed files of every format, sometimes as the eval file, in several prompt formats
         suffix = formats[i % 4]
-        yield Case(f"good{suffix}", suffix, good_file(rng, suffix), "ok", as_eval=i % 5 == 0,
-                   prompt_format=rng.choice(["none", "none", "chat", "phi2", "Q: {prompt}\nA:"]))  # fmt: skip
+        yield Case(
+            f"good{suffix}",
+            suffix,
+            good_file(rng, suffix),
+            "ok",
+            as_eval=i % 5 == 0,
+            prompt_format=rng.choice(["none", "none", "chat", "phi2", "Q: {prompt}\nA:"]),
+        )
     for i in range(40):  # random bytes under every extension
         blob = bytes(rng.randrange(256) for _ in range(rng.choice([1, 10, 200, 5000])))
         yield Case("random bytes", formats[i % 4], blob, "error")
@@ -153,12 +193,32 @@ def cases(seed: int = 11) -> Iterator[Case]:
     for depth in [10, 100, 1000, 10_000, 100_000]:  # nesting
         yield Case("deep array", ".json", b"[" * depth + b"]" * depth, "error")
         yield Case("deep object", ".jsonl", b'{"prompt": ' * depth + b"1" + b"}" * depth, "error")
-        value = json.dumps([{"prompt": "p", "chosen": "c", "rejected": "r"}]).encode().replace(b'"c"', b"[" * depth + b"]" * depth)
-        yield Case("deep value", ".json", value, "error", row=1 if depth <= 100 else None)  # deeper: past the JSON reader
-    for payload in ['{"data": %s}', '{"rows": %s}', '[%s]']:  # a wrapper around the rows
+        value = (
+            json.dumps([{"prompt": "p", "chosen": "c", "rejected": "r"}])
+            .encode()
+            .replace(b'"c"', b"[" * depth + b"]" * depth)
+        )
+        yield Case(
+            "deep value", ".json", value, "error", row=1 if depth <= 100 else None
+        )  # deeper: past the JSON reader
+    for payload in ['{"data": %s}', '{"rows": %s}', "[%s]"]:  # a wrapper around the rows
         yield Case("wrapped", ".json", (payload % json.dumps(plain_rows(rng, 5))).encode(), "error", row=1)
-    for scalar in ["5", "null", '"text"', "true", "-1.5e999", "[1, 2]", "[null]", '["a", "b"]', "[[]]", "{}", "[]",
-                   " \n\t ", "1" * 5000, '[{"prompt": ' + "9" * 5000 + "}]"]:  # fmt: skip
+    for scalar in [
+        "5",
+        "null",
+        '"text"',
+        "true",
+        "-1.5e999",
+        "[1, 2]",
+        "[null]",
+        '["a", "b"]',
+        "[[]]",
+        "{}",
+        "[]",
+        " \n\t ",
+        "1" * 5000,
+        '[{"prompt": ' + "9" * 5000 + "}]",
+    ]:
         yield Case("scalar", rng.choice([".json", ".jsonl"]), scalar.encode(), "error")
     for _ in range(10):  # one non-object among the rows
         rows = plain_rows(rng, 12)
@@ -335,7 +395,9 @@ def test_every_generated_file_ends_in_a_clear_error_or_a_usable_load(tmp_path, t
             else:
                 ok += 1
                 if not prefs.train or not prefs.eval:
-                    problems.append(f"{case.name} {path.name}: loaded an empty set ({len(prefs.train)}, {len(prefs.eval)})")
+                    problems.append(
+                        f"{case.name} {path.name}: loaded an empty set ({len(prefs.train)}, {len(prefs.eval)})"
+                    )
                 elif case.expect == "error":
                     problems.append(f"{case.name} {path.name}: a bad file loaded ({len(prefs.train)} train rows)")
             finally:
@@ -344,6 +406,9 @@ def test_every_generated_file_ends_in_a_clear_error_or_a_usable_load(tmp_path, t
         signal.signal(signal.SIGALRM, previous)
         hf_logging.set_verbosity(verbosity)
         logging.getLogger(data.__name__).removeHandler(drops)
-    print(f"\ndata fuzz: {n} inputs, {errors} clear errors, {ok} loaded, {drops.rows} rows dropped, {len(problems)} problems")
+    print(
+        f"\ndata fuzz: {n} inputs, {errors} clear errors, {ok} loaded, {drops.rows} rows dropped, "
+        f"{len(problems)} problems"
+    )
     assert not problems, f"{len(problems)} of {n} cases went wrong:\n" + "\n".join(problems[:20])
     assert n >= 400

@@ -21,8 +21,14 @@ EVAL_KEYS = ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies", "ev
 
 
 def start(*args, cwd, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for(path_glob: str, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -55,8 +61,19 @@ def all_finite(checkpoint: Path) -> bool:
 def test_divergence_stops_at_its_step_keeps_the_last_good_checkpoint_and_the_sweep_goes_on(tmp_path):
     """lr=1e30 makes the gradients NaN at step 3 (checked at the optimizer step, before any save or sample)."""
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, "lr=1e-4,1e30", "max_steps=6", "samples.count=2", "samples.max_new_tokens=4",
-                  "samples.judge=none", "samples.best_metric=repetition", f"hydra.sweep.dir={sweep}", f"results_dir={tmp_path / 'results'}", cwd=tmp_path)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "lr=1e-4,1e30",
+        "max_steps=6",
+        "samples.count=2",
+        "samples.max_new_tokens=4",
+        "samples.judge=none",
+        "samples.best_metric=repetition",
+        f"hydra.sweep.dir={sweep}",
+        f"results_dir={tmp_path / 'results'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]  # a job did not complete
     assert "Traceback" not in proc.stdout
     ok, bad = result(sweep / "0"), result(sweep / "1")
@@ -79,8 +96,17 @@ def test_divergence_stops_at_its_step_keeps_the_last_good_checkpoint_and_the_swe
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_and_its_job_cleanly_and_a_relaunch_resumes(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", TINY, "seed=1,2", "max_steps=60", "trainer.save_steps=10", "trainer.eval_steps=60",
-            "trainer.logging_steps=50", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "-m",
+        TINY,
+        "seed=1,2",
+        "max_steps=60",
+        "trainer.save_steps=10",
+        "trainer.eval_steps=60",
+        "trainer.logging_steps=50",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = start(*args, cwd=tmp_path)
     wait_for(str(sweep / "0" / "checkpoints" / "checkpoint-*" / "trainer_state.json"), proc)
     pid = result(sweep / "0")["pid"]
@@ -104,8 +130,17 @@ def test_sigterm_stops_the_sweep_and_its_job_cleanly_and_a_relaunch_resumes(tmp_
 @pytest.mark.slow
 def test_a_sweep_killed_with_minus_9_stops_its_job_instead_of_orphaning_it(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = start("-m", TINY, "seed=1", "max_steps=2000", "trainer.save_steps=50", "trainer.eval_steps=2000",
-                 "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = start(
+        "-m",
+        TINY,
+        "seed=1",
+        "max_steps=2000",
+        "trainer.save_steps=50",
+        "trainer.eval_steps=2000",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     wait_for(str(sweep / "0" / "checkpoints" / "checkpoint-*" / "trainer_state.json"), proc)
     pid = result(sweep / "0")["pid"]
     proc.kill()
@@ -121,8 +156,14 @@ def test_a_sweep_killed_with_minus_9_stops_its_job_instead_of_orphaning_it(tmp_p
 @pytest.mark.slow
 def test_a_second_launch_into_a_busy_job_dir_is_refused_and_touches_nothing(tmp_path):
     job = tmp_path / "job"
-    args = [TINY, "max_steps=2000", "trainer.save_steps=1000", "trainer.eval_steps=2000", "wandb.mode=disabled",
-            f"hydra.run.dir={job}"]  # fmt: skip
+    args = [
+        TINY,
+        "max_steps=2000",
+        "trainer.save_steps=1000",
+        "trainer.eval_steps=2000",
+        "wandb.mode=disabled",
+        f"hydra.run.dir={job}",
+    ]
     first = start(*args, cwd=tmp_path)
     wait_for(str(job / "checkpoints"), first)  # training has begun
     before = {p.name: p.stat().st_mtime_ns for p in job.iterdir() if p.is_file() and p.name != "train.log"}
@@ -143,14 +184,26 @@ def test_a_second_launch_into_a_busy_job_dir_is_refused_and_touches_nothing(tmp_
 def test_a_killed_job_is_reported_killed_with_the_oom_hint_and_the_sweep_goes_on(tmp_path):
     """SIGKILL to a job's process is what the kernel's OOM killer does; the job cannot record it, its sweep does."""
     sweep = tmp_path / "sweep"
-    proc = start("-m", TINY, "max_steps=2000,4", "trainer.save_steps=50", "trainer.eval_steps=2000",
-                 "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = start(
+        "-m",
+        TINY,
+        "max_steps=2000,4",
+        "trainer.save_steps=50",
+        "trainer.eval_steps=2000",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     wait_for(str(sweep / "0" / "checkpoints" / "checkpoint-*" / "trainer_state.json"), proc)
     os.kill(result(sweep / "0")["pid"], signal.SIGKILL)
     out = proc.communicate(timeout=900)[0]
     assert proc.returncode == 1 and "1/2 jobs completed" in out, out[-3000:]
     killed = result(sweep / "0")
-    assert killed["status"] == "killed" and "SIGKILL" in killed["error"] and "per_device_train_batch_size" in killed["error"]
+    assert (
+        killed["status"] == "killed"
+        and "SIGKILL" in killed["error"]
+        and "per_device_train_batch_size" in killed["error"]
+    )
     assert result(sweep / "1")["status"] == "completed"
 
 
@@ -163,8 +216,14 @@ def _limit_file_size():
 def test_a_full_disk_during_a_save_is_a_clear_failure_and_the_relaunch_steps_back(tmp_path):
     job = tmp_path / "job"
     args = [TINY, "wandb.mode=disabled", f"hydra.run.dir={job}"]
-    full = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, preexec_fn=_limit_file_size)  # fmt: skip
+    full = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_limit_file_size,
+    )
     assert full.returncode == 1 and "Traceback" not in full.stdout, full.stdout[-3000:]
     failed = result(job)
     assert failed["status"] == "failed" and "disk is full" in failed["error"] and "resumes" in failed["error"]
@@ -206,8 +265,13 @@ def test_kill_9_at_a_random_step_and_a_cut_off_checkpoint_still_resume_to_the_sa
 
 @pytest.mark.slow
 def test_an_unreachable_wandb_server_falls_back_to_offline_and_says_how_to_sync(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "10",
-           "WANDB_API_KEY": "local-" + "0" * 40}  # fmt: skip
+    env = {
+        **os.environ,
+        "WANDB_MODE": "online",
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB_INIT_TIMEOUT": "10",
+        "WANDB_API_KEY": "local-" + "0" * 40,
+    }
     proc = run_py(TINY, "wandb.mode=online", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:]
     done = result(tmp_path / "job")
@@ -219,8 +283,15 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_and_says_how_to_sync(
 @pytest.mark.slow
 def test_wandb_dying_mid_run_costs_a_warning_not_the_training(tmp_path):
     job = tmp_path / "job"
-    proc = start(TINY, "wandb.mode=offline", "max_steps=300", "trainer.save_steps=100", "trainer.eval_steps=100",
-                 f"hydra.run.dir={job}", cwd=tmp_path)  # fmt: skip
+    proc = start(
+        TINY,
+        "wandb.mode=offline",
+        "max_steps=300",
+        "trainer.save_steps=100",
+        "trainer.eval_steps=100",
+        f"hydra.run.dir={job}",
+        cwd=tmp_path,
+    )
     wait_for(str(job / "checkpoints"), proc)
     services = [p for p in psutil.Process(proc.pid).children(recursive=True) if "wandb-core" in " ".join(p.cmdline())]
     assert services, "no wandb service process to kill"

@@ -28,8 +28,10 @@ def checkpoint(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("text, says", [("not json{", "is not valid JSON"), ('{"hidden_size": 32}', "has no model_type"),
-                                        ("[1, 2]", "has no model_type")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, says",
+    [("not json{", "is not valid JSON"), ('{"hidden_size": 32}', "has no model_type"), ("[1, 2]", "has no model_type")],
+)
 def test_a_corrupt_model_config_is_refused_naming_the_file(checkpoint, text, says):
     from dpo_lab.modeling import check_model_path
 
@@ -44,9 +46,21 @@ def test_a_corrupt_model_config_is_refused_naming_the_file(checkpoint, text, say
 def test_a_sweep_over_a_corrupt_model_config_stops_at_preflight(checkpoint, tmp_path):
     (checkpoint / "config.json").write_text("not json{")
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, "model=hf", f"model.path={checkpoint}", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}",
-                  cwd=tmp_path, timeout=300)  # fmt: skip
-    assert_refused(proc, "2 of 2 jobs would fail", f"{checkpoint / 'config.json'} (the config.json of model.path) is not valid JSON")
+    proc = run_py(
+        "-m",
+        TINY,
+        "model=hf",
+        f"model.path={checkpoint}",
+        "beta=0.1,0.2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert_refused(
+        proc,
+        "2 of 2 jobs would fail",
+        f"{checkpoint / 'config.json'} (the config.json of model.path) is not valid JSON",
+    )
     assert not sweep.exists()
 
 
@@ -71,10 +85,14 @@ def test_an_output_dir_under_a_file_is_refused_before_anything_runs(tmp_path, ke
     (tmp_path / "afile").write_text("")
     sweep = ["-m", "beta=0.1,0.2"] if key != "hydra.run.dir" else []
     own = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if key == "results_dir" else []
-    proc = run_py(*sweep, TINY, "wandb.mode=disabled", f"{key}={tmp_path / 'afile' / 'out'}", *own, cwd=tmp_path,
-                  timeout=300)  # fmt: skip
-    assert_refused(proc, f"{key}={tmp_path / 'afile' / 'out'} cannot be written: {tmp_path / 'afile'} is a file, not a directory",
-                   f"Point {key} at a directory you can write to")  # fmt: skip
+    proc = run_py(
+        *sweep, TINY, "wandb.mode=disabled", f"{key}={tmp_path / 'afile' / 'out'}", *own, cwd=tmp_path, timeout=300
+    )
+    assert_refused(
+        proc,
+        f"{key}={tmp_path / 'afile' / 'out'} cannot be written: {tmp_path / 'afile'} is a file, not a directory",
+        f"Point {key} at a directory you can write to",
+    )
     assert proc.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing was made
 
 
@@ -85,6 +103,7 @@ def test_a_read_only_parent_is_named(tmp_path, monkeypatch):
     locked.mkdir()
     locked.chmod(0o555)
     if os.access(locked, os.W_OK):  # root writes anyway: make the refusal the kernel would give
+
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
@@ -101,15 +120,22 @@ def test_a_read_only_parent_is_named(tmp_path, monkeypatch):
 def _finished_sweep(sweep, statuses):
     """A sweep dir whose jobs ended with `statuses`, as collect() reads it."""
     (sweep).mkdir()
-    (sweep / "sweep.json").write_text(json.dumps({"name": "dpo-sweep", "results_dir": "/nowhere/dpo-sweep",
-                                                  "swept_keys": ["beta"], "objective": "auto"}))  # fmt: skip
+    (sweep / "sweep.json").write_text(
+        json.dumps(
+            {"name": "dpo-sweep", "results_dir": "/nowhere/dpo-sweep", "swept_keys": ["beta"], "objective": "auto"}
+        )
+    )
     for i, status in enumerate(statuses):
         (sweep / str(i)).mkdir()
-        (sweep / str(i) / "job.json").write_text(json.dumps({"name": f"beta=0.{i + 1}", "overrides": [f"beta=0.{i + 1}"]}))
+        (sweep / str(i) / "job.json").write_text(
+            json.dumps({"name": f"beta=0.{i + 1}", "overrides": [f"beta=0.{i + 1}"]})
+        )
         (sweep / str(i) / "result.json").write_text(json.dumps({"status": status, "name": f"beta=0.{i + 1}"}))
 
 
-def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_status(tmp_path, monkeypatch, capsys, caplog):
+def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_status(
+    tmp_path, monkeypatch, capsys, caplog
+):
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
@@ -137,9 +163,18 @@ def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_stat
 def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp_path):
     sweep, results = tmp_path / "sweep", tmp_path / "results"
     results.mkdir()
-    (results / "dpo-sweep").write_text("")  # where the report goes: taken by a file, after preflight checked results_dir
-    proc = run_py("-m", TINY, "trainer.max_length=4,256", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-                  f"results_dir={results}", cwd=tmp_path)  # fmt: skip
+    (results / "dpo-sweep").write_text(
+        ""
+    )  # where the report goes: taken by a file, after preflight checked results_dir
+    proc = run_py(
+        "-m",
+        TINY,
+        "trainer.max_length=4,256",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        f"results_dir={results}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout
     assert f"1/2 jobs completed (report: {sweep / 'report'}/report.md)" in proc.stdout
@@ -156,10 +191,17 @@ def test_a_relaunch_with_changed_values_is_refused_before_anything_is_rewritten(
     (sweep / "sweep.json").write_text(json.dumps(earlier))
     (sweep / "multirun.yaml").write_text("earlier\n")
     proc = run_py("-m", TINY, "beta=0.1,0.2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
-    assert_refused(proc, "1 of 2 jobs would fail; nothing was started", f"{sweep / '0'} already holds job 0 of an "
-                   "earlier launch with a different config", "Launch into a new directory (hydra.sweep.dir=",
-                   f"python run.py -m experiment=tiny beta=0.9,0.2 hydra.sweep.dir={sweep}")  # fmt: skip
-    assert json.loads((sweep / "sweep.json").read_text()) == earlier and (sweep / "multirun.yaml").read_text() == "earlier\n"
+    assert_refused(
+        proc,
+        "1 of 2 jobs would fail; nothing was started",
+        f"{sweep / '0'} already holds job 0 of an earlier launch with a different config",
+        "Launch into a new directory (hydra.sweep.dir=",
+        f"python run.py -m experiment=tiny beta=0.9,0.2 hydra.sweep.dir={sweep}",
+    )
+    assert (
+        json.loads((sweep / "sweep.json").read_text()) == earlier
+        and (sweep / "multirun.yaml").read_text() == "earlier\n"
+    )
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml", "sweep.json"]
 
 
@@ -169,11 +211,17 @@ def test_relaunching_the_same_sweep_still_skips_and_a_changed_one_changes_nothin
     must resolve the relaunch's the same way, or it would refuse the very sweep it should skip."""
     conf = tmp_path / "conf" / "experiment"
     conf.mkdir(parents=True)
-    (conf / "tiny_interp.yaml").write_text((CONF / "experiment" / "tiny.yaml").read_text()
-                                           + "wandb:\n  group: g${hydra:job.num}-${hydra:runtime.output_dir}\n")  # fmt: skip
+    (conf / "tiny_interp.yaml").write_text(
+        (CONF / "experiment" / "tiny.yaml").read_text()
+        + "wandb:\n  group: g${hydra:job.num}-${hydra:runtime.output_dir}\n"
+    )
     sweep = tmp_path / "sweep"
-    args = ["experiment=tiny_interp", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "wandb.mode=disabled",
-            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "experiment=tiny_interp",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "wandb.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+    ]
     run_py("-m", "beta=0.1,0.2", *args, cwd=tmp_path, check=True)
     assert f"group: g1-{sweep / '1'}" in (sweep / "1" / "config.yaml").read_text()
     saved = {p: p.read_bytes() for p in [sweep / "sweep.json", sweep / "multirun.yaml", sweep / "0" / "result.json"]}
@@ -214,7 +262,11 @@ def test_a_rerun_dir_that_cannot_be_made_is_a_user_error(tmp_path, capsys):
 
     (tmp_path / "config.yaml").write_text("beta: 0.1\n")
     (tmp_path / "reruns").write_text("")  # taken by a file
-    with pytest.raises(UserError, match=r"Cannot make the rerun's directory under .*reruns \(a file, not a directory\)\. Give it another place: .*--out DIR"):
+    with pytest.raises(
+        UserError,
+        match=r"Cannot make the rerun's directory under .*reruns \(a file, not a directory\)\. "
+        r"Give it another place: .*--out DIR",
+    ):
         new_rerun_dir(str(tmp_path))
     assert rerun(str(tmp_path), []) == 2
 
@@ -231,18 +283,33 @@ def test_fp16_on_the_cpu_is_refused_at_preflight(tmp_path, device):
     if device == "auto" and _cuda():
         pytest.skip("auto resolves to CUDA here, where fp16 runs")
     sweep = tmp_path / "sweep"
-    proc = run_py("-m", TINY, f"trainer.device={device}", "trainer.precision=fp16", "beta=0.1,0.2",
-                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)  # fmt: skip
-    assert_refused(proc, "2 of 2 jobs would fail; nothing was started", "trainer.precision=fp16 needs a CUDA GPU",
-                   f"trainer.device={device} runs this job on the CPU", "Use trainer.precision=auto (fp32 on CPU), fp32 or bf16-mixed")  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        f"trainer.device={device}",
+        "trainer.precision=fp16",
+        "beta=0.1,0.2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert_refused(
+        proc,
+        "2 of 2 jobs would fail; nothing was started",
+        "trainer.precision=fp16 needs a CUDA GPU",
+        f"trainer.device={device} runs this job on the CPU",
+        "Use trainer.precision=auto (fp32 on CPU), fp32 or bf16-mixed",
+    )
     assert not list(tmp_path.rglob("result.json"))
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(_cuda(), reason="CUDA is visible here")
 def test_a_single_run_with_fp16_or_cuda_on_a_cpu_machine_stops_before_training(tmp_path):
-    for args, says in [(["trainer.precision=fp16-mixed"], "trainer.precision=fp16-mixed needs a CUDA GPU"),
-                       (["trainer.device=cuda"], "trainer.device=cuda but no CUDA device is visible")]:  # fmt: skip
+    for args, says in [
+        (["trainer.precision=fp16-mixed"], "trainer.precision=fp16-mixed needs a CUDA GPU"),
+        (["trainer.device=cuda"], "trainer.device=cuda but no CUDA device is visible"),
+    ]:
         proc = run_py(TINY, *args, f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path, timeout=300)
         assert_refused(proc, says)
         assert not (tmp_path / "job" / "result.json").exists()
@@ -251,6 +318,16 @@ def test_a_single_run_with_fp16_or_cuda_on_a_cpu_machine_stops_before_training(t
 @pytest.mark.e2e
 def test_a_sweep_for_cluster_nodes_is_not_judged_by_this_machines_devices(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = run_py("-m", TINY, "trainer.device=cuda", "trainer.precision=fp16", "beta=0.1,0.2", "hydra/launcher=slurm",
-                  "preflight_only=true", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "trainer.device=cuda",
+        "trainer.precision=fp16",
+        "beta=0.1,0.2",
+        "hydra/launcher=slurm",
+        "preflight_only=true",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "all 2 jobs check out" in proc.stdout, proc.stdout[-3000:]

@@ -18,18 +18,47 @@ HF_TOKEN = "hf_plantedDpoLabTokenNotReal0123456789ab"
 @pytest.mark.slow
 def test_planted_tokens_appear_in_no_file_of_a_sweep_and_not_on_the_console(tmp_path):
     home = tmp_path / "wandb-home"  # wandb's own directories, so that whatever it writes is checked too
-    env = {**os.environ, "WANDB_API_KEY": WANDB_KEY, "HF_TOKEN": HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": HF_TOKEN,
-           **{f"WANDB_{d}_DIR": str(home / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}  # fmt: skip
+    env = {
+        **os.environ,
+        "WANDB_API_KEY": WANDB_KEY,
+        "HF_TOKEN": HF_TOKEN,
+        "HUGGING_FACE_HUB_TOKEN": HF_TOKEN,
+        **{f"WANDB_{d}_DIR": str(home / d.lower()) for d in ("CONFIG", "CACHE", "DATA")},
+    }
     sweep, results = tmp_path / "sweep", tmp_path / "results"
-    proc = run_py("-m", TINY, "wandb.mode=offline", "seed=1", f"hydra.sweep.dir={sweep}", f"results_dir={results}",
-                  cwd=tmp_path, env=env, check=True)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "wandb.mode=offline",
+        "seed=1",
+        f"hydra.sweep.dir={sweep}",
+        f"results_dir={results}",
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
     job = sweep / "0"
-    written = [p for root in (tmp_path, os.environ["DPO_LAB_CACHE"]) for p in Path(root).rglob("*")
-               if p.is_file() and not p.is_symlink()]  # fmt: skip
+    written = [
+        p
+        for root in (tmp_path, os.environ["DPO_LAB_CACHE"])
+        for p in Path(root).rglob("*")
+        if p.is_file() and not p.is_symlink()
+    ]
     names = {p.name for p in written}
     # what the check covers: the job's own files, wandb's (its binary .wandb log too), the sweep's and the report's
-    assert {"config.yaml", "job.json", "run_info.json", "result.json", "train.log", "sweep.json", "multirun.yaml",
-            "hydra.yaml", "report.md", "output.log", "debug-internal.log"} <= names  # fmt: skip
+    assert {
+        "config.yaml",
+        "job.json",
+        "run_info.json",
+        "result.json",
+        "train.log",
+        "sweep.json",
+        "multirun.yaml",
+        "hydra.yaml",
+        "report.md",
+        "output.log",
+        "debug-internal.log",
+    } <= names
     assert list(job.rglob("*.wandb"))
     for secret in (WANDB_KEY, HF_TOKEN):
         assert secret not in proc.stdout
@@ -106,14 +135,25 @@ def test_a_remote_wandb_config_instantiates_nothing_and_reads_no_environment(tmp
     called = []
     monkeypatch.setattr(os, "system", lambda *a: called.append(a) or 0)
     monkeypatch.setattr("hydra.utils.instantiate", lambda *a, **k: called.append(a))
-    logged = {"_target_": "os.system", "hydra": {"callbacks": {"x": {"_target_": "os.system", "command": "touch x"}}},
-              "beta": 0.3, "model": {"_target_": "os.system", "path": "some/model", "trust_remote_code": True},
-              "trainer": {"extra": {"_target_": "os.system"}}, "loss": {"loss_type": ["ipo"]},
-              "overrides": ["beta=0.3"], "trl": {"beta": 0.3}, "unknown_top_level": {"_target_": "os.system"}}  # fmt: skip
+    logged = {
+        "_target_": "os.system",
+        "hydra": {"callbacks": {"x": {"_target_": "os.system", "command": "touch x"}}},
+        "beta": 0.3,
+        "model": {"_target_": "os.system", "path": "some/model", "trust_remote_code": True},
+        "trainer": {"extra": {"_target_": "os.system"}},
+        "loss": {"loss_type": ["ipo"]},
+        "overrides": ["beta=0.3"],
+        "trl": {"beta": 0.3},
+        "unknown_top_level": {"_target_": "os.system"},
+    }
     write_logged_config(logged, str(tmp_path / "job"))
     saved = OmegaConf.to_container(OmegaConf.load(tmp_path / "job" / "config.yaml"))
-    assert saved == {"beta": 0.3, "model": {"path": "some/model", "trust_remote_code": False}, "trainer": {"extra": {}},
-                     "loss": {"loss_type": ["ipo"]}}  # fmt: skip
+    assert saved == {
+        "beta": 0.3,
+        "model": {"path": "some/model", "trust_remote_code": False},
+        "trainer": {"extra": {}},
+        "loss": {"loss_type": ["ipo"]},
+    }
     cfg = load_config(str(tmp_path / "job" / "config.yaml"), ["model.trust_remote_code=true"])  # asked for here
     assert cfg.beta == 0.3 and cfg.model.trust_remote_code is True and not called
 

@@ -63,8 +63,19 @@ def test_processes_writing_one_file_at_once(tmp_path):
 
 
 def _sample_rows(step, indices=(0, 1, 2)):
-    return [{"step": step, "index": i, "prompt": f"p{i}", "policy": "ans", "reference": "ref", "ground_truth": "gt",
-             "length": 3 + i, "win": float(i % 2)} for i in indices]  # fmt: skip
+    return [
+        {
+            "step": step,
+            "index": i,
+            "prompt": f"p{i}",
+            "policy": "ans",
+            "reference": "ref",
+            "ground_truth": "gt",
+            "length": 3 + i,
+            "win": float(i % 2),
+        }
+        for i in indices
+    ]
 
 
 def _write_cut(path, rows, cut):
@@ -78,8 +89,10 @@ def test_read_jsonl_skips_a_cut_last_line(tmp_path, caplog):
     rows = _sample_rows(0) + _sample_rows(2)
     rows[-1]["policy"] = "答案"  # a cut can split a multi-byte character
     cut = len(json.dumps(rows[-1], ensure_ascii=False).encode().split("答".encode())[0]) + 1
-    path.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows[:-1])
-                     + json.dumps(rows[-1], ensure_ascii=False).encode()[:cut])  # fmt: skip
+    path.write_bytes(
+        b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows[:-1])
+        + json.dumps(rows[-1], ensure_ascii=False).encode()[:cut]
+    )
     with caplog.at_level(logging.WARNING, logger="dpo_lab.files"):
         assert files.read_jsonl(str(path)) == rows[:-1]
     assert "line 6" in caplog.text and "cut short" in caplog.text
@@ -102,7 +115,9 @@ def _fake_sweep(root, statuses):
     """A sweep dir whose jobs swept beta, with result.json as their jobs would leave it (no training)."""
     sweep = root / "sweep"
     sweep.mkdir()
-    files.write_json(str(sweep / "sweep.json"), {"name": "t", "results_dir": str(root / "results"), "swept_keys": ["beta"]})
+    files.write_json(
+        str(sweep / "sweep.json"), {"name": "t", "results_dir": str(root / "results"), "swept_keys": ["beta"]}
+    )
     for num, status in enumerate(statuses):
         job = sweep / str(num)
         job.mkdir()
@@ -113,8 +128,16 @@ def _fake_sweep(root, statuses):
 
 def _set_result(job, status, num):
     history = [{"step": s, "eval/logratios/margins": 0.1 * s + num, "eval/rewards/accuracies": 0.5} for s in (2, 4)]
-    files.write_json(str(job / files.RESULT), {"status": status, "eval/loss": 0.69 - num / 100, "eval_history": history,
-                                               "eval/logratios/margins": 0.4 + num, "steps": 4})  # fmt: skip
+    files.write_json(
+        str(job / files.RESULT),
+        {
+            "status": status,
+            "eval/loss": 0.69 - num / 100,
+            "eval_history": history,
+            "eval/logratios/margins": 0.4 + num,
+            "steps": 4,
+        },
+    )
 
 
 def test_report_reads_a_cut_samples_file(tmp_path):
@@ -138,7 +161,10 @@ def test_a_report_waits_for_the_writer_before_it_and_reads_after(tmp_path):
     from dpo_lab.sweeps.report import REPORT_LOCK
 
     sweep = _fake_sweep(tmp_path, ["completed", "running"])
-    code = "import sys; from dpo_lab.sweeps.report import write_report; print('ready', flush=True); write_report(sys.argv[1])"
+    code = (
+        "import sys; from dpo_lab.sweeps.report import write_report; print('ready', flush=True); "
+        "write_report(sys.argv[1])"
+    )
     with FileLock(str(sweep / REPORT_LOCK)):  # as if another job's process were writing the report
         proc = subprocess.Popen([sys.executable, "-c", code, str(sweep)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
@@ -190,8 +216,15 @@ def test_sampler_start_drops_a_cut_tail(tmp_path):
 def test_preflight_keeps_interpolations_in_overrides(tmp_path):
     """`${hydra:job.num}` on the command line is each job's to resolve; preflight used to resolve it before any job
     existed and stop with 'HydraConfig was not set'."""
-    proc = run_py("-m", TINY, "wandb.group=g${hydra:job.num}", "beta=0.1,0.2", "preflight_only=true",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    proc = run_py(
+        "-m",
+        TINY,
+        "wandb.group=g${hydra:job.num}",
+        "beta=0.1,0.2",
+        "preflight_only=true",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Preflight: all 2 jobs check out" in proc.stdout and "HydraConfig" not in proc.stdout
 
@@ -201,9 +234,19 @@ def test_joblib_sweep_report_holds_every_job(tmp_path):
     """Four jobs, two at a time (joblib): each worker writes the report as its job ends, at the same time as the
     other; the summary ends with every job as its result.json says, and no temp file is left anywhere."""
     sweep, results = tmp_path / "sweep", tmp_path / "results"
-    proc = run_py("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss=sigmoid,ipo", "beta=0.1,0.5", TINY,
-                  "wandb.mode=disabled", "wandb.group=g${hydra:job.num}", f"hydra.sweep.dir={sweep}",
-                  f"results_dir={results}", cwd=tmp_path)  # fmt: skip
+    proc = run_py(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "loss=sigmoid,ipo",
+        "beta=0.1,0.5",
+        TINY,
+        "wandb.mode=disabled",
+        "wandb.group=g${hydra:job.num}",
+        f"hydra.sweep.dir={sweep}",
+        f"results_dir={results}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "wandb.group=g${hydra:job.num}" in json.loads((sweep / "sweep.json").read_text())["overrides"]
     for summary in (sweep / "summary.csv", next(results.glob("*/summary.csv"))):
