@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 # Every loss type trl.DPOConfig accepts (trl 1.x). conf/loss/ has one file per entry.
 LOSS_TYPES = (
@@ -43,6 +44,11 @@ def choice(name: str, *values: str) -> type:
     return Choice(name, {v: v for v in values})
 
 
+def failed(*checks) -> List[str]:
+    """The messages of the (ok, message) checks that failed: a group's `problems`, run by validate at preflight."""
+    return [message for ok, message in checks if not ok]
+
+
 Device = choice("Device", "auto", "cpu", "cuda")  # auto: cuda if present
 # precision.py says what each mode does; bf16 and fp16 are earlier names of the mixed modes (saved configs rerun)
 Precision = choice("Precision", "auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure", "bf16", "fp16")
@@ -53,6 +59,9 @@ StartMethod = choice("StartMethod", "forkserver", "spawn")
 WandbMode = choice("WandbMode", "auto", "online", "offline", "disabled")  # auto: online with an API key, else offline
 ModelSource = choice("ModelSource", "tiny", "smollm2", "hf")
 DataSource = choice("DataSource", "toy", "files", "hub", "sentiment")
+# trainer.activation_checkpointing: auto decides from the memory estimate (memory.py); compared lower-case, as Hydra
+# turns true into True
+CHECKPOINTING = ("auto", "true", "false")
 Judge = choice("Judge", "auto", "none", "task", "reward_model", "pairwise_lm", "sentiment")  # samples/judges.py
 
 # Named prompt formats for plain-text data; "chat" uses the tokenizer's chat template instead.
@@ -123,6 +132,33 @@ class SentimentConfig:
     seed: int = 0
     batch_size: int = 32  # answers sampled at once (part of the key: padding changes the numerics slightly)
 
+    @staticmethod
+    def problems(s) -> List[str]:
+        pairs = 2 * max(s.pairs_per_prompt, 1)
+        return failed(
+            (
+                s.n_train_prompts > 0 and s.n_eval_prompts > 0,
+                f"sentiment.n_train_prompts={s.n_train_prompts} and sentiment.n_eval_prompts={s.n_eval_prompts} "
+                "must be > 0.",
+            ),
+            (
+                s.answers_per_prompt >= pairs,
+                f"sentiment.answers_per_prompt={s.answers_per_prompt} gives at most {s.answers_per_prompt // 2} "
+                f"pair(s) per prompt, and sentiment.pairs_per_prompt={s.pairs_per_prompt}: raise answers_per_prompt "
+                f"to at least {pairs} or lower pairs_per_prompt (>= 1).",
+            ),
+            (
+                s.pairs_per_prompt >= 1 and s.batch_size >= 1,
+                f"sentiment.pairs_per_prompt={s.pairs_per_prompt} and sentiment.batch_size={s.batch_size} "
+                "must be >= 1.",
+            ),
+            (
+                s.max_new_tokens > 0 and s.temperature > 0,
+                f"sentiment.max_new_tokens={s.max_new_tokens} and sentiment.temperature={s.temperature} must be > 0.",
+            ),
+            (0 <= s.min_gap < 2, f"sentiment.min_gap={s.min_gap} must lie in [0, 2): VADER scores lie in [-1, 1]."),
+        )
+
 
 @dataclass
 class SftConfig:
@@ -144,6 +180,10 @@ class RewardModelConfig:
     batch_size: int = 32
     garbled_fraction: float = 0.5  # extra pairs: chosen vs chosen spliced with another story (reward_model.py)
     seed: int = 0
+
+    @staticmethod
+    def problems(r) -> List[str]:
+        return failed((r.steps > 0, f"reward_model.steps={r.steps} must be > 0."))
 
 
 @dataclass
@@ -169,6 +209,21 @@ class SamplesConfig:
     # judge_model or on toy data (the toy reward model)
     judge_model: Optional[str] = None  # reward_model: a sequence-classification dir or hub id; pairwise_lm: a causal LM
     judge_trust_remote_code: bool = False  # run the judge model's own code from the hub (its own choice, not model's)
+
+    @staticmethod
+    def problems(s) -> List[str]:
+        return failed(
+            (s.count >= 0, f"samples.count={s.count} must be >= 0 (0 turns samples off)."),
+            (s.max_new_tokens > 0, f"samples.max_new_tokens={s.max_new_tokens} must be > 0."),
+            (s.temperature > 0, f"samples.temperature={s.temperature} must be > 0 (greedy: samples=greedy)."),
+            (s.top_p is None or 0 < s.top_p <= 1, f"samples.top_p={s.top_p} must lie in (0, 1] or be null."),
+            (s.top_k is None or s.top_k >= 0, f"samples.top_k={s.top_k} must be >= 0 or null."),
+            (not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0)."),
+            (
+                s.judge != "pairwise_lm" or s.judge_model,
+                "samples.judge=pairwise_lm needs samples.judge_model: an instruction-tuned causal LM dir or hub id.",
+            ),
+        )
 
 
 @dataclass
@@ -198,6 +253,28 @@ class DataConfig:
     max_eval_samples: Optional[int] = None
     prompt_format: str = "none"  # chat | none | phi2 | alpaca | any string containing {prompt}
 
+    @staticmethod
+    def problems(d) -> List[str]:
+        no_file = OmegaConf.is_missing(d, "train_file") or d.train_file is None
+        fmt = d.prompt_format
+        return failed(
+            (
+                d.source != "files" or not no_file,
+                "data=json needs data.train_file: your preference file (JSON array, JSON Lines, .parquet or .csv with "
+                "prompt, chosen, rejected), e.g. data.train_file=train.jsonl.",
+            ),
+            (
+                d.source != "hub" or bool(d.name),
+                "data=hub needs data.name: a hub dataset id, e.g. data.name=trl-lib/ultrafeedback_binarized.",
+            ),
+            (0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1)."),
+            (
+                fmt == "chat" or fmt in PROMPT_FORMATS or "{prompt}" in fmt,
+                f"data.prompt_format={fmt!r} is neither 'chat', a named format ({', '.join(PROMPT_FORMATS)}) nor a "
+                "format string containing {prompt}.",
+            ),
+        )
+
 
 @dataclass
 class PeftConfig:
@@ -206,6 +283,10 @@ class PeftConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: Any = "all-linear"
+
+    @staticmethod
+    def problems(p) -> List[str]:
+        return failed((not p.enabled or p.r > 0, f"peft.r={p.r} must be > 0."))
 
 
 @dataclass
@@ -233,6 +314,29 @@ class TrainerConfig:
     precompute_ref_log_probs: bool = True  # reference log-probs once per sweep (reuse.py), no reference in memory
     dataloader_num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def problems(t) -> List[str]:
+        positive = (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "eval_steps",
+            "save_steps",
+            "logging_steps",
+            "max_length",
+        )
+        return failed(
+            (
+                str(t.activation_checkpointing).lower() in CHECKPOINTING,
+                f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.",
+            ),
+            *((t[key] > 0, f"trainer.{key}={t[key]} must be > 0.") for key in positive),
+            (
+                t.save_total_limit is None or t.save_total_limit > 0,
+                f"trainer.save_total_limit={t.save_total_limit} must be > 0 or null (keep all).",
+            ),
+        )
 
 
 @dataclass
@@ -275,6 +379,23 @@ class Config:
     sft: SftConfig = field(default_factory=SftConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+    @staticmethod
+    def problems(c) -> List[str]:
+        return failed(
+            (c.beta > 0, f"beta={c.beta} must be > 0 (typical values: 0.01 .. 0.5)."),
+            (c.lr > 0, f"lr={c.lr} must be > 0."),
+            (c.epochs > 0 or (c.max_steps or 0) > 0, f"epochs={c.epochs} must be > 0 (or set max_steps)."),
+            (
+                c.max_steps is None or c.max_steps > 0,
+                f"max_steps={c.max_steps} must be > 0, or null to train `epochs`.",
+            ),
+            (c.jobs_per_gpu >= 1, f"jobs_per_gpu={c.jobs_per_gpu}: use 1 or more."),
+            (
+                c.cpu_threads is None or c.cpu_threads >= 1,
+                f"cpu_threads={c.cpu_threads}: use a number >= 1, or leave it unset.",
+            ),
+        )
 
 
 def register_configs() -> None:

@@ -28,7 +28,6 @@ from dpo_lab.precision import BYTES, PURE_OPTIM, Precision
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("auto", "true", "false")  # trainer.activation_checkpointing, compared lower-case (Hydra writes True)
 HEADROOM = 0.8  # share of free memory a plan may use: CUDA context, allocator fragmentation, eval and sampling
 GB = 1e9
 

@@ -5,8 +5,16 @@ from typing import Any, Dict, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import memory, methods, precision, quality
-from dpo_lab.config import PROMPT_FORMATS, Config
+from dpo_lab import methods, precision, quality
+from dpo_lab.config import (
+    Config,
+    DataConfig,
+    PeftConfig,
+    RewardModelConfig,
+    SamplesConfig,
+    SentimentConfig,
+    TrainerConfig,
+)
 from dpo_lab.errors import UserError
 from dpo_lab.samples.judges import judge_kind
 from dpo_lab.samples.metrics import BETTER
@@ -78,68 +86,24 @@ def validate(cfg: DictConfig) -> None:
     method.check(cfg)
     methods.trl_classes(method)  # a TRL without the method's classes fails here, before any job starts
 
-    _check(cfg.beta > 0, f"beta={cfg.beta} must be > 0 (typical values: 0.01 .. 0.5).")
-    _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0.")
-    _check(cfg.epochs > 0 or (cfg.max_steps or 0) > 0, f"epochs={cfg.epochs} must be > 0 (or set max_steps).")
-    _check(
-        cfg.max_steps is None or cfg.max_steps > 0, f"max_steps={cfg.max_steps} must be > 0, or null to train `epochs`."
-    )
+    for problem in _group_problems(cfg):  # each group's own ranges (config.py); what follows spans groups
+        _check(False, problem)
 
     t = cfg.trainer
     reason = precision.check(t.precision, t.extra)
     _check(reason is None, reason)
     _check_device(cfg)
-    _check(
-        str(t.activation_checkpointing).lower() in memory.SETTINGS,
-        f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.",
-    )
-    for key in (
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "gradient_accumulation_steps",
-        "eval_steps",
-        "save_steps",
-        "logging_steps",
-        "max_length",
-    ):
-        _check(t[key] > 0, f"trainer.{key}={t[key]} must be > 0.")
-    if t.save_total_limit is not None:
-        _check(t.save_total_limit > 0, f"trainer.save_total_limit={t.save_total_limit} must be > 0 or null (keep all).")
     if cfg.peft.enabled:
-        _check(cfg.peft.r > 0, f"peft.r={cfg.peft.r} must be > 0.")
         _check(
             not t.extra.get("sync_ref_model", False),
             "trainer.extra.sync_ref_model=true does not work with LoRA (TRL has no separate reference to sync): "
             "use peft=none or drop sync_ref_model.",
         )
 
-    d = cfg.data
-    no_file = OmegaConf.is_missing(d, "train_file") or d.train_file is None
-    _check(
-        d.source != "files" or not no_file,
-        "data=json needs data.train_file: your preference file (JSON array, "
-        "JSON Lines, .parquet or .csv with prompt, chosen, rejected), e.g. data.train_file=train.jsonl.",
-    )
-    _check(
-        d.source != "hub" or bool(d.name),
-        "data=hub needs data.name: a hub dataset id, e.g. data.name=trl-lib/ultrafeedback_binarized.",
-    )
-    _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1).")
-    fmt = d.prompt_format
-    _check(
-        fmt == "chat" or fmt in PROMPT_FORMATS or "{prompt}" in fmt,
-        f"data.prompt_format={fmt!r} is neither 'chat', a named format ({', '.join(PROMPT_FORMATS)}) "
-        "nor a format string containing {prompt}.",
-    )
     if cfg.model.source == "smollm2":
         gguf_file()  # installed, or a UserError with the command that installs it
-    if d.source == "sentiment":
+    if cfg.data.source == "sentiment":
         _check_sentiment(cfg)
-    _check(cfg.jobs_per_gpu >= 1, f"jobs_per_gpu={cfg.jobs_per_gpu}: use 1 or more.")
-    _check(
-        cfg.cpu_threads is None or cfg.cpu_threads >= 1,
-        f"cpu_threads={cfg.cpu_threads}: use a number >= 1, or leave it unset.",
-    )
     _check_extra_trainer_keys(t.extra)
     _check_samples(cfg)
     _check_objective(cfg)
@@ -159,6 +123,18 @@ def validate(cfg: DictConfig) -> None:
 # Launchers that run a sweep's jobs on this machine, whose devices preflight can see (submitit's LocalLauncher too;
 # its SlurmLauncher runs them on nodes with GPUs this machine may lack).
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def _group_problems(cfg: DictConfig):
+    """Each config group's own range checks (`problems` beside its dataclass in config.py)."""
+    yield from Config.problems(cfg)
+    yield from TrainerConfig.problems(cfg.trainer)
+    yield from PeftConfig.problems(cfg.peft)
+    yield from DataConfig.problems(cfg.data)
+    yield from SamplesConfig.problems(cfg.samples)
+    yield from RewardModelConfig.problems(cfg.reward_model)
+    if cfg.data.source == "sentiment":
+        yield from SentimentConfig.problems(cfg.sentiment)
 
 
 def _check_device(cfg: DictConfig) -> None:
@@ -182,11 +158,6 @@ def _check_device(cfg: DictConfig) -> None:
 
 def _check_samples(cfg: DictConfig) -> None:
     s, t = cfg.samples, cfg.trainer
-    _check(s.count >= 0, f"samples.count={s.count} must be >= 0 (0 turns samples off).")
-    _check(s.max_new_tokens > 0, f"samples.max_new_tokens={s.max_new_tokens} must be > 0.")
-    _check(s.temperature > 0, f"samples.temperature={s.temperature} must be > 0 (greedy: samples=greedy).")
-    _check(s.top_p is None or 0 < s.top_p <= 1, f"samples.top_p={s.top_p} must lie in (0, 1] or be null.")
-    _check(s.top_k is None or s.top_k >= 0, f"samples.top_k={s.top_k} must be >= 0 or null.")
     _check(
         s.best_metric == "auto" or s.best_metric in BETTER,
         f"samples.best_metric={s.best_metric!r}: use auto or one of {', '.join(BETTER)}.",
@@ -195,7 +166,6 @@ def _check_samples(cfg: DictConfig) -> None:
         s.best_metric != "task_score" or cfg.data.source == "toy",
         "samples.best_metric=task_score needs the toy data (it scores required words); use repetition or distinct_2.",
     )
-    _check(not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0).")
     _check(
         s.best_metric != "reward" or judge_kind(cfg) not in ("none", "pairwise_lm"),
         "samples.best_metric=reward needs a judge that scores each answer: samples.judge=sentiment, reward_model "
@@ -216,14 +186,9 @@ def _check_samples(cfg: DictConfig) -> None:
         f"samples.judge=sentiment scores answers with vaderSentiment, which is not installed:\n  {INSTALL}",
     )
     _check(
-        s.judge != "pairwise_lm" or s.judge_model,
-        "samples.judge=pairwise_lm needs samples.judge_model: an instruction-tuned causal LM dir or hub id.",
-    )
-    _check(
         s.best_metric != "win_rate" or s.count == 0 or judge_kind(cfg) != "none",
         "samples.best_metric=win_rate needs a judge: set samples.judge (and samples.judge_model off toy data).",
     )
-    _check(cfg.reward_model.steps > 0, f"reward_model.steps={cfg.reward_model.steps} must be > 0.")
     _check(
         not s.keep_best or t.save_steps % t.eval_steps == 0,
         f"samples.keep_best=true loads the best checkpoint, so every save must follow an eval: trainer.save_steps="
@@ -245,30 +210,11 @@ def _check_sentiment(cfg: DictConfig) -> None:
         f"data=sentiment scores answers with vaderSentiment, which is not installed:\n  {INSTALL}",
     )
     _check(
-        s.n_train_prompts > 0 and s.n_eval_prompts > 0,
-        f"sentiment.n_train_prompts={s.n_train_prompts} and sentiment.n_eval_prompts={s.n_eval_prompts} must be > 0.",
-    )
-    _check(
         s.n_train_prompts + s.n_eval_prompts <= total,
         f"sentiment.n_train_prompts + n_eval_prompts = {s.n_train_prompts + s.n_eval_prompts}, but there are "
         f"{total} distinct prompts ({len(TOPICS)} topics x {len(INSTRUCTIONS)} instructions); for more pairs raise "
         "sentiment.pairs_per_prompt (with answers_per_prompt at least twice it).",
     )
-    _check(
-        s.answers_per_prompt >= 2 * max(s.pairs_per_prompt, 1),
-        f"sentiment.answers_per_prompt={s.answers_per_prompt} gives at most {s.answers_per_prompt // 2} pair(s) per "
-        f"prompt, and sentiment.pairs_per_prompt={s.pairs_per_prompt}: raise answers_per_prompt to at least "
-        f"{2 * max(s.pairs_per_prompt, 1)} or lower pairs_per_prompt (>= 1).",
-    )
-    _check(
-        s.pairs_per_prompt >= 1 and s.batch_size >= 1,
-        f"sentiment.pairs_per_prompt={s.pairs_per_prompt} and sentiment.batch_size={s.batch_size} must be >= 1.",
-    )
-    _check(
-        s.max_new_tokens > 0 and s.temperature > 0,
-        f"sentiment.max_new_tokens={s.max_new_tokens} and sentiment.temperature={s.temperature} must be > 0.",
-    )
-    _check(0 <= s.min_gap < 2, f"sentiment.min_gap={s.min_gap} must lie in [0, 2): VADER scores lie in [-1, 1].")
 
 
 def _installed(module: str) -> bool:
