@@ -29,6 +29,11 @@ from dpo_lab.memory import MemoryPlan
 from dpo_lab.methods.trainer import trainer_class
 from dpo_lab.precision import DtypeReport, Precision, resolve
 from dpo_lab.samples import judges, sampling
+from dpo_lab.sentiment import cached_sentiment, ensure_sentiment
+from dpo_lab.smollm2 import cached_smollm2, ensure_smollm2
+from dpo_lab.toy.reward_model import cached_reward_model, toy_reward_model
+from dpo_lab.toy.sft import cached_sft, ensure_sft
+from dpo_lab.toy.task import cached_toy, ensure_toy
 from dpo_lab.validate import validate
 
 log = logging.getLogger(__name__)
@@ -72,12 +77,8 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     cache.expect(first_use(cfg, modeling.pick_device(cfg.trainer.device)))
     toy = None
     if cfg.model.source == "tiny" or cfg.data.source == "toy":
-        from dpo_lab.toy.task import ensure_toy
-
         toy = ensure_toy(**OmegaConf.to_container(cfg.toy))
     if cfg.model.source == "smollm2":
-        from dpo_lab.smollm2 import ensure_smollm2
-
         model_path = ensure_smollm2()
     else:
         model_path = toy["model"] if cfg.model.source == "tiny" else modeling.check_model_path(cfg.model.path)
@@ -85,8 +86,6 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     precision = resolve(cfg.trainer.precision, device)
     built = toy  # the files of generated data
     if cfg.data.source == "sentiment":  # answered by the starting model itself
-        from dpo_lab.sentiment import ensure_sentiment
-
         built = ensure_sentiment(model_path, device, **OmegaConf.to_container(cfg.sentiment))
 
     set_seed(cfg.seed)
@@ -103,8 +102,6 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         precision.mode,
     )
     if cfg.model.source == "tiny" and cfg.sft.steps > 0:  # a warmed-up model writes stories DPO can improve
-        from dpo_lab.toy.sft import ensure_sft
-
         model_path = ensure_sft(
             toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft)
         )
@@ -269,10 +266,6 @@ SECONDS_PER_STEP = {"cpu": {"sft": 0.33, "rm": 0.6, "sentiment_token": 0.008}, "
 def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     """What setup builds into the cache on first use, in order (as setup, _judge and toy_reward_model decide it),
     each (its dir, what it is, about how long it takes), for cache.expect."""
-    from dpo_lab.toy.reward_model import cached_reward_model
-    from dpo_lab.toy.sft import cached_sft
-    from dpo_lab.toy.task import cached_toy
-
     if cfg.model.source == "smollm2" or cfg.data.source == "sentiment":
         return _first_use_real(cfg, device)
     if cfg.model.source != "tiny" and cfg.data.source != "toy":
@@ -293,9 +286,6 @@ def first_use(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
 
 def _first_use_real(cfg: DictConfig, device: str) -> List[Tuple[Path, str, str]]:
     """first_use for model=smollm2 and data=sentiment: the converted checkpoint, then the data it answers."""
-    from dpo_lab.sentiment import cached_sentiment
-    from dpo_lab.smollm2 import cached_smollm2
-
     out, model = [], os.path.expanduser(cfg.model.path or "")
     if cfg.model.source == "smollm2":
         model = cached_smollm2()
@@ -330,8 +320,6 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
     """The samples' judge on `device`; on toy data without samples.judge_model, the toy reward model (cached)."""
     kind, path = judges.judge_kind(cfg), cfg.samples.judge_model
     if kind == "reward_model" and path is None:  # validate() allows this on toy data only
-        from dpo_lab.toy.reward_model import toy_reward_model
-
         path = toy_reward_model(cfg, toy, device)
     return judges.load(kind, path, device, cfg.samples.judge_trust_remote_code)
 
