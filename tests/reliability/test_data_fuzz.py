@@ -7,7 +7,7 @@ tokenizer, then into the trainer's table as train.py builds it. Every case must 
 - a load with a non-empty train and eval set (rows dropped on the way are counted in the log);
 never another exception, a hang, or an empty set. The generator is seeded, so every run tries the same files.
 
-    python -m pytest -q -s tests/reliability/test_data_fuzz.py    # prints the tally the README quotes
+    python -m pytest -q -s tests/reliability/test_data_fuzz.py    # prints the tally docs/reliability.md quotes
 """
 
 import io
