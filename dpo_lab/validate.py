@@ -258,8 +258,7 @@ def _check_extra_trainer_keys(extra) -> None:
     for key in extra:
         _check(
             key not in owned,
-            f"trainer.extra.{key} is set by {owned.get(key)}: use that instead (see "
-            "docs/precision-and-memory.md).",
+            f"trainer.extra.{key} is set by {owned.get(key)}: use that instead (see docs/precision-and-memory.md).",
         )
     valid = DPOConfig.__dataclass_fields__
     unknown = [k for k in extra if k not in valid]
