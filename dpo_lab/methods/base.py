@@ -9,6 +9,20 @@ from dpo_lab.config import LossConfig
 from dpo_lab.errors import UserError
 from dpo_lab.quality import mean_se
 
+# What every paired method's eval logs (TRL's names); a method adds its β-free margin and any keys of its own.
+PAIR_EVAL_KEYS = (
+    "eval_rewards/margins",
+    "eval_rewards/accuracies",
+    "eval_rewards/chosen",
+    "eval_rewards/rejected",
+    "eval_logps/chosen",
+    "eval_logps/rejected",
+    "eval_loss",
+    "eval_rewards/accuracies_se",
+)
+# The reference-free trainers' (CPO, SimPO, ORPO): their β-free margin is the policy's own log-prob margin.
+POLICY_EVAL_KEYS = PAIR_EVAL_KEYS + ("eval_logps/margins", "eval_logps/margins_se")
+
 # TRL's older pipeline (CPO, ORPO) collates one mask per answer, each over prompt + answer.
 POLICY_ONLY_MASKS = ("chosen_attention_mask", "rejected_attention_mask")
 # Their collator reads columns transformers' Trainer would drop; TRL sets this itself, with a warning at every job.

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab.config import LOSS_TYPES
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import Method, se_of_batches
+from dpo_lab.methods.base import PAIR_EVAL_KEYS, Method, se_of_batches
 
 F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
 
@@ -89,18 +89,7 @@ METHOD = Method(
     experimental=False,
     shares=True,
     reference=True,
-    eval_keys=(
-        "eval_rewards/margins",
-        "eval_rewards/accuracies",
-        "eval_rewards/chosen",
-        "eval_rewards/rejected",
-        "eval_logps/chosen",
-        "eval_logps/rejected",
-        "eval_loss",
-        "eval_logratios/margins",
-        "eval_logratios/margins_se",
-        "eval_rewards/accuracies_se",
-    ),
+    eval_keys=PAIR_EVAL_KEYS + ("eval_logratios/margins", "eval_logratios/margins_se"),
     params=(),
     args=args,
     check=check,

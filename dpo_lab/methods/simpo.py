@@ -7,7 +7,14 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
+from dpo_lab.methods.base import (
+    OLDER_PIPELINE_ARGS,
+    POLICY_EVAL_KEYS,
+    POLICY_ONLY_MASKS,
+    Method,
+    derive_policy_margin,
+    only_default_loss,
+)
 
 
 def args(cfg: DictConfig) -> Dict[str, Any]:
@@ -39,18 +46,7 @@ METHOD = Method(
     experimental=True,
     shares=False,
     reference=False,
-    eval_keys=(
-        "eval_rewards/margins",
-        "eval_rewards/accuracies",
-        "eval_rewards/chosen",
-        "eval_rewards/rejected",
-        "eval_logps/chosen",
-        "eval_logps/rejected",
-        "eval_loss",
-        "eval_logps/margins",
-        "eval_logps/margins_se",
-        "eval_rewards/accuracies_se",
-    ),
+    eval_keys=POLICY_EVAL_KEYS,
     params=("simpo_gamma",),
     token_masks=POLICY_ONLY_MASKS,
     args=args,
