@@ -49,6 +49,32 @@ def failed(*checks) -> List[str]:
     return [message for ok, message in checks if not ok]
 
 
+def seed_ok(key: str, value: int):
+    """A seed check for `failed`: numpy and torch take seeds in [0, 2**32 - 1]."""
+    return 0 <= value < 2**32, f"{key}={value}: a seed must lie in [0, 2**32 - 1]."
+
+
+def positive(group: str, c, *keys: str):
+    """`failed` checks that each of `keys` of group node `c` is > 0."""
+    return tuple((c[k] > 0, f"{group}.{k}={c[k]} must be > 0.") for k in keys)
+
+
+def format_problem(key: str, fmt: str) -> Optional[str]:
+    """Why `fmt` is not a format string with {prompt} as its only field (None if it is one)."""
+    import string
+
+    fix = "write a literal brace as {{ or }}."
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None}
+        if fields == {"prompt"}:
+            fmt.format(prompt="")  # a bad format spec or conversion fails only here
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        return f"{key}={fmt!r} is not a valid format string ({type(e).__name__}: {e}); {fix}"
+    if fields != {"prompt"}:
+        return f"{key}={fmt!r} must contain {{prompt}} and no other field (found {sorted(fields)}); {fix}"
+    return None
+
+
 Device = choice("Device", "auto", "cpu", "cuda")  # auto: cuda if present
 # precision.py says what each mode does; bf16 and fp16 are earlier names of the mixed modes (saved configs rerun)
 Precision = choice("Precision", "auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure", "bf16", "fp16")
@@ -116,6 +142,19 @@ class ToyConfig:
     num_heads: int = 4
     intermediate_size: int = 384
 
+    @staticmethod
+    def problems(t) -> List[str]:
+        return failed(
+            *positive("toy", t, "n_train", "n_eval", "hidden_size", "num_layers", "num_heads", "intermediate_size"),
+            (t.vocab_size >= 256, f"toy.vocab_size={t.vocab_size} must be >= 256 (the tokenizer's byte alphabet)."),
+            (0 <= t.zh_fraction <= 1, f"toy.zh_fraction={t.zh_fraction} must lie in [0, 1]."),
+            (
+                t.num_heads <= 0 or t.hidden_size % t.num_heads == 0,
+                f"toy.hidden_size={t.hidden_size} must be a multiple of toy.num_heads={t.num_heads}.",
+            ),
+            seed_ok("toy.seed", t.seed),
+        )
+
 
 @dataclass
 class SentimentConfig:
@@ -157,6 +196,7 @@ class SentimentConfig:
                 f"sentiment.max_new_tokens={s.max_new_tokens} and sentiment.temperature={s.temperature} must be > 0.",
             ),
             (0 <= s.min_gap < 2, f"sentiment.min_gap={s.min_gap} must lie in [0, 2): VADER scores lie in [-1, 1]."),
+            seed_ok("sentiment.seed", s.seed),
         )
 
 
@@ -169,6 +209,15 @@ class SftConfig:
     batch_size: int = 32
     rejected_fraction: float = 0.5  # share of warm-up answers that are the rejected text: mistakes for DPO to fix
     seed: int = 0
+
+    @staticmethod
+    def problems(s) -> List[str]:
+        return failed(
+            (s.steps >= 0, f"sft.steps={s.steps} must be >= 0 (0: no warm-up)."),
+            *positive("sft", s, "lr", "batch_size"),
+            (0 <= s.rejected_fraction <= 1, f"sft.rejected_fraction={s.rejected_fraction} must lie in [0, 1]."),
+            seed_ok("sft.seed", s.seed),
+        )
 
 
 @dataclass
@@ -183,7 +232,11 @@ class RewardModelConfig:
 
     @staticmethod
     def problems(r) -> List[str]:
-        return failed((r.steps > 0, f"reward_model.steps={r.steps} must be > 0."))
+        return failed(
+            *positive("reward_model", r, "steps", "lr", "batch_size"),
+            (0 <= r.garbled_fraction <= 1, f"reward_model.garbled_fraction={r.garbled_fraction} must lie in [0, 1]."),
+            seed_ok("reward_model.seed", r.seed),
+        )
 
 
 @dataclass
@@ -219,6 +272,8 @@ class SamplesConfig:
             (s.top_p is None or 0 < s.top_p <= 1, f"samples.top_p={s.top_p} must lie in (0, 1] or be null."),
             (s.top_k is None or s.top_k >= 0, f"samples.top_k={s.top_k} must be >= 0 or null."),
             (not s.keep_best or s.count > 0, "samples.keep_best=true needs samples (samples.count > 0)."),
+            (s.degrade_margin >= 0, f"samples.degrade_margin={s.degrade_margin} must be >= 0."),
+            seed_ok("samples.seed", s.seed),
             (
                 s.judge != "pairwise_lm" or s.judge_model,
                 "samples.judge=pairwise_lm needs samples.judge_model: an instruction-tuned causal LM dir or hub id.",
@@ -257,6 +312,7 @@ class DataConfig:
     def problems(d) -> List[str]:
         no_file = OmegaConf.is_missing(d, "train_file") or d.train_file is None
         fmt = d.prompt_format
+        bad_format = None if fmt == "chat" or fmt in PROMPT_FORMATS else format_problem("data.prompt_format", fmt)
         return failed(
             (
                 d.source != "files" or not no_file,
@@ -269,10 +325,14 @@ class DataConfig:
             ),
             (0.0 < d.eval_fraction < 1.0, f"data.eval_fraction={d.eval_fraction} must lie in (0, 1)."),
             (
-                fmt == "chat" or fmt in PROMPT_FORMATS or "{prompt}" in fmt,
-                f"data.prompt_format={fmt!r} is neither 'chat', a named format ({', '.join(PROMPT_FORMATS)}) nor a "
-                "format string containing {prompt}.",
+                bad_format is None,
+                f"{bad_format} Or use 'chat' or a named format ({', '.join(PROMPT_FORMATS)}).",
             ),
+            *(
+                (d[k] is None or d[k] > 0, f"data.{k}={d[k]} must be > 0, or null for all rows.")
+                for k in ("max_train_samples", "max_eval_samples")
+            ),
+            seed_ok("data.split_seed", d.split_seed),
         )
 
 
@@ -286,7 +346,11 @@ class PeftConfig:
 
     @staticmethod
     def problems(p) -> List[str]:
-        return failed((not p.enabled or p.r > 0, f"peft.r={p.r} must be > 0."))
+        return failed(
+            (not p.enabled or p.r > 0, f"peft.r={p.r} must be > 0."),
+            (not p.enabled or p.lora_alpha > 0, f"peft.lora_alpha={p.lora_alpha} must be > 0."),
+            (not p.enabled or 0 <= p.lora_dropout < 1, f"peft.lora_dropout={p.lora_dropout} must lie in [0, 1)."),
+        )
 
 
 @dataclass
@@ -336,6 +400,13 @@ class TrainerConfig:
                 t.save_total_limit is None or t.save_total_limit > 0,
                 f"trainer.save_total_limit={t.save_total_limit} must be > 0 or null (keep all).",
             ),
+            (
+                t.warmup >= 0,
+                f"trainer.warmup={t.warmup} must be >= 0: a fraction (< 1) of the training steps, or a number of them.",
+            ),
+            (t.weight_decay >= 0, f"trainer.weight_decay={t.weight_decay} must be >= 0."),
+            (t.max_grad_norm >= 0, f"trainer.max_grad_norm={t.max_grad_norm} must be >= 0 (0: no clipping)."),
+            (t.dataloader_num_workers >= 0, f"trainer.dataloader_num_workers={t.dataloader_num_workers} must be >= 0."),
         )
 
 
@@ -395,6 +466,7 @@ class Config:
                 c.cpu_threads is None or c.cpu_threads >= 1,
                 f"cpu_threads={c.cpu_threads}: use a number >= 1, or leave it unset.",
             ),
+            seed_ok("seed", c.seed),
         )
 
 

@@ -65,13 +65,10 @@ class MemoryPlan:
 def model_shape(path: str, model_cfg, peft_cfg) -> ModelShape:
     """Parameter count and layer sizes from the checkpoint's config, built on the meta device (no weights read)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(
-        path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-    )
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    from dpo_lab.modeling import meta_model
+
+    config, model = meta_model(path, model_cfg)
     lora = 0
     if peft_cfg.enabled:
         output = model.get_output_embeddings()

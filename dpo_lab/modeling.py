@@ -46,6 +46,11 @@ def check_model_path(path: Optional[str], key: str = "model.path") -> str:
             "e.g. model=hf model.path=/ckpt/my-sft-model."
         )
     expanded = os.path.expanduser(path)
+    if os.path.isfile(expanded):
+        raise UserError(
+            f"{key}={path!r} is a file; {key} takes the directory that save_pretrained wrote (config.json, the "
+            f"weights and the tokenizer files), e.g. {key}={os.path.dirname(path) or '.'} if that is the one."
+        )
     if path.startswith(("/", ".", "~")) and not os.path.isdir(expanded):
         raise UserError(
             f"{key}={path!r} does not exist. Point it at a directory holding config.json and the "
@@ -79,6 +84,84 @@ def _check_model_config(config_file: str, key: str) -> None:
             f"{config_file} (the config.json of {key}) has no model_type, so transformers cannot tell "
             f"which architecture it is. {fix}"
         )
+
+
+def meta_model(path: str, cfg):
+    """(config, model) of checkpoint `path` built on the meta device from its config.json: shapes, no weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        return config, AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+
+
+def check_model(path: str, cfg, peft, tokenizer=None, key: str = "model.path") -> None:
+    """What loading and wrapping the model would get wrong, from its config alone: it must be a causal LM (an
+    encoder such as BERT loads as one and trains to nonsense), its embedding must cover the tokenizer, and LoRA must
+    find its target modules. A hub id this machine cannot reach now is left to the job, which says so."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        if not os.path.isdir(path):
+            return
+        raise UserError(
+            f"{key}={path!r}: transformers cannot read its config.json ({type(e).__name__}: {e})."
+        ) from None
+    causal = {c for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in _names(names)}
+    archs = list(config.architectures or [])
+    is_causal = (
+        any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        if archs
+        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (config.auto_map or {})
+    )
+    # BERT and its kin have a causal-LM class too, which is only a decoder with is_decoder=true
+    encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    if not is_causal or encoder or config.is_encoder_decoder:
+        raise UserError(
+            f"{key}={path!r} is a {'/'.join(archs) or config.model_type} checkpoint, not a decoder-only causal "
+            "language model (a ...ForCausalLM class), and DPO trains a model that writes its answers token by "
+            "token: an encoder or encoder-decoder would load with a new, untrained head and train to nonsense. Point "
+            f"{key} at a causal LM (e.g. a Llama, Qwen, GPT-2 or SmolLM checkpoint)."
+        )
+    vocab = config.get_text_config().vocab_size
+    if tokenizer is not None and vocab and len(tokenizer) > vocab:
+        raise UserError(
+            f"{key}={path!r}: its tokenizer has {len(tokenizer)} tokens, but the model's embedding has {vocab} rows, "
+            f"so a token id >= {vocab} would index past it. Save the tokenizer the model was trained with beside it, "
+            "or resize the embedding (model.resize_token_embeddings(len(tokenizer))) and save_pretrained both."
+        )
+    if peft.enabled:
+        from peft import get_peft_model
+
+        _, model = meta_model(path, cfg)
+        try:
+            get_peft_model(model, lora_config(peft))
+        except Exception as e:
+            import torch
+
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise UserError(
+                f"peft.target_modules={_plain(peft.target_modules)}: peft cannot put LoRA on {path} "
+                f"({type(e).__name__}: {' '.join(str(e).split())}). Its linear layers are named {linear}: use "
+                "peft.target_modules=all-linear or a list of those names."
+            ) from None
+
+
+def _names(names):
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _plain(value):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def load_model(path: str, cfg, dtype: str):

@@ -72,8 +72,12 @@ def value(result: Dict[str, Any], name: str) -> float:
 
 
 def mean_se(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and standard error of the mean (SE 0 for a single value: nothing to estimate it from)."""
-    values = list(values)
+    """Mean and standard error of the mean (SE 0 for a single value: nothing to estimate it from). A NaN or infinite
+    value gives a non-finite mean and a NaN SE, never an error: a diverging run's metrics must reach the divergence
+    guard, which records them (statistics' exact arithmetic raises on them)."""
+    values = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in values):
+        return {"mean": math.fsum(values) / len(values) if len(values) else math.nan, "se": math.nan}
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "se": se}
 

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from dpo_lab import cache, checkpoints, data, files, memory, methods, modeling, reuse, tracking
+from dpo_lab import cache, checkpoints, data, files, memory, methods, modeling, reuse, tracking, trainer_args
 from dpo_lab.callbacks import DtypeWatch, FirstStepClock, Progress, Samples, StepGuard, TrainerLogger
-from dpo_lab.compat import checkpointing_arg, quiet_known_warnings
+from dpo_lab.compat import quiet_known_warnings
 from dpo_lab.memory import MemoryPlan
 from dpo_lab.methods.trainer import trainer_class
 from dpo_lab.precision import DtypeReport, Precision, resolve
@@ -91,6 +91,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
     set_seed(cfg.seed)
     # Data is checked with the tokenizer alone, so bad rows fail before the weights load.
     tokenizer = modeling.load_tokenizer(model_path, cfg.model.revision, cfg.model.trust_remote_code)
+    modeling.check_model(model_path, cfg.model, cfg.peft, tokenizer)
     prefs = data.load_preferences(cfg.data, tokenizer, cfg.trainer.max_length, built)
     methods.check_data(methods.get(cfg.method.name), prefs.shape, cfg.data.train_file or cfg.data.source)
     log.info(
@@ -111,7 +112,7 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
             lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}})
         )
     method = methods.get(cfg.method.name)
-    args = methods.trl_classes(method)[0](**trainer_kwargs(cfg, out_dir, device, precision, plan.checkpointing))
+    args = trainer_args.build(cfg, out_dir, device, precision, plan.checkpointing)
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
     reference = {}  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
     if method.reference and not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy
@@ -215,47 +216,6 @@ def summarize(s: Setup) -> Dict[str, Any]:
         **_peak_memory_mb(s.device),
     )
     return result
-
-
-def trainer_kwargs(
-    cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool
-) -> Dict[str, Any]:
-    """Our config as the fields of the method's TRL config: the training loop's, then the method's own (its
-    `args`); cfg.trainer.extra passes any other field of that config."""
-    t = cfg.trainer
-    return dict(
-        output_dir=os.path.join(out_dir, "checkpoints"),
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        **methods.get(cfg.method.name).args(cfg),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        eval_strategy="steps",
-        eval_steps=t.eval_steps,
-        eval_on_start=t.eval_on_start,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps,
-        max_length=t.max_length,
-        warmup_steps=t.warmup,
-        lr_scheduler_type=t.lr_scheduler_type,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        **checkpointing_arg(checkpointing),
-        dataloader_num_workers=t.dataloader_num_workers,
-        use_cpu=device == "cpu",
-        **precision.trainer_args(),
-        report_to=[],  # wandb logging is callbacks.TrainerLogger, added when the job has a run
-        run_name=os.path.basename(out_dir),
-        disable_tqdm=False,
-        **sampling.trainer_args(cfg),
-        **OmegaConf.to_container(t.extra),
-    )
 
 
 # Seconds per step of the models trained into the cache, for the first run's "this takes ~N min" line (measured:

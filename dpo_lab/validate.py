@@ -1,11 +1,12 @@
 """Semantic checks on a composed config that types alone cannot express. Run before anything loads."""
 
 import dataclasses
+import math
 from typing import Any, Dict, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_lab import methods, precision, quality
+from dpo_lab import methods, precision, quality, trainer_args
 from dpo_lab.config import (
     Config,
     DataConfig,
@@ -13,6 +14,8 @@ from dpo_lab.config import (
     RewardModelConfig,
     SamplesConfig,
     SentimentConfig,
+    SftConfig,
+    ToyConfig,
     TrainerConfig,
 )
 from dpo_lab.errors import UserError
@@ -65,9 +68,67 @@ def _check_known_keys(cfg: DictConfig) -> None:
         _check(False, unknown_key(key))
 
 
+def _non_finite(node: Any, key: str = "") -> Iterator[str]:
+    """The dotted key of every NaN or infinite number in the config (Hydra parses `beta=inf` as a float)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield f"{key}={node}"
+
+
+# Keys that mean something only under another group option (the option to add, whether the config has it): typed
+# without it, they would change nothing and the run would train on something else than meant.
+ONLY_UNDER = {
+    "data.train_file": ("data=json", lambda c: c.data.source == "files"),
+    "data.eval_file": ("data=json", lambda c: c.data.source == "files"),
+    "data.eval_fraction": ("data=json or data=hub", lambda c: c.data.source in ("files", "hub")),
+    "data.name": ("data=hub", lambda c: c.data.source == "hub"),
+    "data.subset": ("data=hub", lambda c: c.data.source == "hub"),
+    "data.train_split": ("data=hub", lambda c: c.data.source == "hub"),
+    "data.eval_split": ("data=hub", lambda c: c.data.source == "hub"),
+    "model.path": ("model=hf", lambda c: c.model.source == "hf"),
+    "model.revision": ("model=hf", lambda c: c.model.source == "hf"),
+    "model.trust_remote_code": ("model=hf", lambda c: c.model.source == "hf"),
+    "sentiment": ("data=sentiment", lambda c: c.data.source == "sentiment"),
+    "toy": ("model=tiny or data=toy", lambda c: c.model.source == "tiny" or c.data.source == "toy"),
+    "sft": ("model=tiny", lambda c: c.model.source == "tiny" or c.data.source == "toy"),
+    "peft.r": ("peft=lora", lambda c: c.peft.enabled),
+    "peft.lora_alpha": ("peft=lora", lambda c: c.peft.enabled),
+    "peft.lora_dropout": ("peft=lora", lambda c: c.peft.enabled),
+    "peft.target_modules": ("peft=lora", lambda c: c.peft.enabled),
+    "samples.judge_model": (
+        "samples.judge=reward_model or pairwise_lm",
+        lambda c: judge_kind(c) in ("reward_model", "pairwise_lm"),
+    ),
+}
+
+
+def _check_ignored(cfg: DictConfig) -> None:
+    """A key typed on the command line (hydra.overrides.task: preflight's configs have it, a saved job's not) that
+    its group option would ignore."""
+    for override in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or ():
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        for prefix, (option, used) in ONLY_UNDER.items():
+            if (key == prefix or key.startswith(prefix + ".")) and not used(cfg):
+                _check(
+                    False,
+                    f"{override} changes nothing without {option}, so the run would train on something else than "
+                    f"you meant: add {option} to the command line (or drop {key}).",
+                )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the offending key and a fix for the first problem found."""
     _check_known_keys(cfg)
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    for bad in _non_finite(tree):
+        _check(False, f"{bad} is not a finite number: give a finite value.")
+    _check_ignored(cfg)
     _check(
         cfg.method.name in methods.NAMES,
         f"method.name={cfg.method.name!r}: use one of {', '.join(methods.NAMES)} (method=NAME).",
@@ -104,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
         gguf_file()  # installed, or a UserError with the command that installs it
     if cfg.data.source == "sentiment":
         _check_sentiment(cfg)
-    _check_extra_trainer_keys(t.extra)
+    trainer_args.check_extra(cfg)
     _check_samples(cfg)
     _check_objective(cfg)
     _check(
@@ -133,6 +194,8 @@ def _group_problems(cfg: DictConfig):
     yield from DataConfig.problems(cfg.data)
     yield from SamplesConfig.problems(cfg.samples)
     yield from RewardModelConfig.problems(cfg.reward_model)
+    yield from ToyConfig.problems(cfg.toy)
+    yield from SftConfig.problems(cfg.sft)
     if cfg.data.source == "sentiment":
         yield from SentimentConfig.problems(cfg.sentiment)
 
@@ -244,26 +307,3 @@ def _check_objective(cfg: DictConfig) -> None:
         "objective=win_rate needs a judge (samples.judge); without one use objective=logratio_margin or accuracy.",
     )
     _check(name != "task_score" or cfg.data.source == "toy", "objective=task_score needs the toy data.")
-
-
-def _check_extra_trainer_keys(extra) -> None:
-    from trl import DPOConfig
-
-    owned = {
-        "bf16": "trainer.precision",
-        "fp16": "trainer.precision",
-        "gradient_checkpointing": "trainer.activation_checkpointing",
-        "activation_checkpointing": "trainer.activation_checkpointing",
-    }
-    for key in extra:
-        _check(
-            key not in owned,
-            f"trainer.extra.{key} is set by {owned.get(key)}: use that instead (see docs/precision-and-memory.md).",
-        )
-    valid = DPOConfig.__dataclass_fields__
-    unknown = [k for k in extra if k not in valid]
-    _check(
-        not unknown,
-        f"trainer.extra has keys {unknown} that trl.DPOConfig does not have. trainer.extra passes fields straight "
-        "to DPOConfig; check the spelling against TRL's DPOConfig documentation.",
-    )

@@ -19,7 +19,7 @@ CASES = {
 def dpo_kwargs(overrides) -> dict:
     """The DPOConfig fields a job of these overrides gets on the CPU, without paths or version-named keys."""
     from dpo_lab.precision import resolve
-    from dpo_lab.train import trainer_kwargs
+    from dpo_lab.trainer_args import trainer_kwargs
 
     kw = trainer_kwargs(compose_cfg(overrides), "/job", "cpu", resolve("auto", "cpu"), checkpointing=False)
     kw["checkpointing"] = kw.pop("activation_checkpointing", kw.pop("gradient_checkpointing", None))

@@ -3,10 +3,10 @@
 Pure functions on strings and dicts (no model, no files), shared by the sampler, the report and the viewer.
 """
 
-import math
 import re
-import statistics
 from typing import Any, Dict, List, Optional
+
+from dpo_lab.quality import mean_se
 
 CJK = r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]"  # CJK radicals, punctuation, ideographs, fullwidth forms
 UNIT = re.compile(rf"{CJK}|(?:(?!{CJK})\S)+")  # a CJK character, or a whitespace-delimited run of anything else
@@ -73,8 +73,8 @@ def means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
         values = [r[k] for r in rows if r.get(k) is not None]
         if values and len(values) == len(rows):
             name = MEAN_NAME.get(k, k)
-            out[name] = statistics.fmean(values)
-            out[f"{name}_se"] = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+            m = mean_se(values)
+            out[name], out[f"{name}_se"] = m["mean"], m["se"]
     return out
 
 
@@ -112,7 +112,7 @@ def summarize(
     if degraded and values and best in values and last in values:
         diffs = [sign * (a - b) for a, b in zip(values[best], values[last]) if a is not None and b is not None]
         if len(diffs) > 1:
-            degraded = drop > 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            degraded = drop > 2 * mean_se(diffs)["se"]
     return {
         "best_checkpoint_step": best,
         "best_checkpoint_metric": f"samples/{metric}",

@@ -47,14 +47,16 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
     across the jobs of a sweep: the data outcome per (data config, tokenizer, max_length), and each tokenizer."""
     import json
 
-    from dpo_lab import methods
+    from dpo_lab import methods, trainer_args
     from dpo_lab.data import load_preferences
     from dpo_lab.modeling import check_model_path, load_tokenizer
     from dpo_lab.validate import validate
 
     validate(cfg)
+    trainer_args.preflight(cfg)
     if cfg.model.source == "hf":
         check_model_path(cfg.model.path)
+    _check_model(cfg, seen_files)
     if cfg.samples.count and cfg.samples.judge_model:
         check_model_path(cfg.samples.judge_model, "samples.judge_model")
     if cfg.data.source == "files":
@@ -78,6 +80,39 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
         if isinstance(seen_files[key], UserError):
             raise seen_files[key]
         methods.check_data(methods.get(cfg.method.name), seen_files[key], cfg.data.train_file)
+
+
+def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
+    """modeling.check_model on the job's starting checkpoint where it is on this machine (the toy model and SmolLM2
+    once built into the cache, a local model.path); once per model and LoRA settings in a sweep."""
+    import json
+
+    from dpo_lab.modeling import check_model, check_model_path, load_tokenizer
+
+    if cfg.model.source == "tiny":
+        from dpo_lab.toy.task import cached_toy
+
+        path = cached_toy(**OmegaConf.to_container(cfg.toy))["model"]
+    elif cfg.model.source == "smollm2":
+        from dpo_lab.smollm2 import cached_smollm2
+
+        path = cached_smollm2()
+    else:
+        path = check_model_path(cfg.model.path)
+    if not os.path.isdir(path):
+        return  # built by the job, or a hub id: checked when it loads
+    model = (path, cfg.model.revision, cfg.model.trust_remote_code)
+    key = ("model", model, json.dumps(OmegaConf.to_container(cfg.peft), sort_keys=True))
+    if key not in seen:
+        try:
+            if ("tokenizer", model) not in seen:
+                seen[("tokenizer", model)] = load_tokenizer(*model)
+            check_model(path, cfg.model, cfg.peft, seen[("tokenizer", model)])
+            seen[key] = None
+        except UserError as e:
+            seen[key] = UserError(str(e))
+    if seen[key] is not None:
+        raise seen[key]
 
 
 def explain(error: Exception, overrides: List[str] = ()) -> str:
