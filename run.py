@@ -38,7 +38,14 @@ def main(cfg: DictConfig) -> float:
     job_dir = hc.runtime.output_dir
     try:  # preflight checked the config (SweepCallback: every job of a sweep; a single run before its dir was made)
         check_free(job_dir)  # a relaunch while the first launch still trains there must not touch its files
-        done = completed_result(cfg, job_dir)  # relaunching a sweep skips what finished, resumes what did not
+        # A relaunch skips what finished and resumes what did not; the advice names the key that moves this launch.
+        elsewhere = (
+            "Launch the sweep into a new directory (hydra.sweep.dir=multirun/NEW_NAME)."
+            if multirun
+            else f"Run it in a new directory (hydra.run.dir=outputs/NEW_NAME, or leave hydra.run.dir out for "
+            f"outputs/{cfg.name}/<time>/)."
+        )
+        done = completed_result(cfg, job_dir, elsewhere)
     except UserError as e:
         log.error("%s", e)
         if multirun:  # the sweep goes on with its other jobs; this one's row keeps what its dir says

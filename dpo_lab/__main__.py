@@ -60,7 +60,11 @@ def main(argv=None) -> int:
     if args.command == "report":
         from dpo_lab.sweeps.report import collect, sweep_summary, write_report
 
-        out = write_report(args.sweep_dir, args.out)
+        try:
+            out = write_report(args.sweep_dir, args.out)
+        except UserError as e:
+            print(e, file=sys.stderr)
+            return EXIT_USER_ERROR
         print(
             f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots."
         )

@@ -75,6 +75,25 @@ def format_problem(key: str, fmt: str) -> Optional[str]:
     return None
 
 
+def folder_name_problems(c) -> List[str]:
+    """`name` is one folder of outputs/, multirun/ and results/, and wandb.project one part of the run's URL: a
+    separator or `..` would write outside those directories (or fail in wandb.init, mid-job)."""
+    name = str(c.name)
+    project = str(c.wandb.project)
+    return failed(
+        (
+            name not in ("", ".", "..") and not any(ch in name for ch in "/\\\0"),
+            f"name={c.name!r} names the run's folder (outputs/<name>/, multirun/<name>/, results/<name>-...), so it "
+            "must be one folder name: not empty, not `.` or `..`, without `/` or `\\`. Use e.g. name=my_sweep.",
+        ),
+        (
+            bool(project) and len(project) <= 128 and not any(ch in project for ch in "/\\#?%:"),
+            f"wandb.project={c.wandb.project!r} is not a wandb project name: 1 to 128 characters, none of "
+            "/ \\ # ? % :. Use e.g. wandb.project=dpo-lab.",
+        ),
+    )
+
+
 Device = choice("Device", "auto", "cpu", "cuda")  # auto: cuda if present
 # precision.py says what each mode does; bf16 and fp16 are earlier names of the mixed modes (saved configs rerun)
 Precision = choice("Precision", "auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure", "bf16", "fp16")
@@ -436,7 +455,7 @@ class Config:
     objective: str = (
         "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     )
-    results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>/
+    results_dir: str = "results"  # sweep reports go to <results_dir>/<name>-<time>-<hash>/ (sweep.sweep_name)
     preflight_only: bool = False  # multirun: check every job's config, list the jobs, and stop
     method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -453,7 +472,7 @@ class Config:
 
     @staticmethod
     def problems(c) -> List[str]:
-        return failed(
+        return folder_name_problems(c) + failed(
             (c.beta > 0, f"beta={c.beta} must be > 0 (typical values: 0.01 .. 0.5)."),
             (c.lr > 0, f"lr={c.lr} must be > 0."),
             (c.epochs > 0 or (c.max_steps or 0) > 0, f"epochs={c.epochs} must be > 0 (or set max_steps)."),

@@ -94,6 +94,25 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def unreadable(path: str) -> Optional[str]:
+    """Why the JSON object file `path` cannot be read (`cut off or not JSON: ...`, `empty`), or None if it reads or
+    does not exist. Our JSON files are written whole (write_json), so one that is there and does not read is damaged."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+    if not data.strip():
+        return "empty"
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        return f"cut off or not JSON: {e}"
+    return None if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+
+
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
     """The rows of a JSON Lines file (samples.jsonl); empty if the file does not exist.
 

@@ -40,18 +40,27 @@ def same_config(saved: str, cfg: Dict[str, Any]) -> bool:
     return before == OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), cfg), resolve=True)
 
 
-def completed_result(cfg: DictConfig, job_dir: str) -> Optional[Dict[str, Any]]:
-    """The saved result if `job_dir` already completed this exact config; UserError if it holds another config."""
+def completed_result(cfg: DictConfig, job_dir: str, elsewhere: str) -> Optional[Dict[str, Any]]:
+    """The saved result if `job_dir` already completed this exact config; UserError if it holds another config, whose
+    last sentence, `elsewhere`, says how to launch into another directory (the key differs: hydra.run.dir for a single
+    run, hydra.sweep.dir for a sweep, --out for a rerun)."""
     saved = os.path.join(job_dir, files.CONFIG)
     if not os.path.isfile(saved):
         return None
     if not same_config(saved, OmegaConf.to_container(cfg, resolve=True)):
         raise UserError(
-            f"{job_dir} already holds a job with a different config, so it can neither be skipped nor "
-            "resumed. Launch the sweep into a new directory (hydra.sweep.dir=...)."
+            f"{job_dir} already holds {held(job_dir)} with a different config, so it can neither be skipped nor "
+            f"resumed; nothing in it was changed. {elsewhere}"
         )
     result = files.read_json(os.path.join(job_dir, files.RESULT)) or {}
     return result if result.get("status") == "completed" else None
+
+
+def held(job_dir: str) -> str:
+    """What a job dir holds, in words: `the job "loss=ipo,beta=0.5" (completed)`."""
+    name = (files.read_json(os.path.join(job_dir, files.JOB)) or {}).get("name")
+    status = (files.read_json(os.path.join(job_dir, files.RESULT)) or {}).get("status", "not finished")
+    return f'the job "{name}" ({status})' if name else f"a job ({status})"
 
 
 def prepare(

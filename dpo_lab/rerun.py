@@ -17,20 +17,21 @@ from omegaconf import OmegaConf
 from dpo_lab.config import Config
 from dpo_lab.console import setup_logging
 from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
-from dpo_lab.files import read_json
+from dpo_lab.files import CONFIG, read_json
 from dpo_lab.job import TRAIN
-from dpo_lab.jobdir import load_config, prepare
+from dpo_lab.jobdir import check_free, completed_result, load_config, prepare
 from dpo_lab.launch import launch
 
 log = logging.getLogger(__name__)
 
 
-def _from_wandb(ref: str, out: Optional[str]) -> str:
-    """Write a job-like config.yaml from an online run's logged config; return its directory."""
+def _from_wandb(ref: str) -> str:
+    """Write a job-like config.yaml from an online run's logged config; return its directory, which stands for the
+    original job (the rerun goes to its reruns/<time>/ or --out, as from any job dir)."""
     import wandb
 
     run = wandb.Api().run(ref)
-    job_dir = out or os.path.join("outputs", "from-wandb", run.id)
+    job_dir = os.path.join("outputs", "from-wandb", run.id)
     write_logged_config(dict(run.config), job_dir)
     return job_dir
 
@@ -101,7 +102,7 @@ def new_rerun_dir(job_dir: str) -> str:
 def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     try:
         if job_dir.startswith("wandb:"):
-            job_dir = _from_wandb(job_dir[len("wandb:") :], out)
+            job_dir = _from_wandb(job_dir[len("wandb:") :])
         path = os.path.join(job_dir, "config.yaml")
         if not os.path.isfile(path):
             raise UserError(
@@ -109,10 +110,15 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
                 "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/)."
             )
         cfg = load_config(path, overrides)
+        done = _check_out(out, cfg) if out else None
         out = out or new_rerun_dir(job_dir)
     except UserError as e:
         log.error("%s", e)
         return EXIT_USER_ERROR
+    if done:
+        log.info("%s already holds this rerun, completed; not running it again.", out)
+        _compare(read_json(os.path.join(job_dir, "result.json")) or {}, done)
+        return EXIT_OK
     meta = read_json(os.path.join(job_dir, "job.json")) or {
         "name": "rerun",
         "group": None,
@@ -132,6 +138,28 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     result = launch(out, TRAIN, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
     return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+
+
+def _check_out(out: str, cfg) -> Optional[Dict[str, Any]]:
+    """`--out DIR` may be new, empty, or hold this very rerun (same resolved config: it then resumes, or is done, as
+    a relaunch is); anything else in it is someone's results, so UserError, and nothing in DIR changes. Returns the
+    saved result when DIR already completed this rerun."""
+    fix = "Give the rerun another --out DIR, or leave --out out (the rerun then goes to JOB_DIR/reruns/<time>/)."
+    if not os.path.lexists(out):
+        return None
+    if not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a directory. {fix}")
+    if os.path.isfile(os.path.join(out, CONFIG)):
+        check_free(out)  # a process training there: its files are not ours to rewrite
+        return completed_result(cfg, out, fix)
+    found = sorted(os.listdir(out))
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise UserError(
+            f"--out {out} is not empty ({shown}) and holds no dpo-lab job, so the rerun would mix its files with "
+            f"these; nothing in it was changed. {fix}"
+        )
+    return None
 
 
 def rerun_name(name: str, overrides: List[str]) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 from dpo_lab import files, quality
 from dpo_lab.quality import frontier, rounded_pm
 from dpo_lab.samples.metrics import means_by_step
+from dpo_lab.errors import UserError
 from dpo_lab.sweeps import plots
 
 # Per-run numbers the report and summary.csv show, after the objective (quality.py): (result key, column title).
@@ -100,8 +101,31 @@ SHORT = {
 }
 
 
+def check_sweep_dir(sweep_dir: str) -> None:
+    """UserError unless `sweep_dir` is a sweep's directory (sweep.json, or job dirs in it): a mistyped path must not
+    become an empty report."""
+    if not os.path.isdir(sweep_dir):
+        what = "is a file, not a directory" if os.path.lexists(sweep_dir) else "does not exist"
+        raise UserError(
+            f"{sweep_dir} {what}, so there is no sweep to report on. Give the sweep's directory (the "
+            "hydra.sweep.dir it ran in, e.g. multirun/<name>/<time>), as the sweep's last lines print it."
+        )
+    if os.path.isfile(os.path.join(sweep_dir, "sweep.json")) or glob.glob(os.path.join(sweep_dir, "*", files.JOB)):
+        return
+    parent = (
+        f" It is one job's directory; its sweep is {os.path.dirname(os.path.abspath(sweep_dir))}."
+        if os.path.isfile(os.path.join(sweep_dir, files.JOB))
+        else ""
+    )
+    raise UserError(
+        f"{sweep_dir} is not a sweep directory: it has no sweep.json and no job directories (<n>/job.json).{parent} "
+        "Give the directory a sweep ran in (hydra.sweep.dir, e.g. multirun/<name>/<time>)."
+    )
+
+
 def collect(sweep_dir: str) -> List[Dict[str, Any]]:
-    """One row per job dir (numbered subdirs of the sweep), in job order, with its swept values."""
+    """One row per job dir (numbered subdirs of the sweep), in job order, with its swept values. A job whose job.json
+    or result.json is there but cannot be read is `damaged`, its `error` saying which file and why."""
     sweep = files.read_json(os.path.join(sweep_dir, "sweep.json")) or {}
     swept = sweep.get("swept_keys", [])
     rows = []
@@ -112,6 +136,13 @@ def collect(sweep_dir: str) -> List[Dict[str, Any]]:
         values = dict(o.lstrip("+").split("=", 1) for o in meta.get("overrides", []) if "=" in o)
         row = {"job": os.path.basename(job_dir), "name": meta.get("name"), **{k: values.get(k) for k in swept}}
         row.update(result)
+        damage = [
+            f"{name} cannot be read ({why})"
+            for name in (files.JOB, files.RESULT)
+            if (why := files.unreadable(os.path.join(job_dir, name)))
+        ]
+        if damage:
+            row.update(status="damaged", error="damaged: " + "; ".join(damage))
         row["sample_history"] = _sample_history(job_dir)
         rows.append(row)
     return sorted(rows, key=lambda r: (len(r["job"]), r["job"]))
@@ -249,7 +280,13 @@ def console_summary(rows: List[Dict[str, Any]], swept: List[str], objective: str
         lines += ["", "Configurations (seeds aggregated):", _narrow_table(ranked, first, head + [("jobs", "jobs")])]
     best, front = verdict(ranked, objective), frontier(rows)
     lines += [textwrap.fill(best, CONSOLE_WIDTH)] if best else []
-    return "\n".join(lines + ([textwrap.fill(frontier_verdict(front), CONSOLE_WIDTH)] if front else []))
+    lines += [textwrap.fill(frontier_verdict(front), CONSOLE_WIDTH)] if front else []
+    return "\n".join(lines + [f"Could not read: {line}" for line in damaged(rows)])
+
+
+def damaged(rows: List[Dict[str, Any]]) -> List[str]:
+    """`job 3: result.json cannot be read (empty)` for each damaged job: its results are in no table."""
+    return [f"job {r['job']}: {r['error'].removeprefix('damaged: ')}" for r in rows if r.get("status") == "damaged"]
 
 
 def _narrow_table(rows: List[Dict[str, Any]], columns: List[tuple], optional: List[tuple]) -> str:
@@ -359,6 +396,7 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None, timeout: float =
     snapshot than an earlier one, and the sweep's last write, made after every job ended, is the complete one."""
     from filelock import FileLock
 
+    check_sweep_dir(sweep_dir)  # before the lock file, which would make a mistyped path's directories
     with FileLock(os.path.join(sweep_dir, REPORT_LOCK), timeout=timeout):
         return _write_report(sweep_dir, out_dir)
 
@@ -431,6 +469,8 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
             + [f"- job {r['job']} `{r.get('name')}`: {str(r.get('error', '')).splitlines()[0]}" for r in failures]
             + [""]
         )
+    if damaged(rows):
+        lines += ["## Damaged job files", "", *(f"- {line}" for line in damaged(rows)), ""]
     lines += [f"![{name}]({name})" for name, made in figures.items() if made]
     with files.atomic_write(os.path.join(out_dir, "report.md"), encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

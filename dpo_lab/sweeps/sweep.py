@@ -1,5 +1,6 @@
 """Sweep-level bookkeeping: preflight, which keys a sweep varies (names its runs), and the report as it runs."""
 
+import hashlib
 import logging
 import os
 import sys
@@ -20,8 +21,11 @@ JOB_REPORT_TIMEOUT_S = 120
 
 
 def sweep_name(name: str, sweep_dir: str) -> str:
-    """`loss_beta_grid-2026-11-24_10-00-00`: the wandb group and the results/ folder of a sweep."""
-    return f"{name}-{os.path.basename(os.path.normpath(sweep_dir))}"
+    """`loss_beta_grid-2026-11-24_10-00-00-1a2b3c`: the wandb group and the results/ folder of a sweep. The hash of the
+    sweep dir's full path keeps two sweep dirs with one basename (`a/sweep`, `b/sweep`) from sharing a report and a
+    group, and gives a relaunch into the same dir the same name."""
+    path = os.path.realpath(sweep_dir)
+    return f"{name}-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
 
 
 def swept_keys(sweep_dir: str) -> List[str]:

@@ -161,11 +161,12 @@ def test_a_report_that_cannot_be_written_still_gives_the_table_and_the_exit_stat
 
 @pytest.mark.slow
 def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp_path):
+    from dpo_lab.sweeps.sweep import sweep_name
+
     sweep, results = tmp_path / "sweep", tmp_path / "results"
     results.mkdir()
-    (results / "dpo-sweep").write_text(
-        ""
-    )  # where the report goes: taken by a file, after preflight checked results_dir
+    report = results / sweep_name("dpo", str(sweep))
+    report.write_text("")  # where the report goes: taken by a file, after preflight checked results_dir
     proc = run_py(
         "-m",
         TINY,
@@ -178,7 +179,7 @@ def test_a_sweep_whose_results_dir_refuses_the_report_exits_1_with_the_table(tmp
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout
     assert f"1/2 jobs completed (report: {sweep / 'report'}/report.md)" in proc.stdout
-    assert proc.stdout.count(f"Could not write the sweep report to {results / 'dpo-sweep'}") == 1
+    assert proc.stdout.count(f"Could not write the sweep report to {report}") == 1
     assert (sweep / "report" / "report.md").is_file() and (sweep / "summary.csv").is_file()
 
 
