@@ -147,6 +147,17 @@ class MethodConfig:
     undesirable_weight: Optional[float] = None
 
 
+TOY_LIMITS = {
+    "n_train": 100_000,
+    "n_eval": 10_000,
+    "vocab_size": 32_768,
+    "hidden_size": 2048,
+    "num_layers": 32,
+    "num_heads": 64,
+    "intermediate_size": 8192,
+}
+
+
 @dataclass
 class ToyConfig:
     """The offline default: generated preference data plus a tiny Llama whose tokenizer is trained on it."""
@@ -165,6 +176,10 @@ class ToyConfig:
     def problems(t) -> List[str]:
         return failed(
             *positive("toy", t, "n_train", "n_eval", "hidden_size", "num_layers", "num_heads", "intermediate_size"),
+            *(  # the toy task is built in seconds on a laptop, at preflight too: bounds keep it that
+                (t[k] <= most, f"toy.{k}={t[k]} must be <= {most}: the toy task is small by design.")
+                for k, most in TOY_LIMITS.items()
+            ),
             (t.vocab_size >= 256, f"toy.vocab_size={t.vocab_size} must be >= 256 (the tokenizer's byte alphabet)."),
             (0 <= t.zh_fraction <= 1, f"toy.zh_fraction={t.zh_fraction} must lie in [0, 1]."),
             (

@@ -148,10 +148,11 @@ def explain(error: Exception, overrides: List[str] = ()) -> str:
     return text.replace(" See https://hydra.cc", ". See https://hydra.cc")  # the override grammar's parse errors
 
 
-def check_command_line(argv: List[str]) -> None:
+def check_command_line(argv: List[str]) -> Optional[DictConfig]:
     """UserError if the command line's overrides do not compose into a config (an unknown key or group option, a
-    value of the wrong type, a list of values without -m), said before Hydra makes any directory. A sweep's values
-    are composed job by job at preflight."""
+    value of the wrong type, a list of values without -m), said before Hydra makes any directory; else the config
+    its single-valued overrides compose (None for Hydra's own commands). A sweep's values are composed job by job at
+    preflight."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser  # the parser @hydra.main itself uses
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -167,7 +168,7 @@ def check_command_line(argv: List[str]) -> None:
         or args.config_name
         or args.experimental_rerun
     ):
-        return  # Hydra's own commands, or a config other than ours
+        return None  # Hydra's own commands, or a config other than ours
     try:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except Exception as e:  # hydra.errors.OverrideParseException: the override's syntax
@@ -182,7 +183,7 @@ def check_command_line(argv: List[str]) -> None:
     conf = str(Path(__file__).resolve().parents[2] / "conf")  # the repo's conf/, beside the dpo_lab package
     try:
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            compose(config_name="config", overrides=plain, return_hydra_config=True)
+            return compose(config_name="config", overrides=plain, return_hydra_config=True)
     except Exception as e:
         raise UserError(explain(e, plain)) from None
 
