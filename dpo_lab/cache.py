@@ -4,6 +4,9 @@ An artifact is a directory whose DONE file holds the parameters it was built fro
 its place and renamed into place, so it is either absent or complete; in the cache (`$DPO_LAB_CACHE`, default
 ~/.cache/dpo-lab) it is named `<kind>-<hash of its parameters>` and built under a file lock, so the jobs of a sweep
 that all need it build it once.
+
+A finished artifact is used without a lock, so a cache mounted read-only serves what it holds. Its directory's mtime
+records its last use; `entries` and `prune` (python -m dpo_lab cache) list the cache and trim it by age or size.
 """
 
 import hashlib
@@ -132,16 +135,20 @@ def touch(out_dir: Path) -> None:
 def writable(directory: Union[str, Path, None] = None) -> bool:
     """Whether new artifacts can be made in `directory` (default: the cache): its nearest existing ancestor is a
     directory that takes new files (False on a read-only file system, also for root)."""
-    d = Path(directory or root()).absolute()
-    while not d.exists() and d != d.parent:
-        d = d.parent
+    d = _nearest(Path(directory or root()))
     return d.is_dir() and os.access(d, os.W_OK)
 
 
-def _why_not_writable(directory: Path) -> str:
+def _nearest(directory: Path) -> Path:
+    """`directory`, or its nearest ancestor that exists."""
     d = directory.absolute()
     while not d.exists() and d != d.parent:
         d = d.parent
+    return d
+
+
+def _why_not_writable(directory: Path) -> str:
+    d = _nearest(directory)
     if not d.is_dir():
         return f"{d} is a file"
     if os.statvfs(d).f_flag & os.ST_RDONLY:

@@ -17,6 +17,8 @@ computed is exactly what TRL computes.
 
 One process waits under a file lock while another builds an artifact; under torchrun / accelerate launch the ranks
 follow rank 0's view of the cache (a computation takes every rank), rank 0 writes it, and every rank reads it back.
+In a cache the job cannot write (a shared read-only one), a hit is read as usual and a miss is computed in the job,
+unshared, with one warning line.
 """
 
 import contextlib
