@@ -5,12 +5,13 @@ python -m dpo_lab rerun wandb:ENTITY/PROJECT/RUN_ID [...]      rerun from an onl
 python -m dpo_lab execute JOB_DIR                              run a prepared job dir (used by sweeps)
 python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
 python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
+python -m dpo_lab cache list | prune [--older-than DAYS] [--max-size SIZE] [--dry-run]   $DPO_LAB_CACHE's entries
 """
 
 import argparse
 import sys
 
-from dpo_lab import console
+from dpo_lab import cache, console
 from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
 
 
@@ -36,8 +37,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="(re)write a sweep's summary.csv, report.md and plots, also for partial sweeps")
     p.add_argument("sweep_dir")
     p.add_argument("--out", help="where to write (default: results/<sweep name>/ as recorded by the sweep)")
+    cache.add_arguments(sub.add_parser("cache", help="list $DPO_LAB_CACHE's entries, or prune old and unused ones"))
     args = parser.parse_args(argv)
 
+    if args.command == "cache":
+        return cache.main(args)
     if args.command == "execute":
         from dpo_lab.job import TRAIN, execute
 

@@ -4,19 +4,26 @@ An artifact is a directory whose DONE file holds the parameters it was built fro
 its place and renamed into place, so it is either absent or complete; in the cache (`$DPO_LAB_CACHE`, default
 ~/.cache/dpo-lab) it is named `<kind>-<hash of its parameters>` and built under a file lock, so the jobs of a sweep
 that all need it build it once.
+
+A finished artifact is used without a lock, so a cache mounted read-only serves what it holds. Its directory's mtime
+records its last use; `entries` and `prune` (python -m dpo_lab cache) list the cache and trim it by age or size.
 """
 
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from dpo_lab.errors import EXIT_OK, EXIT_USER_ERROR, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ def done_params(out_dir: Path) -> Optional[Params]:
     """The parameters `out_dir` was built from, or None if it holds no finished artifact."""
     try:
         return json.loads((out_dir / "DONE").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError):  # absent, unreadable, or a path through a file
         return None
 
 
@@ -84,11 +91,18 @@ def path(kind: str, params: Params, cache_dir: Union[str, Path, None] = None) ->
 
 
 def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: Union[str, Path, None] = None) -> Path:
-    """The cached artifact `<cache>/<kind>-<hash>` for `params`, built with `write` at most once."""
+    """The cached artifact `<cache>/<kind>-<hash>` for `params`, built with `write` at most once. A finished one is
+    returned at once, without a lock or a directory made, so a shared read-only cache serves every artifact it holds;
+    one missing from a cache that cannot be written is a UserError."""
     from filelock import FileLock, Timeout
 
     global _said
     out_dir = path(kind, params, cache_dir)
+    if done_params(out_dir) == params:
+        touch(out_dir)
+        return out_dir
+    if not writable(out_dir.parent):
+        raise missing_error([(out_dir, _what(out_dir, f"the {kind} artifact"))])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(f"{out_dir}.lock")  # a second process waits, then finds DONE and returns
     try:
@@ -107,6 +121,54 @@ def ensure(kind: str, params: Params, write: Callable[[Path], None], cache_dir: 
     finally:
         lock.release()
     return out_dir
+
+
+def touch(out_dir: Path) -> None:
+    """Record a use of the artifact: its directory's mtime is its last use (DONE's stays its build time). A cache
+    this process cannot write keeps its old time."""
+    try:
+        os.utime(out_dir)
+    except OSError:
+        pass
+
+
+def writable(directory: Union[str, Path, None] = None) -> bool:
+    """Whether new artifacts can be made in `directory` (default: the cache): its nearest existing ancestor is a
+    directory that takes new files (False on a read-only file system, also for root)."""
+    d = _nearest(Path(directory or root()))
+    return d.is_dir() and os.access(d, os.W_OK)
+
+
+def _nearest(directory: Path) -> Path:
+    """`directory`, or its nearest ancestor that exists."""
+    d = directory.absolute()
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return d
+
+
+def _why_not_writable(directory: Path) -> str:
+    d = _nearest(directory)
+    if not d.is_dir():
+        return f"{d} is a file"
+    if os.statvfs(d).f_flag & os.ST_RDONLY:
+        return f"{d} is on a read-only file system"
+    return f"{d} refuses new files (no write permission)"
+
+
+def missing_error(missing: List[Tuple[Path, str]], command: str = "") -> UserError:
+    """The UserError for artifacts (dir, what it is) a run needs that a cache it cannot write does not hold: where,
+    what, and the two fixes. `command`: the run's own command line with max_steps=1, when the caller knows it."""
+    cache_dir = missing[0][0].parent
+    names = [f"{what} ({out_dir.name})" for out_dir, what in missing]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    command = command or "python run.py <this run's overrides> max_steps=1"
+    return UserError(
+        f"DPO_LAB_CACHE={cache_dir} cannot be written ({_why_not_writable(cache_dir)}) and does not hold "
+        f"{listed}, which this run needs. Point DPO_LAB_CACHE at a directory you can write to, or build "
+        f"{'it' if len(names) == 1 else 'them'} once where the cache is writable: DPO_LAB_CACHE={cache_dir} {command} "
+        "(docs/toy-task.md lists what a first run builds)."
+    )
 
 
 # A first run builds the toy model, its warm-up and the toy reward model: minutes of silence unless it says so. A run
@@ -184,3 +246,182 @@ def training_args(out_dir: Path, steps: int, lr: float, batch_size: int, seed: i
         **checkpointing_arg(False),  # TRL's default is on: pure overhead for a model this small (~25x slower on CPU)
         disable_tqdm=False,  # a progress bar: these are the longest waits of a first run
     )
+
+
+# Listing and pruning the cache (python -m dpo_lab cache). An entry is `<kind>-<12 hex>` holding DONE; a
+# `.<entry>.tmp-*` dir is a build in progress while the entry's lock is held, else one a killed build left.
+ENTRY = re.compile(r"^(?P<kind>.+)-(?P<hash>[0-9a-f]{12})$")
+ORPHAN = re.compile(r"^\.(?P<entry>.+-[0-9a-f]{12})\.tmp-")
+
+
+@dataclass
+class Entry:
+    path: Path
+    kind: str  # the artifact's kind, or "orphan" (a killed build's temp dir) or "lock" (a lock with no artifact)
+    lock: Path  # the lock its builds hold
+    size: int  # bytes
+    built: float  # seconds since the epoch
+    last_used: float
+    params: Optional[Params] = None
+    building: bool = False  # its lock is held by a live process: a build in progress, or a job waiting on one
+
+
+def held(lock_file: Path) -> bool:
+    """Whether a live process holds `lock_file` (a killed one's lock goes with its process). Never creates it; False
+    where it cannot be opened for locking (a read-only cache, where nothing builds)."""
+    from filelock import FileLock, Timeout
+
+    if not lock_file.exists():
+        return False
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def entries(cache_dir: Union[str, Path, None] = None) -> List[Entry]:
+    """The cache's artifacts, killed builds' temp dirs and locks without an artifact, least recently used first.
+    What is not dpo-lab's (any other name) is left out."""
+    base = root(cache_dir)
+    names = set(os.listdir(base)) if base.is_dir() else set()
+    out = []
+    for name in sorted(names):
+        p, entry, orphan = base / name, ENTRY.match(name), ORPHAN.match(name)
+        if p.is_symlink():
+            continue
+        if p.is_dir() and entry and (params := done_params(p)) is not None:
+            built, lock = (p / "DONE").stat().st_mtime, base / f"{name}.lock"
+            last = max(built, p.stat().st_mtime)
+            out.append(Entry(p, entry["kind"], lock, _size(p), built, last, params, held(lock)))
+        elif p.is_dir() and orphan:
+            lock, mtime = base / f"{orphan['entry']}.lock", p.stat().st_mtime
+            out.append(Entry(p, "orphan", lock, _size(p), mtime, mtime, building=held(lock)))
+        elif name.endswith(".lock") and ENTRY.match(name[:-5]) and name[:-5] not in names:
+            mtime = p.stat().st_mtime
+            out.append(Entry(p, "lock", p, 0, mtime, mtime, building=held(p)))
+    return sorted(out, key=lambda e: e.last_used)
+
+
+def _size(directory: Path) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, names in os.walk(directory) for f in names)
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '20G', '1.5 GB', '0' -> bytes (1 kB = 1024 bytes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UserError(
+            f"--max-size {text}: not a size. Give a number with a unit, e.g. --max-size 500MB or --max-size 20GB."
+        )
+    return int(float(m[1]) * 1024 ** ("kmgt".index(m[2].lower()) + 1 if m[2] else 0))
+
+
+def prune(
+    cache_dir: Union[str, Path, None] = None,
+    older_than_days: Optional[float] = None,
+    max_size: Optional[int] = None,
+    dry_run: bool = False,
+) -> List[Entry]:
+    """Remove killed builds' temp dirs, locks without an artifact, artifacts unused for `older_than_days`, then the
+    least recently used until the rest fit in `max_size` bytes; never one whose lock a live process holds. Returns
+    what was removed (with `dry_run`, what would be)."""
+    from filelock import FileLock, Timeout
+
+    base = root(cache_dir)
+    if older_than_days is not None and older_than_days < 0:
+        raise UserError(f"--older-than {older_than_days:g}: a number of days, 0 or more (e.g. --older-than 30).")
+    if not dry_run and base.is_dir() and not writable(base):
+        raise UserError(
+            f"DPO_LAB_CACHE={base} cannot be pruned: {_why_not_writable(base)}. Prune it where it can be written "
+            "(as its owner), or add --dry-run to see what a prune would remove."
+        )
+    found = [e for e in entries(base) if not e.building]
+    gone = [e for e in found if e.kind in ("orphan", "lock")]
+    artifacts = [e for e in found if e.kind not in ("orphan", "lock")]
+    if older_than_days is not None:
+        gone += [e for e in artifacts if e.last_used < time.time() - older_than_days * 86400]
+    total = sum(e.size for e in artifacts if e not in gone)
+    for e in artifacts:  # least recently used first
+        if max_size is None or total <= max_size:
+            break
+        if e not in gone:
+            gone.append(e)
+            total -= e.size
+    if dry_run:
+        return gone
+    removed = []
+    for e in gone:
+        lock = FileLock(str(e.lock), timeout=0)
+        try:
+            lock.acquire()  # a build that started since entries() keeps its artifact
+        except Timeout:
+            continue
+        try:
+            if e.kind != "lock":  # out of its place first, so no job finds half of it; a killed prune leaves an orphan
+                trash = (
+                    e.path if e.kind == "orphan" else Path(tempfile.mkdtemp(prefix=f".{e.path.name}.tmp-", dir=base))
+                )
+                os.replace(e.path, trash)
+                shutil.rmtree(trash)
+            e.lock.unlink(missing_ok=True)
+        finally:
+            lock.release()
+        removed.append(e)
+    return removed
+
+
+def human_size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
+def _row(e: Entry) -> str:
+    when = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # noqa: E731
+    name = e.path.name.rsplit("-", 1)[-1] if e.params is not None else e.path.name
+    state = "building" if e.building else {"orphan": "killed build", "lock": "stale lock"}.get(e.kind, "")
+    short = lambda v: isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 16 and "/" not in v)  # noqa: E731 (not hashes or paths)
+    params = ", ".join(f"{k}={v}" for k, v in (e.params or {}).items() if short(v))
+    params = params if len(params) <= 60 else params[:59] + "…"
+    times = f"{when(e.built)}  {when(e.last_used)}"
+    return f"{e.kind:<10} {name:<26} {human_size(e.size):>9}  {times}  {state:<12} {params}".rstrip()
+
+
+def add_arguments(parser) -> None:
+    """The `python -m dpo_lab cache` command line."""
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every entry: kind, hash, size, built, last used, params; with totals")
+    p = actions.add_parser("prune", help="remove killed builds' temp dirs, stale locks, and old or surplus entries")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
+    p.add_argument("--max-size", metavar="SIZE", help="then the least recently used until the cache fits, e.g. 20GB")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+
+
+def main(args) -> int:
+    """`python -m dpo_lab cache list | prune ...`: prints, returns the exit status."""
+    base = root()
+    try:
+        if args.action == "list":
+            found = entries(base)
+            header = f"{'kind':<10} {'hash':<26} {'size':>9}  {'built':<16}  {'last used':<16}  {'state':<12} params"
+            print("\n".join([f"DPO_LAB_CACHE={base}", header, *map(_row, found)]))
+            artifacts = [e for e in found if e.kind not in ("orphan", "lock")]
+            print(
+                f"{len(artifacts)} entries, {human_size(sum(e.size for e in found))} in all; temp dirs of killed "
+                f"builds: {sum(e.kind == 'orphan' and not e.building for e in found)}, stale locks: "
+                f"{sum(e.kind == 'lock' and not e.building for e in found)}, builds in progress: "
+                f"{sum(e.building for e in found)}."
+            )
+            return EXIT_OK
+        max_size = parse_size(args.max_size) if args.max_size is not None else None
+        gone = prune(base, args.older_than, max_size, args.dry_run)
+        print("\n".join([*map(_row, gone)]) or "Nothing to remove.")
+        verb = "Would remove" if args.dry_run else "Removed"
+        print(f"{verb} {len(gone)} entries ({human_size(sum(e.size for e in gone))}) from DPO_LAB_CACHE={base}.")
+        return EXIT_OK
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -17,6 +17,8 @@ computed is exactly what TRL computes.
 
 One process waits under a file lock while another builds an artifact; under torchrun / accelerate launch the ranks
 follow rank 0's view of the cache (a computation takes every rank), rank 0 writes it, and every rank reads it back.
+In a cache the job cannot write (a shared read-only one), a hit is read as usual and a miss is computed in the job,
+unshared, with one warning line.
 """
 
 import contextlib
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 LOGP_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+_said_unshared = False  # an unwritable cache is said once per process, not once per split and kind
 
 
 def _hash_table(dataset, columns=None) -> str:
@@ -81,21 +84,39 @@ def _shared(acc, kind: str, params: Dict[str, Any], compute: Callable[[], Any]) 
     from datasets import load_from_disk
     from filelock import FileLock
 
+    global _said_unshared
     out = cache.path(kind, params)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # One process: wait for a concurrent job building the same artifact. Several ranks: a computation is collective,
-    # so they cannot queue on a lock one by one; they follow rank 0 instead.
-    with FileLock(f"{out}.lock") if acc.num_processes == 1 else contextlib.nullcontext():
-        hit = [cache.done_params(out) == params]
-        broadcast_object_list(hit)
-        if not hit[0]:
-            data = compute()
-            if acc.is_main_process:
-                cache.build(out, params, lambda tmp: data.save_to_disk(str(tmp / "data")))
-            acc.wait_for_everyone()
+    # The ranks follow rank 0's view of the cache. A hit takes no lock, so a shared read-only cache serves it.
+    hit, can_write = [cache.done_params(out) == params], [cache.writable(out.parent)]
+    broadcast_object_list(hit)
+    broadcast_object_list(can_write)
+    if hit[0]:
+        cache.touch(out)
+    elif not can_write[0]:
+        if not _said_unshared:
+            _said_unshared = True
+            log.warning(
+                "DPO_LAB_CACHE=%s cannot be written: this job computes its tokenized data and reference log-probs "
+                "itself, without sharing them with later jobs.",
+                out.parent,
+            )
+        return compute(), "computed"
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Rank 0 holds the lock: another job building the same artifact is waited for, and a prune leaves this build
+        # alone. The other ranks cannot queue on it one by one (a computation is collective): they follow rank 0.
+        with FileLock(f"{out}.lock") if acc.is_main_process else contextlib.nullcontext():
+            hit = [cache.done_params(out) == params]
+            broadcast_object_list(hit)
+            if not hit[0]:
+                data = compute()
+                if acc.is_main_process:
+                    cache.build(out, params, lambda tmp: data.save_to_disk(str(tmp / "data")))
+                acc.wait_for_everyone()
     # Every rank reads the artifact, computed or not: a computed dataset's files sit in its own process's temp dir,
     # and TRL's reference log-probs cache (written by rank 0 beside the dataset's files) must be one all ranks open.
-    return load_from_disk(str(out / "data")), "reused" if hit[0] else "computed"
+    # In a cache this job cannot write, datasets' own cache files (a map or flatten of the loaded rows) go to memory.
+    return load_from_disk(str(out / "data"), keep_in_memory=not can_write[0]), "reused" if hit[0] else "computed"
 
 
 def tokenized(dataset, tokenizer, args, name: str, compute: Callable[[], Any]):
@@ -143,12 +164,13 @@ def reference_logps(trainer, dataset, name: str, compute: Callable[[Any], Any]):
         trainer.args.distributed_state, "ref-logps", params, lambda: compute(keyed).select_columns(list(LOGP_COLUMNS))
     )
     trainer.reference_logps[name] = how
+    out = cache.path("ref-logps", params)
     log.info(
         "Reference log-probs of the %s data (%d pairs): %s (%s).",
         name,
         len(columns),
         how,
-        cache.path("ref-logps", params),
+        out if out.exists() else "not shared: the cache cannot be written",
     )
     return concatenate_datasets(
         [dataset.select_columns([c for c in dataset.column_names if c not in LOGP_COLUMNS]), columns], axis=1

@@ -53,6 +53,7 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
     from dpo_lab.validate import validate
 
     validate(cfg)
+    check_cache(cfg)
     trainer_args.preflight(cfg)
     if cfg.model.source == "hf":
         check_model_path(cfg.model.path)
@@ -113,6 +114,25 @@ def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
             seen[key] = UserError(str(e))
     if seen[key] is not None:
         raise seen[key]
+
+
+def check_cache(cfg: DictConfig) -> None:
+    """UserError if the cache cannot be written and lacks an artifact the job builds on first use (a shared,
+    pre-built cache on a read-only file system): said before the job starts, with the command that builds them."""
+    import shlex
+
+    from dpo_lab import cache
+
+    if cache.writable():
+        return
+    from dpo_lab.train import first_use  # the one list of what a job builds into the cache
+
+    missing = [(d, what) for d, what, _ in first_use(cfg, "cpu") if cache.done_params(d) is None]
+    if missing:
+        task = list(cfg.hydra.overrides.task) if "hydra" in cfg else []
+        kept = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in ("max_steps", "preflight_only")]
+        command = " ".join(["python run.py", *map(shlex.quote, [o for o in kept if not o.startswith("hydra.")])])
+        raise cache.missing_error(missing, f"{command} max_steps=1" if "hydra" in cfg else "")
 
 
 def explain(error: Exception, overrides: List[str] = ()) -> str:
