@@ -108,14 +108,16 @@ ONLY_UNDER = {
 
 
 def _check_ignored(cfg: DictConfig) -> None:
-    """A key typed on the command line (hydra.overrides.task: preflight's configs have it, a saved job's not) that
-    its group option would ignore."""
+    """A key typed on the command line (hydra.overrides.task: preflight's configs have it, a saved job's not) with a
+    value other than its default, that its group option would ignore."""
+    defaults = OmegaConf.structured(Config)
     for override in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or ():
         key = str(override).split("=", 1)[0].lstrip("+~")
         for prefix, (option, used) in ONLY_UNDER.items():
             if (key == prefix or key.startswith(prefix + ".")) and not used(cfg):
+                given, default = OmegaConf.select(cfg, key), OmegaConf.select(defaults, key)
                 _check(
-                    False,
+                    given == default,
                     f"{override} changes nothing without {option}, so the run would train on something else than "
                     f"you meant: add {option} to the command line (or drop {key}).",
                 )
