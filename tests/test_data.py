@@ -205,6 +205,51 @@ def test_encodings(tmp_path, encoding, message):
             read_rows(str(path))
 
 
+@pytest.mark.parametrize("name", ["d.jsonl.gz", "d.json.bz2", "d.jsonl.xz", "d.csv.gz", "gzip-named.json"])
+def test_compressed_files_are_read_by_their_magic_bytes(tmp_path, name):
+    import bz2
+    import gzip
+    import lzma
+
+    text = pd.DataFrame(ROWS).to_csv(index=False) if ".csv" in name else "\n".join(json.dumps(r) for r in ROWS)
+    compress = {"bz2": bz2.compress, "xz": lzma.compress}.get(name.rsplit(".", 1)[-1], gzip.compress)
+    (tmp_path / name).write_bytes(compress(text.encode()))
+    assert read_rows(str(tmp_path / name)) == ROWS
+
+
+def test_binary_formats_under_another_extension_are_read_or_named_never_called_latin_1(tmp_path):
+    import gzip
+    import tarfile
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(ROWS)
+    pq.write_table(table, tmp_path / "parquet.json")
+    with pa.ipc.new_stream(tmp_path / "stream.arrow", table.schema) as w:  # how `datasets` saves .arrow files
+        w.write_table(table)
+    assert read_rows(str(tmp_path / "parquet.json")) == ROWS and read_rows(str(tmp_path / "stream.arrow")) == ROWS
+
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
+    with zipfile.ZipFile(tmp_path / "zip.json", "w") as z:
+        z.write(tmp_path / "d.jsonl", "d.jsonl")
+    with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "d.jsonl", "d.jsonl")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress((tmp_path / "d.jsonl").read_bytes())[:30])
+    (tmp_path / "weights.json").write_bytes(bytes(range(256)) * 4)
+    for name, message in [
+        ("zip.json", "is a zip archive: unzip it (unzip {path}) and point data.train_file"),
+        ("d.tar.gz", "is a tar archive: extract it (tar xf {path})"),
+        ("cut.jsonl.gz", "is gzip-compressed but cannot be decompressed (Compressed file ended"),
+        ("weights.json", "is a binary file, not text"),
+    ]:
+        path = str(tmp_path / name)
+        with pytest.raises(UserError) as err:
+            read_rows(path)
+        assert message.format(path=path) in str(err.value) and "Latin-1" not in str(err.value)
+
+
 @pytest.mark.e2e
 def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp_path):
     from helpers import compose_cfg
