@@ -373,6 +373,24 @@ def test_preflight_runs_the_data_path_with_the_jobs_tokenizer_once_per_sweep(tmp
 
 
 @pytest.mark.e2e
+def test_preflight_reads_a_hub_dataset_as_the_run_would(tmp_path):
+    from helpers import compose_cfg
+
+    from dpo_lab.sweeps.preflight import check_job
+
+    with pytest.raises(UserError, match="Cannot load hub dataset 'no-such/dataset': .*OfflineModeIsEnabled"):
+        check_job(compose_cfg([TINY, "data=hub", "data.name=no-such/dataset"]), {})  # tests run with HF_HUB_OFFLINE
+    (tmp_path / "hub").mkdir()  # a local dataset dir loads as the hub's would, offline
+    (tmp_path / "hub" / "train.json").write_text(json.dumps(ROWS))
+    cfg = compose_cfg([TINY, "data=hub", f"data.name={tmp_path / 'hub'}", "data.eval_split=validation"])
+    with pytest.raises(
+        UserError, match=r"data.eval_split=validation: hub dataset .* has no such split; it has \['train'\]"
+    ):
+        check_job(cfg, {})
+    check_job(compose_cfg([TINY, "data=hub", f"data.name={tmp_path / 'hub'}"]), {})
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, message",
     [
