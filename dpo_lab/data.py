@@ -315,8 +315,7 @@ def drop_untrainable(rows, tokenizer, max_length: int, source: str):
     lengths = [len(ids) for ids in _token_ids(tokenizer, [r["prompt"] for r in rows], source, prompts=True)]
     fits = [r for r, n in zip(rows, lengths) if n < max_length]
     dropped = {"identical": 0, "long": len(rows) - len(fits), "cut": 0}
-    # The smallest max_length that would keep one more row: past the shortest dropped prompt, or the first differing
-    # token of a cut pair.
+    # The least max_length any dropped row needs: past its prompt, or (a cut pair) to its first differing token.
     enough = [n + 1 for n in lengths if n >= max_length]
     kept = fits
     if paired and fits:
@@ -343,7 +342,7 @@ def drop_untrainable(rows, tokenizer, max_length: int, source: str):
     }
     counts = ", ".join(f"{n} {why[k]}" for k, n in dropped.items() if n)
     fix = (
-        f"Raise trainer.max_length ({min(enough)} keeps at least one of them) or shorten those rows."
+        f"Raise trainer.max_length (to at least {min(enough)} for any of them to train) or shorten those rows."
         if enough
         else "Fix the rows or remove them."
     )

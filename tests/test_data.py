@@ -199,7 +199,7 @@ def test_pairs_that_differ_only_past_max_length_are_dropped_as_trl_would_train_t
         drop_untrainable(rows[4:7], tokenizer, 64, "f.json")
     message = str(err.value)
     assert "f.json: no row is left to train on: of its 3 rows, 3 whose chosen and rejected differ only" in message
-    needed = int(message.split("Raise trainer.max_length (")[1].split(" ")[0])
+    needed = int(message.split("Raise trainer.max_length (to at least ")[1].split(" ")[0])
     assert trl_sees_one_sequence(rows[4:7], tokenizer, needed - 1) == [True] * 3
     assert False in trl_sees_one_sequence(rows[4:7], tokenizer, needed)  # the length the message names is enough
     assert len(drop_untrainable(rows[4:7], tokenizer, needed, "f.json")) >= 1
