@@ -10,7 +10,7 @@ also holds. load_preferences is the one path from data to trainer rows: the run 
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import DictConfig
 
@@ -422,22 +422,18 @@ def split_by_prompt(rows: List[Dict[str, Any]], fraction: float, seed: int, sour
     order = list(groups.values())
     random.Random(seed).shuffle(order)  # the permutation depends only on the length: singletons split as rows did
     n_eval = max(1, int(round(len(rows) * fraction)))
-    if len(rows) - n_eval < 1 or len(order) < 2:
-        few = (
-            f"only {len(rows)} usable rows"
-            if len(rows) - n_eval < 1
-            else f"{len(rows)} usable rows, all with one prompt"
-        )
+    too_few = len(rows) - n_eval < 1
+    if too_few or len(order) < 2:
+        few = f"only {len(rows)} usable rows" if too_few else f"{len(rows)} usable rows, all with one prompt"
         raise UserError(
             f"{source} has {few}: too few to hold out an eval split (it holds out whole prompts, so that eval "
             "never scores a prompt train saw). Add rows with other prompts or pass data.eval_file."
         )
-    held: List[int] = []
+    held: Set[int] = set()
     for group in order[:-1]:  # the last group stays in train whatever the fraction
         if len(held) >= n_eval:
             break
-        held.extend(group)
-    held = set(held)
+        held.update(group)
     evals = [r for i, r in enumerate(rows) if i in held]
     train = [r for i, r in enumerate(rows) if i not in held]
     shared = sum(len(g) for g in groups.values() if len(g) > 1)
