@@ -2,15 +2,15 @@
 checked, formatted with the prompt format, and split.
 
 Every problem a user can fix is raised as UserError naming the file, row and field. Rows that would
-teach nothing (chosen == rejected, or a prompt that alone fills max_length, which TRL drops silently)
-are dropped, counted and reported. load_preferences is the one path from data to trainer rows: the run
-and preflight both call it.
+teach nothing (chosen == rejected, a prompt that alone fills max_length, which TRL drops silently, or a
+pair that differs only past max_length) are dropped, counted and reported; so are eval rows that train
+also holds. load_preferences is the one path from data to trainer rows: the run and preflight both call it.
 """
 
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import DictConfig
 
@@ -84,12 +84,12 @@ def _message_key_kind(value: Any) -> str:
 
 
 def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
-    """Fail on a missing, empty or malformed field, or on rows of mixed kinds (naming row and field); drop and count
-    chosen == rejected pairs."""
+    """The rows, after failing on a missing, empty or malformed field, or on rows of mixed kinds (naming row and
+    field). Pairs that teach nothing are drop_untrainable's."""
     if not rows:
         raise UserError(f"{source} has no rows. It needs rows with prompt, chosen and rejected.")
     kinds = {False: "plain text", True: "conversational (lists of messages)"}
-    kept, identical, key_kinds, first = [], 0, {}, None
+    key_kinds, first = {}, None
     for i, row in enumerate(rows, start=1):
         for name in FIELDS:
             if name not in row:
@@ -131,17 +131,7 @@ def check_rows(rows: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
                             "in one table, so a key needs one kind throughout: make them agree or drop the "
                             "key."
                         )
-        if row["chosen"] == row["rejected"]:
-            identical += 1
-            continue
-        kept.append(row)
-    if identical:
-        log.warning(
-            "%s: dropped %d of %d rows where chosen == rejected (no preference to learn).", source, identical, len(rows)
-        )
-    if not kept:
-        raise UserError(f"{source}: every row has chosen == rejected; there is nothing to learn.")
-    return kept
+    return rows
 
 
 def is_unpaired(rows: List[Dict[str, Any]]) -> bool:
@@ -284,42 +274,98 @@ def prompt_ids(tokenizer, prompt: Any) -> List[int]:
     return tokenizer(text=prompt)["input_ids"]
 
 
-def drop_long_prompts(rows, tokenizer, max_length: int, source: str):
-    """Drop rows whose prompt alone reaches max_length: TRL would silently drop them anyway."""
+def _token_ids(tokenizer, values: List[Any], source: str, prompts: bool) -> List[List[int]]:
+    """Token ids of prompts (`prompts`) or of prompt + answer sequences, as TRL's DPOTrainer tokenizes them; text in
+    batches (one call per thousand is several times faster than one per row)."""
     from jinja2 import TemplateError
 
-    if rows and isinstance(rows[0]["prompt"], list):
-        require_chat_template(tokenizer, source)
-    kept, shortest = [], None
-    for row in rows:
+    if values and isinstance(values[0], str):
+        return [ids for i in range(0, len(values), 1000) for ids in tokenizer(text=values[i : i + 1000])["input_ids"]]
+    out = []
+    for messages in values:
         try:
-            length = len(prompt_ids(tokenizer, row["prompt"]))
+            out.append(
+                list(
+                    tokenizer.apply_chat_template(
+                        messages, add_generation_prompt=prompts, tokenize=True, return_dict=True
+                    )["input_ids"]
+                )
+            )
         except TemplateError as e:  # check_chat_template names the row; this is data.prompt_format=chat's case
             raise UserError(
-                f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the prompt "
-                f"{as_text(row['prompt'])!r:.60} ({one_line(e)}). Use another data.prompt_format, or a "
-                "model whose template accepts it."
+                f"{source}: the chat template of {tokenizer.name_or_path!r} refuses the messages "
+                f"{as_text(messages)!r:.60} ({one_line(e)}). Use another data.prompt_format, or a "
+                "model whose template accepts them."
             ) from None
-        if length < max_length:
-            kept.append(row)
-        else:
-            shortest = min(length, shortest or length)
+    return out
+
+
+def _common_prefix(a: List[int], b: List[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def drop_untrainable(rows, tokenizer, max_length: int, source: str):
+    """Drop, count and report in one line the rows that would train on nothing, judged on the tokens TRL's DPOTrainer
+    builds: chosen == rejected (as text or as tokens), a prompt that alone reaches max_length (TRL drops it silently),
+    and a pair whose answers differ only past max_length (the trainer keeps the first max_length tokens of prompt +
+    answer, so both become one sequence: margin 0). Unpaired rows (method=kto) get the prompt check alone."""
+    if isinstance(rows[0]["prompt"], list):
+        require_chat_template(tokenizer, source)
+    paired = "chosen" in rows[0]
+    lengths = [len(ids) for ids in _token_ids(tokenizer, [r["prompt"] for r in rows], source, prompts=True)]
+    fits = [r for r, n in zip(rows, lengths) if n < max_length]
+    dropped = {"identical": 0, "long": len(rows) - len(fits), "cut": 0}
+    # The least max_length any dropped row needs: past its prompt, or (a cut pair) to its first differing token.
+    enough = [n + 1 for n in lengths if n >= max_length]
+    kept = fits
+    if paired and fits:
+        # TRL appends the end-of-sequence token to plain-text answers that lack it, then tokenizes prompt + answer.
+        eos = "" if isinstance(fits[0]["prompt"], list) else tokenizer.eos_token or ""
+        sequences = [
+            _token_ids(tokenizer, [r["prompt"] + _with_eos(r[k], eos) for r in fits], source, prompts=False)
+            for k in ("chosen", "rejected")
+        ]
+        kept = []
+        for row, chosen, rejected in zip(fits, *sequences):
+            if row["chosen"] == row["rejected"] or chosen == rejected:
+                dropped["identical"] += 1
+            elif chosen[:max_length] == rejected[:max_length]:
+                dropped["cut"] += 1
+                enough.append(_common_prefix(chosen, rejected) + 1)
+            else:
+                kept.append(row)
+    why = {
+        "identical": "with chosen == rejected (as text or as tokens: no preference to learn)",
+        "long": f"whose prompt alone is >= trainer.max_length={max_length} tokens (no room left for the answer)",
+        "cut": f"whose chosen and rejected differ only after trainer.max_length={max_length} tokens (the trainer "
+        "cuts both there, into one sequence: margin 0)",
+    }
+    counts = ", ".join(f"{n} {why[k]}" for k, n in dropped.items() if n)
+    fix = (
+        f"Raise trainer.max_length (to at least {min(enough)} for any of them to train) or shorten those rows."
+        if enough
+        else "Fix the rows or remove them."
+    )
     if not kept:
-        raise UserError(
-            f"{source}: every prompt is at least trainer.max_length={max_length} tokens long (the shortest "
-            f"is {shortest}), so no pair is left to train on. Raise trainer.max_length above that, or "
-            "shorten the prompts."
-        )
+        if dropped["long"] == len(rows):  # the commonest case, said plainly
+            shortest = min(enough) - 1
+            what = f"every prompt is at least trainer.max_length={max_length} tokens long (the shortest is {shortest})"
+            raise UserError(f"{source}: {what}, so no row is left to train on. {fix}")
+        raise UserError(f"{source}: no row is left to train on: of its {len(rows)} rows, {counts}. {fix}")
     if len(kept) < len(rows):
         log.warning(
-            "%s: dropped %d of %d rows whose prompt alone is >= trainer.max_length=%d tokens (no room left "
-            "for the answer). Raise trainer.max_length or shorten those prompts.",
+            "%s: dropped %d of %d rows that would train on nothing: %s.%s",
             source,
             len(rows) - len(kept),
             len(rows),
-            max_length,
+            counts,
+            f" {fix}" if dropped["long"] or dropped["cut"] else "",
         )
     return kept
+
+
+def _with_eos(answer: Any, eos: str) -> Any:
+    return answer + eos if isinstance(answer, str) and eos and not answer.endswith(eos) else answer
 
 
 def _load_hub(cfg: DictConfig):
@@ -329,11 +375,15 @@ def _load_hub(cfg: DictConfig):
         ds = datasets.load_dataset(cfg.name, cfg.subset)
     except Exception as e:
         raise UserError(
-            f"Cannot load hub dataset {cfg.name!r}: {e}. Check the name and your internet access, "
+            f"Cannot load hub dataset {cfg.name!r}: {one_line(e)}. Check the name and your internet access, "
             "or download it and use data=json with local files."
         ) from None
-    if cfg.train_split not in ds:
-        raise UserError(f"Hub dataset {cfg.name!r} has no split {cfg.train_split!r}; it has {list(ds)}.")
+    for key in ("train_split", "eval_split"):
+        if cfg[key] and cfg[key] not in ds:
+            raise UserError(
+                f"data.{key}={cfg[key]}: hub dataset {cfg.name!r} has no such split; it has {list(ds)}. Set "
+                f"data.{key} to one of them."
+            )
     train = ds[cfg.train_split].to_list()
     evals = ds[cfg.eval_split].to_list() if cfg.eval_split else None
     return train, evals
@@ -345,10 +395,83 @@ def _usable(rows: List[Dict[str, Any]], source: str, prompt_format: str, tokeniz
     if is_unpaired(rows):
         kept = check_unpaired_rows(rows, source)
         check_chat_template(rows, tokenizer, source)
-        return drop_long_prompts(format_unpaired(kept, prompt_format), tokenizer, max_length, source)
+        return drop_untrainable(format_unpaired(kept, prompt_format), tokenizer, max_length, source)
     kept = check_rows(rows, source)
     check_chat_template(rows, tokenizer, source)
-    return drop_long_prompts(format_prompts(kept, prompt_format), tokenizer, max_length, source)
+    return drop_untrainable(format_prompts(kept, prompt_format), tokenizer, max_length, source)
+
+
+def _key(value: Any) -> str:
+    """A prompt, or a row's fields, as one comparable string (messages are lists of dicts)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _row_key(row: Dict[str, Any]) -> str:
+    return _key([row[k] for k in (FIELDS if "chosen" in row else UNPAIRED)])
+
+
+def split_by_prompt(rows: List[Dict[str, Any]], fraction: float, seed: int, source: str):
+    """(train, eval): about `fraction` of the rows held out, seeded, whole prompts at a time. DPO data often holds
+    several pairs per prompt (and files repeat rows): an eval pair whose prompt train holds too measures recall. With
+    one row per prompt this is a plain seeded row split (the same rows as before prompts were grouped)."""
+    import random
+
+    groups: Dict[str, List[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_key(row["prompt"]), []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)  # the permutation depends only on the length: singletons split as rows did
+    n_eval = max(1, int(round(len(rows) * fraction)))
+    too_few = len(rows) - n_eval < 1
+    if too_few or len(order) < 2:
+        few = f"only {len(rows)} usable rows" if too_few else f"{len(rows)} usable rows, all with one prompt"
+        raise UserError(
+            f"{source} has {few}: too few to hold out an eval split (it holds out whole prompts, so that eval "
+            "never scores a prompt train saw). Add rows with other prompts or pass data.eval_file."
+        )
+    held: Set[int] = set()
+    for group in order[:-1]:  # the last group stays in train whatever the fraction
+        if len(held) >= n_eval:
+            break
+        held.update(group)
+    evals = [r for i, r in enumerate(rows) if i in held]
+    train = [r for i, r in enumerate(rows) if i not in held]
+    shared = sum(len(g) for g in groups.values() if len(g) > 1)
+    duplicates = len(rows) - len({_row_key(r) for r in rows})
+    log.info(
+        "No eval file: held out %d of %d usable train rows for evaluation (data.eval_fraction=%s, seed %d)%s.",
+        len(evals),
+        len(rows),
+        fraction,
+        seed,
+        f", whole prompts at a time: {shared} rows share a prompt with another ({duplicates} exact repeats) and "
+        "each prompt's rows are all on one side"
+        if shared
+        else "",
+    )
+    return train, evals
+
+
+def drop_seen(evals: List[Dict[str, Any]], train: List[Dict[str, Any]], eval_name: str, train_name: str):
+    """The eval rows without those train holds too (same prompt and answers): eval would score pairs it trained on."""
+    seen = {_row_key(r) for r in train}
+    kept = [r for r in evals if _row_key(r) not in seen]
+    if not kept:
+        raise UserError(
+            f"{eval_name}: every one of its {len(evals)} usable rows is also in {train_name} (same prompt and "
+            "answers), so eval would only score rows the model trained on. Point data.eval_file at held-out "
+            "rows, or leave it out to hold out data.eval_fraction of the train rows, whole prompts at a time."
+        )
+    if len(kept) < len(evals):
+        log.warning(
+            "%s: dropped %d of %d eval rows that %s holds too (same prompt and answers): eval would score rows "
+            "the model trained on.",
+            eval_name,
+            len(evals) - len(kept),
+            len(evals),
+            train_name,
+        )
+    return kept
 
 
 def load_preferences(
@@ -369,39 +492,22 @@ def load_preferences(
 
     # Unusable rows go before the split, so the held-out rows are usable ones and max_*_samples count usable rows.
     train = _usable(train, train_name, cfg.prompt_format, tokenizer, max_length)
-    if evals is None:
-        import random
-
-        rng = random.Random(cfg.split_seed)
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        n_eval = max(1, int(round(len(train) * cfg.eval_fraction)))
-        if len(train) - n_eval < 1:
-            raise UserError(
-                f"{train_name} has only {len(train)} usable rows: too few to hold out an eval split. "
-                "Add rows or pass data.eval_file."
-            )
-        held = set(order[:n_eval])
-        evals = [train[i] for i in sorted(held)]
-        train = [r for i, r in enumerate(train) if i not in held]
-        log.info(
-            "No eval file: held out %d of %d usable train rows for evaluation (data.eval_fraction=%s, seed %d).",
-            len(evals),
-            len(train) + len(evals),
-            cfg.eval_fraction,
-            cfg.split_seed,
-        )
+    own_eval = evals is not None  # a split of its own (eval_file, a hub split): it may repeat rows train holds
+    if not own_eval:
+        train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.split_seed, train_name)
     else:
         evals = _usable(evals, eval_name, cfg.prompt_format, tokenizer, max_length)
 
-    if cfg.max_train_samples:
-        train = train[: cfg.max_train_samples]
-    if cfg.max_eval_samples:
-        evals = evals[: cfg.max_eval_samples]
     shapes = {"unpaired" if "completion" in rows[0] else "paired" for rows in (train, evals)}
     if len(shapes) > 1:
         raise UserError(
             f"{train_name} and {eval_name} hold different kinds of rows (one paired: prompt, chosen, "
             "rejected; the other unpaired: prompt, completion, label): give both files one kind."
         )
+    if cfg.max_train_samples:
+        train = train[: cfg.max_train_samples]
+    if own_eval:
+        evals = drop_seen(evals, train, eval_name, train_name)
+    if cfg.max_eval_samples:
+        evals = evals[: cfg.max_eval_samples]
     return Preferences(train=train, eval=evals, shape=shapes.pop())

@@ -1,11 +1,15 @@
-"""Reading a data file into rows: JSON array, JSON Lines, CSV or Parquet, in any common text encoding. Every problem
-is a UserError naming the file and, where there is one, the line."""
+"""Reading a data file into rows: JSON array, JSON Lines, CSV, Parquet or Arrow, in any common text encoding, gzip,
+bz2 or xz compressed or not. Every problem is a UserError naming the file and, where there is one, the line."""
 
+import bz2
 import codecs
+import gzip
 import io
 import json
+import lzma
 import os
-from typing import Any, Dict, List
+import zlib
+from typing import Any, Dict, List, Tuple
 
 from dpo_lab.errors import UserError
 
@@ -16,11 +20,12 @@ def one_line(e: BaseException) -> str:
 
 
 def read_rows(path: str) -> List[Dict[str, Any]]:
-    """Read a JSON array, JSON Lines, Parquet or CSV file (by extension; JSON otherwise) into a list of dicts."""
+    """Read a JSON array, JSON Lines, Parquet, Arrow or CSV file into a list of dicts: binary formats by their magic
+    bytes, text ones by extension (JSON otherwise), a compressed file (.json.gz, .csv.bz2, ...) decompressed first."""
     if os.path.isdir(path):
         raise UserError(
             f"Data file {path!r} is a directory. Point data.train_file / data.eval_file at the file "
-            "itself (.json, .jsonl, .parquet or .csv) inside it."
+            "itself (.json, .jsonl, .parquet or .csv, optionally .gz) inside it."
         )
     if not os.path.isfile(path):
         raise UserError(
@@ -32,11 +37,13 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
             raw = f.read()
     except OSError as e:
         raise UserError(f"Cannot read data file {path!r}: {e}.") from None
+    raw, ext = _decompressed(path, raw)
     if not raw.strip():
         raise UserError(f"Data file {path!r} is empty. It needs rows with prompt, chosen and rejected.")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".parquet":
+    if raw.startswith(b"PAR1") or ext == ".parquet":
         rows = _parse_parquet(path, raw)
+    elif raw.startswith((b"ARROW1", ARROW_STREAM)):
+        rows = _parse_arrow(path, raw)
     elif ext == ".csv":
         rows = _parse_csv(path, _decode(path, raw))
     else:
@@ -48,6 +55,46 @@ def read_rows(path: str) -> List[Dict[str, Any]]:
             f"one object per line), but row {bad} is {kind_of(rows[bad - 1])}."
         )
     return rows
+
+
+# Compressed files by their first bytes: read through the standard library's decompressors, or named (see below).
+DECOMPRESS = {
+    b"\x1f\x8b": ("gzip", gzip.decompress),
+    b"BZh": ("bz2", bz2.decompress),
+    b"\xfd7zXZ\x00": ("xz", lzma.decompress),
+}
+ARCHIVES = {  # several files in one, or a compression Python cannot read without another package: say how to unpack
+    b"PK\x03\x04": "a zip archive: unzip it (unzip FILE)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: decompress it (zstd -d FILE)",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: extract it (7z x FILE)",
+}
+ARROW_STREAM = b"\xff\xff\xff\xff"  # an Arrow IPC stream (how `datasets` saves its .arrow files) starts so
+
+
+def _decompressed(path: str, raw: bytes) -> Tuple[bytes, str]:
+    """The file's bytes decompressed if gzip, bz2 or xz, and the extension of what is inside (x.jsonl.gz: .jsonl)."""
+    stem, ext = os.path.splitext(path)
+    for magic, (name, decompress) in DECOMPRESS.items():
+        if raw.startswith(magic):
+            try:
+                raw = decompress(raw)
+            except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:  # cut short or damaged
+                raise UserError(
+                    f"Data file {path!r} is {name}-compressed but cannot be decompressed ({one_line(e)}): a "
+                    "truncated or damaged file. Copy it again, or decompress it yourself to see what is wrong."
+                ) from None
+            if ext.lower() in (".gz", ".gzip", ".bz2", ".xz"):
+                ext = os.path.splitext(stem)[1]
+            break
+    what = next((what for magic, what in ARCHIVES.items() if raw.startswith(magic)), None)
+    if raw[257:262] == b"ustar":
+        what = "a tar archive: extract it (tar xf FILE)"
+    if what:
+        raise UserError(
+            f"Data file {path!r} is {what.replace('FILE', path)} and point data.train_file / data.eval_file at "
+            "the .json, .jsonl, .parquet or .csv file inside."
+        )
+    return raw, ext.lower()
 
 
 def _decode(path: str, raw: bytes) -> str:
@@ -62,6 +109,11 @@ def _decode(path: str, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        if b"\x00" in raw[:4096]:  # text files hold no NUL bytes: a binary format, which is not Latin-1 either
+            raise UserError(
+                f"Data file {path!r} is a binary file, not text (JSON, JSON Lines or CSV), nor a parquet, Arrow or "
+                "gzip/bz2/xz file. Export the rows as .jsonl or .parquet and point data.train_file at that."
+            ) from None
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(
             f"Data file {path!r} is not UTF-8 text: line {line} holds byte 0x{raw[e.start]:02x}, which "
@@ -79,6 +131,19 @@ def _parse_parquet(path: str, raw: bytes) -> List[Any]:
         raise UserError(
             f"Cannot parse {path!r} as parquet: {one_line(e)}. Check that it is a whole parquet file "
             "with prompt, chosen and rejected columns."
+        ) from None
+
+
+def _parse_arrow(path: str, raw: bytes) -> List[Any]:
+    import pyarrow as pa
+
+    reader = pa.ipc.open_file if raw.startswith(b"ARROW1") else pa.ipc.open_stream
+    try:
+        return reader(pa.BufferReader(raw)).read_all().to_pylist()
+    except (ValueError, OSError, pa.ArrowException) as e:
+        raise UserError(
+            f"Cannot parse {path!r} as an Arrow file: {one_line(e)}. Check that it is a whole Arrow file with "
+            "prompt, chosen and rejected columns, or save the rows as .jsonl or .parquet."
         ) from None
 
 

@@ -113,3 +113,16 @@ def test_two_step_sentiment_sweep_logs_reward_win_rate_and_kl_and_plots_the_fron
     assert png_size(report.parent / "frontier.png")[0] > 0
     assert "## Reward vs KL" in report.read_text() and "Best reward-KL frontier" in proc.stdout
     assert os.path.isfile(report.parent / "samples.png")
+
+
+def test_preflight_checks_a_data_file_with_the_smollm2_tokenizer(smollm2, tmp_path):
+    from helpers import compose_cfg
+
+    from dpo_lab.errors import UserError
+    from dpo_lab.sweeps.preflight import check_job
+
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([{"prompt": "word " * 600, "chosen": f"a{i}", "rejected": "b"} for i in range(4)]))
+    cfg = compose_cfg(["model=smollm2", "data=json", f"data.train_file={path}"])
+    with pytest.raises(UserError, match="long.json: every prompt is at least trainer.max_length=512 tokens long"):
+        check_job(cfg, {})  # not "model=hf needs model.path": the tokenizer is the converted checkpoint's

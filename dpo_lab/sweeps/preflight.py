@@ -60,13 +60,19 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
     _check_model(cfg, seen_files)
     if cfg.samples.count and cfg.samples.judge_model:
         check_model_path(cfg.samples.judge_model, "samples.judge_model")
-    if cfg.data.source == "files":
-        # The run's own path (read, check, format, drop prompts that fill max_length) with the job's tokenizer, so
-        # a file whose every prompt is too long stops here too; a sweep over loss and beta reads its rows once.
+    if cfg.data.source in ("files", "hub"):
+        # The run's own path (read, check, format, drop rows that would train on nothing, split, eval rows train
+        # holds) with the job's tokenizer, so a file whose every prompt is too long stops here too; a sweep over loss
+        # and beta reads its rows once. Generated data is not checked here: toy's is built right, sentiment's is the
+        # model's own answers.
         if cfg.model.source == "tiny":
             from dpo_lab.toy.task import ensure_toy
 
             model = (ensure_toy(**OmegaConf.to_container(cfg.toy))["model"], None, False)
+        elif cfg.model.source == "smollm2":
+            from dpo_lab.smollm2 import ensure_smollm2
+
+            model = (ensure_smollm2(), None, False)
         else:
             model = (check_model_path(cfg.model.path), cfg.model.revision, cfg.model.trust_remote_code)
         data = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True)
@@ -80,7 +86,7 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
                 seen_files[key] = UserError(str(e))
         if isinstance(seen_files[key], UserError):
             raise seen_files[key]
-        methods.check_data(methods.get(cfg.method.name), seen_files[key], cfg.data.train_file)
+        methods.check_data(methods.get(cfg.method.name), seen_files[key], cfg.data.train_file or cfg.data.source)
 
 
 def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
