@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config import Config
 from dpo_lab.console import setup_logging
-from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
+from dpo_lab.errors import EXIT_USER_ERROR, UserError
 from dpo_lab.files import read_json
-from dpo_lab.job import TRAIN
+from dpo_lab.job import TRAIN, exit_code
 from dpo_lab.jobdir import load_config, prepare
 from dpo_lab.launch import launch
 
@@ -29,7 +29,14 @@ def _from_wandb(ref: str, out: Optional[str]) -> str:
     """Write a job-like config.yaml from an online run's logged config; return its directory."""
     import wandb
 
-    run = wandb.Api().run(ref)
+    try:
+        run = wandb.Api().run(ref)
+    except (wandb.errors.Error, ValueError) as e:  # no login, no network, no such run, a malformed path
+        raise UserError(
+            f"wandb:{ref}: wandb cannot fetch this run ({type(e).__name__}: {' '.join(str(e).split())}). Give it as "
+            "wandb:ENTITY/PROJECT/RUN_ID (the end of the run page's URL), after `wandb login` with network access; "
+            "or rerun a job directory: python -m dpo_lab rerun JOB_DIR."
+        ) from None
     job_dir = out or os.path.join("outputs", "from-wandb", run.id)
     write_logged_config(dict(run.config), job_dir)
     return job_dir
@@ -131,7 +138,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     _warn_on_version_drift(job_dir, out)
     result = launch(out, TRAIN, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
-    return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+    return exit_code(result)
 
 
 def rerun_name(name: str, overrides: List[str]) -> str:
