@@ -18,7 +18,7 @@ from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserE
 from dpo_lab.job import exit_code
 
 
-def dpo_lab(*args, cwd, env=None) -> subprocess.CompletedProcess:
+def dpo_lab(*args, cwd) -> subprocess.CompletedProcess:
     """`python -m dpo_lab ARGS` as a user would run it (stdout and stderr merged)."""
     return subprocess.run(
         [sys.executable, "-m", "dpo_lab", *map(str, args)],
@@ -27,7 +27,6 @@ def dpo_lab(*args, cwd, env=None) -> subprocess.CompletedProcess:
         stderr=subprocess.STDOUT,
         text=True,
         timeout=300,
-        env=env,
     )
 
 
@@ -131,6 +130,20 @@ def test_a_job_that_finds_a_mistake_itself_exits_2_and_records_it(tmp_path):
     assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout, proc.stdout[-3000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "failed" and result["user_error"] is True and str(gone) in result["error"]
+
+
+@pytest.mark.e2e
+def test_a_single_run_whose_job_finds_a_mistake_exits_2(tmp_path):
+    """Preflight does not load hub datasets (they need the network); the job finds this one missing (offline)."""
+    job = tmp_path / "job"
+    proc = run_py(
+        TINY, "data=hub", "data.name=no-such-user/no-such-dataset", "wandb.mode=disabled", f"hydra.run.dir={job}",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert "Cannot load hub dataset 'no-such-user/no-such-dataset'" in proc.stdout
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "failed" and result["user_error"] is True
 
 
 @pytest.mark.e2e
