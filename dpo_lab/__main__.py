@@ -11,10 +11,11 @@ Exit status: 0 done, 1 a job ran and failed (or a bug, with its traceback), 2 a 
 """
 
 import argparse
+import glob
 import os
 import sys
 
-from dpo_lab import console
+from dpo_lab import console, files
 from dpo_lab.errors import EXIT_BUSY, EXIT_OK, UserError, run_command
 
 
@@ -49,11 +50,12 @@ def samples(args) -> int:
 def report(args) -> int:
     from dpo_lab.sweeps.report import collect, sweep_summary, write_report
 
-    if not os.path.isdir(args.sweep_dir):
-        what = "a file" if os.path.exists(args.sweep_dir) else "missing"
+    sweep = args.sweep_dir
+    if not os.path.isfile(os.path.join(sweep, "sweep.json")) and not glob.glob(os.path.join(sweep, "*", files.JOB)):
+        why = "a file" if os.path.isfile(sweep) else "missing" if not os.path.exists(sweep) else "no sweep.json, no job"
         raise UserError(
-            f"{args.sweep_dir} is {what}, not a sweep directory. python -m dpo_lab report takes the directory a "
-            "sweep ran in (multirun/<name>/<time>/, its hydra.sweep.dir)."
+            f"{sweep} is not a sweep directory ({why}). python -m dpo_lab report takes the directory a sweep ran in "
+            "(multirun/<name>/<time>/, its hydra.sweep.dir)."
         )
     out = write_report(args.sweep_dir, args.out)
     print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")

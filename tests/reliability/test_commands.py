@@ -96,8 +96,9 @@ def test_launcher_settings_no_launcher_can_run_are_refused(settings, key):
         (["execute", "{tmp}/nowhere"], "is not a prepared job directory"),
         (["rerun", "{empty}"], "has no config.yaml, so it is not a dpo-lab job directory"),
         (["samples", "{empty}"], "has no samples.jsonl"),
-        (["report", "{file}"], "is a file, not a sweep directory"),
-        (["report", "{tmp}/nowhere"], "is missing, not a sweep directory"),
+        (["report", "{file}"], "is not a sweep directory (a file)"),
+        (["report", "{tmp}/nowhere"], "is not a sweep directory (missing)"),
+        (["report", "{empty}"], "is not a sweep directory (no sweep.json, no job)"),
     ],
 )
 def test_each_subcommand_refuses_a_bad_argument_in_one_paragraph(tmp_path, args, says):
