@@ -6,22 +6,63 @@ python -m dpo_lab execute JOB_DIR                              run a prepared jo
 python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
 python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
 python -m dpo_lab cache list | prune [--older-than DAYS] [--max-size SIZE] [--dry-run]   $DPO_LAB_CACHE's entries
+
+Exit status: 0 done, 1 a job ran and failed (or a bug, with its traceback), 2 a mistake (said in one paragraph),
+75 the job dir is busy, 130 stopped.
 """
 
 import argparse
 import sys
 
 from dpo_lab import cache, console
-from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
+from dpo_lab.errors import EXIT_BUSY, EXIT_OK, run_command
 
 
-def main(argv=None) -> int:
+def execute(args) -> int:
+    from dpo_lab.job import TRAIN, exit_code, prepared
+    from dpo_lab.job import execute as run_job
+    from dpo_lab.jobdir import JobBusy
+
+    meta = prepared(args.job_dir)  # before the log file goes into it
+    console.setup_logging(args.job_dir)
+    try:
+        return exit_code(run_job(args.job_dir, TRAIN, meta=meta))
+    except JobBusy as e:
+        print(e, file=sys.stderr)
+        return EXIT_BUSY
+
+
+def rerun(args) -> int:
+    from dpo_lab.rerun import rerun
+
+    console.setup_logging()
+    return rerun(args.job_dir, args.overrides, args.out)
+
+
+def samples(args) -> int:
+    from dpo_lab.samples.viewer import show
+
+    print(show(args.job_dir, args.step, args.width))
+    return EXIT_OK
+
+
+def report(args) -> int:
+    from dpo_lab.sweeps.report import collect, sweep_summary, write_report
+
+    out = write_report(args.sweep_dir, args.out)
+    print(f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots.")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    """One subparser per command; each names its function (`run`)."""
     parser = argparse.ArgumentParser(
         prog="python -m dpo_lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("execute", help="run a prepared job directory in this process")
     p.add_argument("job_dir")
+    p.set_defaults(run=execute)
     p = sub.add_parser("rerun", help="rerun a saved job from its config.yaml, optionally with overrides")
     p.add_argument(
         "job_dir",
@@ -30,50 +71,24 @@ def main(argv=None) -> int:
     )
     p.add_argument("overrides", nargs="*", help="key=value changes, e.g. max_steps=20 wandb.mode=disabled")
     p.add_argument("--out", help="where the rerun goes (default: JOB_DIR/reruns/<time>)")
+    p.set_defaults(run=rerun)
     p = sub.add_parser("samples", help="print a job's checkpoint samples: policy / reference / ground truth")
     p.add_argument("job_dir")
     p.add_argument("--step", type=int, help="the checkpoint to show (default: the last sampled)")
     p.add_argument("--width", type=int, help="output width in columns (default: the terminal's)")
+    p.set_defaults(run=samples)
     p = sub.add_parser("report", help="(re)write a sweep's summary.csv, report.md and plots, also for partial sweeps")
     p.add_argument("sweep_dir")
     p.add_argument("--out", help="where to write (default: results/<sweep name>/ as recorded by the sweep)")
+    p.set_defaults(run=report)
     cache.add_arguments(sub.add_parser("cache", help="list $DPO_LAB_CACHE's entries, or prune old and unused ones"))
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.command == "cache":
-        return cache.main(args)
-    if args.command == "execute":
-        from dpo_lab.job import TRAIN, execute
 
-        console.setup_logging(args.job_dir)
-        return EXIT_OK if execute(args.job_dir, TRAIN)["status"] == "completed" else EXIT_FAILED
-    if args.command == "rerun":
-        from dpo_lab.rerun import rerun
-
-        console.setup_logging()
-        return rerun(args.job_dir, args.overrides, args.out)
-    if args.command == "samples":
-        from dpo_lab.samples.viewer import show
-
-        try:
-            print(show(args.job_dir, args.step, args.width))
-        except UserError as e:
-            print(e, file=sys.stderr)
-            return EXIT_USER_ERROR
-        return EXIT_OK
-    if args.command == "report":
-        from dpo_lab.sweeps.report import collect, sweep_summary, write_report
-
-        try:
-            out = write_report(args.sweep_dir, args.out)
-        except UserError as e:
-            print(e, file=sys.stderr)
-            return EXIT_USER_ERROR
-        print(
-            f"{sweep_summary(args.sweep_dir, collect(args.sweep_dir))}\n\nWrote {out}/report.md, summary.csv and plots."
-        )
-        return EXIT_OK
-    return EXIT_USER_ERROR
+def main(argv=None) -> int:
+    """The one boundary of every command (errors.run_command); argparse exits 2 on a bad command line itself."""
+    args = parser().parse_args(argv)
+    return run_command(lambda: args.run(args))
 
 
 if __name__ == "__main__":

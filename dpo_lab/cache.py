@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from dpo_lab.errors import EXIT_OK, EXIT_USER_ERROR, UserError
+from dpo_lab.errors import EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
 
@@ -398,30 +398,27 @@ def add_arguments(parser) -> None:
     p.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
     p.add_argument("--max-size", metavar="SIZE", help="then the least recently used until the cache fits, e.g. 20GB")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    parser.set_defaults(run=main)
 
 
 def main(args) -> int:
-    """`python -m dpo_lab cache list | prune ...`: prints, returns the exit status."""
+    """`python -m dpo_lab cache list | prune ...`: prints, returns the exit status (a UserError: the command's)."""
     base = root()
-    try:
-        if args.action == "list":
-            found = entries(base)
-            header = f"{'kind':<10} {'hash':<26} {'size':>9}  {'built':<16}  {'last used':<16}  {'state':<12} params"
-            print("\n".join([f"DPO_LAB_CACHE={base}", header, *map(_row, found)]))
-            artifacts = [e for e in found if e.kind not in ("orphan", "lock")]
-            print(
-                f"{len(artifacts)} entries, {human_size(sum(e.size for e in found))} in all; temp dirs of killed "
-                f"builds: {sum(e.kind == 'orphan' and not e.building for e in found)}, stale locks: "
-                f"{sum(e.kind == 'lock' and not e.building for e in found)}, builds in progress: "
-                f"{sum(e.building for e in found)}."
-            )
-            return EXIT_OK
-        max_size = parse_size(args.max_size) if args.max_size is not None else None
-        gone = prune(base, args.older_than, max_size, args.dry_run)
-        print("\n".join([*map(_row, gone)]) or "Nothing to remove.")
-        verb = "Would remove" if args.dry_run else "Removed"
-        print(f"{verb} {len(gone)} entries ({human_size(sum(e.size for e in gone))}) from DPO_LAB_CACHE={base}.")
+    if args.action == "list":
+        found = entries(base)
+        header = f"{'kind':<10} {'hash':<26} {'size':>9}  {'built':<16}  {'last used':<16}  {'state':<12} params"
+        print("\n".join([f"DPO_LAB_CACHE={base}", header, *map(_row, found)]))
+        artifacts = [e for e in found if e.kind not in ("orphan", "lock")]
+        print(
+            f"{len(artifacts)} entries, {human_size(sum(e.size for e in found))} in all; temp dirs of killed "
+            f"builds: {sum(e.kind == 'orphan' and not e.building for e in found)}, stale locks: "
+            f"{sum(e.kind == 'lock' and not e.building for e in found)}, builds in progress: "
+            f"{sum(e.building for e in found)}."
+        )
         return EXIT_OK
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return EXIT_USER_ERROR
+    max_size = parse_size(args.max_size) if args.max_size is not None else None
+    gone = prune(base, args.older_than, max_size, args.dry_run)
+    print("\n".join([*map(_row, gone)]) or "Nothing to remove.")
+    verb = "Would remove" if args.dry_run else "Removed"
+    print(f"{verb} {len(gone)} entries ({human_size(sum(e.size for e in gone))}) from DPO_LAB_CACHE={base}.")
+    return EXIT_OK

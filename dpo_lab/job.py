@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Union
 from omegaconf import DictConfig
 
 from dpo_lab import checkpoints, faults, files, tracking
-from dpo_lab.errors import UserError
+from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError, bug_line
 from dpo_lab.jobdir import load_config, locked
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,33 @@ def task_function(task: Union[str, Task]) -> Task:
     return getattr(importlib.import_module(module), name)
 
 
+def prepared(job_dir: str) -> Dict[str, Any]:
+    """What prepare() saved in `job_dir` (job.json), or a UserError saying it is no prepared job dir."""
+    meta = files.read_json(os.path.join(job_dir, files.JOB))
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise UserError(
+            f"{job_dir} is not a prepared job directory: it has no readable {files.JOB}. python -m dpo_lab execute "
+            "runs a job dir that run.py made (outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/); to run a saved "
+            "job again elsewhere, use python -m dpo_lab rerun JOB_DIR."
+        )
+    return meta
+
+
+def exit_code(result: Dict[str, Any]) -> int:
+    """A job's exit status from its result: 0 completed, 2 ended on the user's mistake, 1 any other failure."""
+    if result.get("status") == "completed":
+        return EXIT_OK
+    return EXIT_USER_ERROR if result.get("user_error") else EXIT_FAILED
+
+
 def execute(
     job_dir: str, task: Union[str, Task], cfg: Optional[DictConfig] = None, meta: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
     """Run a prepared job in this process, holding its dir's lock (JobBusy if another process holds it); always
     writes result.json (status: faults.STATUSES) and closes the wandb run; raises only KeyboardInterrupt (after
-    recording `interrupted`). `cfg` and `meta` default to what prepare() saved in `job_dir`."""
-    meta = meta or files.read_json(os.path.join(job_dir, files.JOB))
+    recording `interrupted`), or UserError before it starts for a dir prepare() did not make. `cfg` and `meta`
+    default to what prepare() saved in `job_dir`."""
+    meta = meta or prepared(job_dir)
     path = os.path.join(job_dir, files.RESULT)
     with locked(job_dir):
         result: Dict[str, Any] = {
@@ -58,7 +78,7 @@ def execute(
             result["status"] = "completed"
         except UserError as e:
             log.error("%s", e)
-            result.update(status="failed", error=str(e))
+            result.update(status="failed", error=str(e), user_error=True)  # the command exits 2 (exit_code)
         except KeyboardInterrupt as e:
             result.update(status="interrupted", error=f"stopped by {e or 'Ctrl-C'}. {faults.RESUME}")
             log.error("Job %s", result["error"])
@@ -66,12 +86,7 @@ def execute(
         except Exception as e:
             result.update(faults.classify(e))
             if result.pop("bug", False):
-                log.error(
-                    "Job failed:\n%s\nThis is a bug in dpo-lab or a library under it, not a problem with your "
-                    "config or data: please report it with the traceback above and %s.",
-                    traceback.format_exc(),
-                    os.path.join(job_dir, files.LOG),
-                )
+                log.error("Job failed:\n%s%s", traceback.format_exc(), bug_line(os.path.join(job_dir, files.LOG)))
             else:
                 log.error("Job %s: %s", result["status"], result["error"])
         finally:

@@ -4,6 +4,7 @@ imported the training stack makes it start in about a second."""
 
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any, Dict, Optional, Union
@@ -11,8 +12,8 @@ from typing import Any, Dict, Optional, Union
 from omegaconf import DictConfig
 
 from dpo_lab import faults, files
-from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from dpo_lab.job import Task, execute
+from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED
+from dpo_lab.job import Task, execute, exit_code
 from dpo_lab.jobdir import JobBusy
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def _start(proc, start_method: str) -> None:
     the parent's default, and under Hydra's joblib launcher that is loky's, which a plain child cannot set up."""
     import multiprocessing
 
+    start_server(start_method)  # unless started already: how it starts matters (SIGINT)
     current = multiprocessing.get_start_method(allow_none=True)
     multiprocessing.set_start_method(start_method, force=True)
     try:
@@ -65,16 +67,48 @@ def _start(proc, start_method: str) -> None:
 
 
 def start_server(start_method: str) -> None:
-    """Start the fork server now: it imports PRELOAD in the background, ready for the first job (no-op for spawn)."""
-    if start_method == "forkserver":
-        from multiprocessing import forkserver
+    """Start the fork server now: it imports PRELOAD in the background, ready for the first job (no-op for spawn).
+    It starts with SIGINT ignored (inherited through its exec), so a Ctrl-C meant for the sweep does not end it
+    mid-import with a traceback; multiprocessing sets its own handlers only after the preload, and each job sets
+    its own (_child)."""
+    if start_method != "forkserver":
+        return
+    import threading
+    from multiprocessing import forkserver
 
-        _context(start_method)
+    _context(start_method)
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's
         forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _child(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: Optional[int], parent: int) -> None:
-    """A job's process: this job's environment, log file and CPU threads, then `execute`; exit 0 if it completed."""
+def stop_server() -> None:
+    """Stop a fork server this process started, at once: left alone it lives on until its preload is imported,
+    seconds after a stopped or failed preflight has ended the sweep."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # multiprocessing's own instance; it has no public stop
+    if server._forkserver_pid is None:
+        return
+    try:
+        os.kill(server._forkserver_pid, signal.SIGKILL)  # it holds nothing yet: no job was forked from it
+    except ProcessLookupError:
+        pass
+    server._stop()  # closes its pipe, reaps it, removes its socket
+
+
+def _child(
+    job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: Optional[int], parent: int, sigint: bool
+) -> None:
+    """A job's process: this job's environment, log file and CPU threads, then `execute`; its exit status
+    (job.exit_code). Ctrl-C stops it as Ctrl-C stops its launcher (`sigint`: the launcher does not ignore SIGINT),
+    whatever the fork server it came from ignores."""
+    signal.signal(signal.SIGINT, signal.default_int_handler if sigint else signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(env)
     from dpo_lab import console
@@ -90,7 +124,7 @@ def _child(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads: O
     _stop_with(parent)
     _use_threads(threads)
     try:
-        sys.exit(EXIT_OK if execute(job_dir, task)["status"] == "completed" else EXIT_FAILED)
+        sys.exit(exit_code(execute(job_dir, task)))
     except KeyboardInterrupt:  # recorded as `interrupted` by execute
         sys.exit(EXIT_INTERRUPTED)
     except JobBusy as e:
@@ -155,7 +189,9 @@ def launch(
         # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
         env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
         proc = _context(start_method).Process(
-            target=_child, args=(job_dir, task, env, threads, os.getpid()), name=f"job {job_dir}"
+            target=_child,
+            args=(job_dir, task, env, threads, os.getpid(), signal.getsignal(signal.SIGINT) is not signal.SIG_IGN),
+            name=f"job {job_dir}",
         )
         with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
             _start(proc, start_method)

@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 
 from dpo_lab.config import Config
 from dpo_lab.console import setup_logging
-from dpo_lab.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError
+from dpo_lab.errors import EXIT_OK, EXIT_USER_ERROR, UserError
 from dpo_lab.files import CONFIG, read_json
-from dpo_lab.job import TRAIN
+from dpo_lab.job import TRAIN, exit_code
 from dpo_lab.jobdir import check_free, completed_result, load_config, prepare
 from dpo_lab.launch import launch
+from dpo_lab.sweeps.preflight import check_job
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,14 @@ def _from_wandb(ref: str) -> str:
     original job (the rerun goes to its reruns/<time>/ or --out, as from any job dir)."""
     import wandb
 
-    run = wandb.Api().run(ref)
+    try:
+        run = wandb.Api().run(ref)
+    except (wandb.errors.Error, ValueError) as e:  # no login, no network, no such run, a malformed path
+        raise UserError(
+            f"wandb:{ref}: wandb cannot fetch this run ({type(e).__name__}: {' '.join(str(e).split())}). Give it as "
+            "wandb:ENTITY/PROJECT/RUN_ID (the end of the run page's URL), after `wandb login` with network access; "
+            "or rerun a job directory: python -m dpo_lab rerun JOB_DIR."
+        ) from None
     job_dir = os.path.join("outputs", "from-wandb", run.id)
     write_logged_config(dict(run.config), job_dir)
     return job_dir
@@ -110,6 +118,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
                 "outputs/<name>/<time>/ or multirun/<name>/<time>/<n>/)."
             )
         cfg = load_config(path, overrides)
+        check_job(cfg, {})  # the preflight a run gets: a changed value a library would refuse stops here
         done = _check_out(out, cfg) if out else None
         out = out or new_rerun_dir(job_dir)
     except UserError as e:
@@ -137,7 +146,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     _warn_on_version_drift(job_dir, out)
     result = launch(out, TRAIN, isolate=False)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
-    return EXIT_OK if result["status"] == "completed" else EXIT_FAILED
+    return exit_code(result)
 
 
 def _check_out(out: str, cfg) -> Optional[Dict[str, Any]]:

@@ -314,6 +314,35 @@ def check_dirs(config: DictConfig) -> None:
     check_writable_dir(config.results_dir, "results_dir")
 
 
+def check_launcher(config: DictConfig) -> None:
+    """UserError for a launcher setting that joblib or submitit would refuse only once the sweep is under way (after
+    sweep.json and multirun.yaml were written), naming the key and what it takes."""
+    launcher = config.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        batch, timeout = str(launcher.get("batch_size")), launcher.get("timeout")
+        rules = [
+            ("n_jobs", launcher.get("n_jobs") == 0, "how many jobs run at once: N >= 1, or -1 for one per CPU core"),
+            ("batch_size", batch != "auto" and not (batch.isdigit() and int(batch) > 0), "auto or a positive integer"),
+            ("timeout", timeout is not None and timeout <= 0, "a number > 0 (seconds a job may take), or null"),
+        ]
+    elif ".submitit_launcher." in target:
+        rules = [
+            ("timeout_min", launcher.get("timeout_min", 1) < 1, "the minutes a job may take, >= 1"),
+            ("nodes", launcher.get("nodes", 1) < 1, "1 or more"),
+            ("tasks_per_node", launcher.get("tasks_per_node", 1) < 1, "1 or more"),
+            ("array_parallelism", launcher.get("array_parallelism", 1) < 1, "how many jobs run at once, >= 1"),
+        ]
+    else:
+        return
+    for key, refused, takes in rules:
+        if refused:
+            raise UserError(
+                f"hydra.launcher.{key}={launcher.get(key)}: the {target.rsplit('.', 1)[-1]} cannot run the sweep's "
+                f"jobs with it. Set hydra.launcher.{key} to {takes}; nothing was started."
+            )
+
+
 def check_job_dir(job: DictConfig, num: int) -> None:
     """UserError if job `num`'s directory already holds another config. Checked here, before sweep.json and Hydra's
     multirun.yaml are rewritten, rather than by each job (jobdir.completed_result) once the relaunch is under way. The

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from hydra.experimental.callback import Callback
 
-from dpo_lab.errors import UserError
+from dpo_lab.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError, bug_line
 from dpo_lab.files import read_json, write_json
 from dpo_lab.sweeps.report import LOCK_TIMEOUT_S, sweep_summary, write_report
 from dpo_lab.tracking import sweep_commands
@@ -44,6 +44,18 @@ def _without_preflight_only(overrides: List[str]) -> List[str]:
     return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "preflight_only"]
 
 
+def _stopped_by(e: Exception, out=None) -> SystemExit:
+    """How a preflight that raised `e` ends (here: Hydra would turn a callback's exception into a warning and start
+    the jobs anyway): a UserError's paragraph and exit 2, anything else its traceback, the bug line and exit 1."""
+    if isinstance(e, UserError):
+        print(f"Preflight: {e}", file=out)
+        return SystemExit(EXIT_USER_ERROR)
+    import traceback
+
+    print(f"{traceback.format_exc()}Preflight could not run: {type(e).__name__}: {e}. {bug_line()}", file=out)
+    return SystemExit(EXIT_FAILED)
+
+
 class SweepCallback(Callback):
     """Hydra callback: check the output directories can be written before anything runs; record the sweep's
     arguments when a multirun starts; when it ends, print and save the results table and exit 1 if any job failed."""
@@ -56,9 +68,8 @@ class SweepCallback(Callback):
         try:
             check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
             check_run(config)
-        except UserError as e:
-            print(f"Preflight: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except Exception as e:
+            raise _stopped_by(e, sys.stderr) from None
         if config.get("preflight_only"):
             print(
                 "Preflight: the run checks out. It would run as:\n  python run.py "
@@ -69,41 +80,21 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from dpo_lab.launch import start_server
-        from dpo_lab.sweeps.preflight import check_dirs, preflight, task_overrides
+        from dpo_lab.launch import start_server, stop_server
+        from dpo_lab.sweeps.preflight import check_dirs, check_launcher, task_overrides
 
         try:
             check_dirs(config)
-        except UserError as e:
-            print(f"Preflight: {e}")
-            raise SystemExit(2) from None
+            check_launcher(config)
+        except Exception as e:
+            raise _stopped_by(e) from None
         if config.isolate != "never":  # its imports overlap with the preflight
             start_server(config.start_method)
         try:
-            jobs, failures = preflight(config)
-        except Exception as e:  # Hydra turns a callback's exception into a warning and starts the sweep anyway
-            if isinstance(e, UserError):
-                print(f"Preflight: {e}")
-            else:  # not the user's mistake: show where, and say so
-                import traceback
-
-                print(
-                    f"{traceback.format_exc()}Preflight could not run: {type(e).__name__}: {e}. This is a bug in "
-                    "dpo-lab or a library under it, not in your config or data: please report it with the traceback "
-                    "above."
-                )
-            raise SystemExit(2) from None
-        if failures:
-            lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
-            print(
-                f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines)
-            )
-            raise SystemExit(2)
-        if config.get("preflight_only"):
-            print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
-            for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
-                print(f"  #{i}: python run.py " + " ".join(_without_preflight_only(job)))
-            raise SystemExit(0)
+            jobs = self._preflight(config)
+        except BaseException:  # failed, stopped (Ctrl-C) or preflight_only: no job will need the fork server
+            stop_server()
+            raise
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)
         args = task_overrides(config)
@@ -123,6 +114,29 @@ class SweepCallback(Callback):
                 "jobs": jobs,
             },
         )
+
+    @staticmethod
+    def _preflight(config) -> List[List[str]]:
+        """Every job's overrides once preflight passed; else SystemExit: 2 with what would fail, 1 for a bug, 0 after
+        listing the jobs for preflight_only=true."""
+        from dpo_lab.sweeps.preflight import preflight
+
+        try:
+            jobs, failures = preflight(config)
+        except Exception as e:
+            raise _stopped_by(e) from None
+        if failures:
+            lines = [f"  job {' '.join(o)}:\n    {reason}" for o, reason in failures]
+            print(
+                f"Preflight: {len(failures)} of {len(jobs)} jobs would fail; nothing was started.\n" + "\n".join(lines)
+            )
+            raise SystemExit(EXIT_USER_ERROR)
+        if config.get("preflight_only"):
+            print(f"Preflight: all {len(jobs)} jobs check out. Each would run as:")
+            for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
+                print(f"  #{i}: python run.py " + " ".join(_without_preflight_only(job)))
+            raise SystemExit(0)
+        return jobs
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
