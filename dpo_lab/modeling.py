@@ -176,8 +176,16 @@ def load_model(path: str, cfg, dtype: str):
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, dtype))
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except SafetensorError as e:  # found only when the weights load: preflight reads config.json alone
+        raise UserError(
+            f"The weights of {path!r} cannot be read (safetensors: {e}): the file is damaged or cut off, e.g. by a "
+            "full disk or an interrupted copy. Copy or save the checkpoint again (save_pretrained), or point "
+            "model.path at an intact one."
+        ) from None
     except pickle.UnpicklingError as e:
         raise UserError(
             f"Model {path!r} has its weights in a pickle (.bin) that holds more than tensors, and loading it "

@@ -96,9 +96,9 @@ def test_launcher_settings_no_launcher_can_run_are_refused(settings, key):
         (["execute", "{tmp}/nowhere"], "is not a prepared job directory"),
         (["rerun", "{empty}"], "has no config.yaml, so it is not a dpo-lab job directory"),
         (["samples", "{empty}"], "has no samples.jsonl"),
-        (["report", "{file}"], "is not a sweep directory (a file)"),
-        (["report", "{tmp}/nowhere"], "is not a sweep directory (missing)"),
-        (["report", "{empty}"], "is not a sweep directory (no sweep.json, no job)"),
+        (["report", "{file}"], "is a file, not a directory, so there is no sweep to report on"),
+        (["report", "{tmp}/nowhere"], "does not exist, so there is no sweep to report on"),
+        (["report", "{empty}"], "is not a sweep directory: it has no sweep.json and no job directories"),
     ],
 )
 def test_each_subcommand_refuses_a_bad_argument_in_one_paragraph(tmp_path, args, says):
@@ -135,14 +135,20 @@ def test_a_job_that_finds_a_mistake_itself_exits_2_and_records_it(tmp_path):
 
 @pytest.mark.e2e
 def test_a_single_run_whose_job_finds_a_mistake_exits_2(tmp_path):
-    """Preflight does not load hub datasets (they need the network); the job finds this one missing (offline)."""
-    job = tmp_path / "job"
+    """Preflight reads a checkpoint's config.json, not its weights; the job finds them cut off when it loads them."""
+    import shutil
+
+    from helpers import tiny_toy
+
+    ckpt, job = tmp_path / "ckpt", tmp_path / "job"
+    shutil.copytree(tiny_toy()["model"], ckpt)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     proc = run_py(
-        TINY, "data=hub", "data.name=no-such-user/no-such-dataset", "wandb.mode=disabled", f"hydra.run.dir={job}",
-        cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        TINY, "model=hf", f"model.path={ckpt}", "wandb.mode=disabled", f"hydra.run.dir={job}", cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout, proc.stdout[-3000:]
-    assert "Cannot load hub dataset 'no-such-user/no-such-dataset'" in proc.stdout
+    assert f"The weights of '{ckpt}' cannot be read" in proc.stdout and "damaged or cut off" in proc.stdout
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "failed" and result["user_error"] is True
 

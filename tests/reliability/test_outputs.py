@@ -202,16 +202,15 @@ def test_report_names_a_job_whose_result_json_is_cut_off(tmp_path):
 @pytest.mark.e2e
 def test_a_single_run_retried_into_its_dir_with_another_config_is_told_hydra_run_dir(tmp_path):
     job = tmp_path / "job"
-    first = run_py(
-        TINY, "wandb.mode=disabled", "peft=lora", "peft.target_modules=[nonexistent]", f"hydra.run.dir={job}",
-        cwd=tmp_path, timeout=300,
+    first = run_py(  # diverges at step 3 (tests/reliability/test_faults.py): a run that failed in its job
+        TINY, "wandb.mode=disabled", "lr=1e30", "max_steps=4", f"hydra.run.dir={job}", cwd=tmp_path, timeout=300
     )  # fmt: skip
-    assert first.returncode == 1 and json.loads((job / "result.json").read_text())["status"] == "failed"
+    assert first.returncode == 1 and json.loads((job / "result.json").read_text())["status"] == "diverged"
     hydra = ("train.log", ".hydra")  # Hydra logs and writes .hydra/ there before the job starts
     before = _snapshot(job, hydra)
     again = run_py(TINY, "wandb.mode=disabled", f"hydra.run.dir={job}", cwd=tmp_path, timeout=300)
     assert_refused(
-        again, f"{job} already holds the job", "(failed) with a different config", "hydra.run.dir=outputs/NEW_NAME"
+        again, f"{job} already holds the job", "(diverged) with a different config", "hydra.run.dir=outputs/NEW_NAME"
     )
     assert again.returncode == 2 and "hydra.sweep.dir" not in again.stdout
     assert _snapshot(job, hydra) == before
