@@ -96,38 +96,57 @@ def meta_model(path: str, cfg):
         return config, AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
 
 
-def check_model(path: str, cfg, peft, tokenizer=None, key: str = "model.path") -> None:
-    """What loading and wrapping the model would get wrong, from its config alone: it must be a causal LM (an
-    encoder such as BERT loads as one and trains to nonsense), its embedding must cover the tokenizer, and LoRA must
-    find its target modules. A hub id this machine cannot reach now is left to the job, which says so."""
+def _read_config(path: str, key: str, revision=None, trust_remote_code: bool = False):
+    """The checkpoint's config, or None for a hub id this machine cannot reach now (the job says so when it loads);
+    UserError naming `key` for a local dir transformers cannot read."""
     from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        if not os.path.isdir(path):
+            return None
+        raise UserError(
+            f"{key}={path!r}: transformers cannot read its config.json ({type(e).__name__}: {e})."
+        ) from None
+
+
+def _causal(config) -> bool:
+    """Whether `config` is a decoder-only causal LM's: by its listed classes, else by its model type."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    try:
-        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:
-        if not os.path.isdir(path):
-            return
-        raise UserError(
-            f"{key}={path!r}: transformers cannot read its config.json ({type(e).__name__}: {e})."
-        ) from None
     causal = {c for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for c in _names(names)}
     archs = list(config.architectures or [])
-    is_causal = (
+    listed = (
         any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
         if archs
         else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (config.auto_map or {})
     )
     # BERT and its kin have a causal-LM class too, which is only a decoder with is_decoder=true
     encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
-    if not is_causal or encoder or config.is_encoder_decoder:
+    return listed and not encoder and not config.is_encoder_decoder
+
+
+def _what(config) -> str:
+    return "/".join(config.architectures or []) or config.model_type
+
+
+def check_model(path: str, cfg, peft, tokenizer=None, key: str = "model.path") -> None:
+    """What loading and wrapping the model would get wrong, from its config alone: it must be a causal LM (an
+    encoder such as BERT loads as one and trains to nonsense), its embedding must cover the tokenizer, its attention
+    implementation must exist, and LoRA must find its target modules. A hub id this machine cannot reach now is
+    left to the job, which says so."""
+    config = _read_config(path, key, cfg.revision, cfg.trust_remote_code)
+    if config is None:
+        return
+    if not _causal(config):
         raise UserError(
-            f"{key}={path!r} is a {'/'.join(archs) or config.model_type} checkpoint, not a decoder-only causal "
-            "language model (a ...ForCausalLM class), and DPO trains a model that writes its answers token by "
-            "token: an encoder or encoder-decoder would load with a new, untrained head and train to nonsense. Point "
+            f"{key}={path!r} is a {_what(config)} checkpoint, not a decoder-only causal language model (a "
+            "...ForCausalLM class), and DPO trains a model that writes its answers token by token: an encoder or "
+            "encoder-decoder would load with a new, untrained head and train to nonsense. Point "
             f"{key} at a causal LM (e.g. a Llama, Qwen, GPT-2 or SmolLM checkpoint)."
         )
     vocab = config.get_text_config().vocab_size
@@ -137,6 +156,7 @@ def check_model(path: str, cfg, peft, tokenizer=None, key: str = "model.path") -
             f"so a token id >= {vocab} would index past it. Save the tokenizer the model was trained with beside it, "
             "or resize the embedding (model.resize_token_embeddings(len(tokenizer))) and save_pretrained both."
         )
+    _check_attention(cfg.attn_implementation)
     if peft.enabled:
         from peft import get_peft_model
 
@@ -152,6 +172,45 @@ def check_model(path: str, cfg, peft, tokenizer=None, key: str = "model.path") -
                 f"({type(e).__name__}: {' '.join(str(e).split())}). Its linear layers are named {linear}: use "
                 "peft.target_modules=all-linear or a list of those names."
             ) from None
+
+
+def _check_attention(name) -> None:
+    """model.attn_implementation must name one of transformers' attention functions (whether its kernel runs on the
+    job's GPU is for the job to find), or a hub kernel (org/repo)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name and name not in known and not name.startswith("paged|") and "/" not in name:
+        raise UserError(
+            f"model.attn_implementation={name} is not an attention implementation transformers has: use one of "
+            f"{', '.join(known)}, or leave it unset (transformers picks sdpa)."
+        )
+
+
+def check_judge_model(path: str, kind: str, trust_remote_code: bool = False) -> None:
+    """samples.judge_model must be what its judge loads it as: a reward model with one score for reward_model (a
+    causal LM would get a new, untrained score head, and its win rates would be noise), a causal LM for
+    pairwise_lm."""
+    key = "samples.judge_model"
+    config = _read_config(path, key, trust_remote_code=trust_remote_code)
+    if config is None:
+        return
+    if kind == "reward_model":
+        scores = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+        if not scores or config.num_labels != 1:
+            outputs = f" with {config.num_labels} outputs" if scores else ""
+            raise UserError(
+                f"{key}={path!r} is a {_what(config)} checkpoint{outputs}, not a reward model (a "
+                "...ForSequenceClassification with one score): the reward_model judge would load it with a "
+                "new, untrained score head, and the win rates would be noise. Point it at a reward model (TRL's "
+                "RewardTrainer saves one), or use samples.judge=pairwise_lm for an instruction-tuned causal LM."
+            )
+    elif kind == "pairwise_lm" and not _causal(config):
+        raise UserError(
+            f"{key}={path!r} is a {_what(config)} checkpoint, not a causal LM: samples.judge=pairwise_lm asks a "
+            "causal LM which answer is better. Point it at an instruction-tuned causal LM, or use "
+            "samples.judge=reward_model for a reward model."
+        )
 
 
 def _names(names):

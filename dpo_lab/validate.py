@@ -101,7 +101,7 @@ ONLY_UNDER = {
     "peft.lora_dropout": ("peft=lora", lambda c: c.peft.enabled),
     "peft.target_modules": ("peft=lora", lambda c: c.peft.enabled),
     "samples.judge_model": (
-        "samples.judge=reward_model or pairwise_lm",
+        "samples.count > 0 and samples.judge=reward_model or pairwise_lm",
         lambda c: judge_kind(c) in ("reward_model", "pairwise_lm"),
     ),
 }

@@ -59,7 +59,11 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
         check_model_path(cfg.model.path)
     _check_model(cfg, seen_files)
     if cfg.samples.count and cfg.samples.judge_model:
-        check_model_path(cfg.samples.judge_model, "samples.judge_model")
+        from dpo_lab.modeling import check_judge_model
+        from dpo_lab.samples.judges import judge_kind
+
+        judge = check_model_path(cfg.samples.judge_model, "samples.judge_model")
+        check_judge_model(judge, judge_kind(cfg), cfg.samples.judge_trust_remote_code)
     if cfg.data.source in ("files", "hub"):
         # The run's own path (read, check, format, drop rows that would train on nothing, split, eval rows train
         # holds) with the job's tokenizer, so a file whose every prompt is too long stops here too; a sweep over loss

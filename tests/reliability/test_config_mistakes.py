@@ -144,6 +144,42 @@ def test_an_encoder_checkpoint_is_refused_as_not_a_causal_lm(checkpoint):
 
 
 @pytest.mark.e2e
+def test_a_judge_model_must_be_what_its_judge_loads(checkpoint, tmp_path):
+    """A causal LM as the reward_model judge would get an untrained score head: win rates of noise, silently."""
+    from transformers import BertConfig, LlamaForSequenceClassification
+
+    from dpo_lab.modeling import check_judge_model
+    from dpo_lab.sweeps.preflight import check_job
+
+    judged = ["samples.count=4", f"samples.judge_model={checkpoint}"]
+    with pytest.raises(UserError, match="is a LlamaForCausalLM checkpoint, not a reward model"):
+        check_job(compose_job(["samples.judge=reward_model", *judged]), {})
+    check_job(compose_job(["samples.judge=pairwise_lm", *judged]), {})  # a causal LM: what pairwise_lm asks
+    reward = tmp_path / "reward"
+    config = LlamaForSequenceClassification.config_class.from_pretrained(checkpoint, num_labels=1)
+    config.architectures = ["LlamaForSequenceClassification"]
+    config.save_pretrained(reward)
+    check_judge_model(str(reward), "reward_model")
+    config.num_labels = 3
+    config.save_pretrained(reward)
+    with pytest.raises(UserError, match="LlamaForSequenceClassification checkpoint with 3 outputs, not a reward"):
+        check_judge_model(str(reward), "reward_model")
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(reward)
+    with pytest.raises(UserError, match="not a causal LM: samples.judge=pairwise_lm asks"):
+        check_judge_model(str(reward), "pairwise_lm")
+
+
+@pytest.mark.e2e
+def test_an_unknown_attention_implementation_is_refused(tmp_path):
+    from dpo_lab.sweeps.preflight import check_job
+
+    tiny_toy()
+    with pytest.raises(UserError, match="model.attn_implementation=bogus is not an attention implementation"):
+        check_job(compose_job(["model.attn_implementation=bogus"]), {})
+    check_job(compose_job(["model.attn_implementation=eager"]), {})
+
+
+@pytest.mark.e2e
 def test_a_tokenizer_larger_than_the_embedding_is_refused(checkpoint):
     import json
 
