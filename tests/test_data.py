@@ -378,7 +378,7 @@ def test_preflight_reads_a_hub_dataset_as_the_run_would(tmp_path):
 
     from dpo_lab.sweeps.preflight import check_job
 
-    with pytest.raises(UserError, match="Cannot load hub dataset 'no-such/dataset': .*OfflineModeIsEnabled"):
+    with pytest.raises(UserError, match="Cannot load hub dataset 'no-such/dataset': "):  # offline: which error, varies
         check_job(compose_cfg([TINY, "data=hub", "data.name=no-such/dataset"]), {})  # tests run with HF_HUB_OFFLINE
     (tmp_path / "hub").mkdir()  # a local dataset dir loads as the hub's would, offline
     (tmp_path / "hub" / "train.json").write_text(json.dumps(ROWS))
