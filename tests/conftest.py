@@ -48,3 +48,15 @@ def _isolated_env(tmp_path_factory):
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A copy of the tiny toy model: a complete save_pretrained directory to break."""
+    import shutil
+
+    from helpers import tiny_toy
+
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_toy()["model"], path)
+    return path

@@ -1,5 +1,6 @@
 """Helpers the test files share: paths, the tiny experiment's override, composing a config, building the tiny toy,
-running a job in-process (`train_job`) or as a user would (`run_py`), and reading back offline wandb runs and PNGs.
+running a job in-process (`train_job`) or as a user would (`run_py`, `run_dpo_lab`), and reading back offline wandb
+runs and PNGs.
 
 Import them with `from helpers import ...` (tests/ is on sys.path: pytest puts it there for tests/conftest.py).
 Fixtures and pytest hooks stay in conftest.py.
@@ -52,8 +53,20 @@ def train_job(job_dir, overrides) -> dict:
 
 def run_py(*args, cwd, check=False, timeout=600, env=None):
     """Run `python run.py ARGS` as a user would; returns the CompletedProcess (stdout+stderr merged)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
+    proc = _run([str(ROOT / "run.py"), *args], cwd, timeout, env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def run_dpo_lab(*args, cwd, timeout=300, env=None):
+    """Run `python -m dpo_lab ARGS` as a user would; returns the CompletedProcess (stdout+stderr merged)."""
+    return _run(["-m", "dpo_lab", *map(str, args)], cwd, timeout, env)
+
+
+def _run(argv, cwd, timeout, env):
+    return subprocess.run(
+        [sys.executable, *argv],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -61,9 +74,6 @@ def run_py(*args, cwd, check=False, timeout=600, env=None):
         timeout=timeout,
         env=env,
     )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
-    return proc
 
 
 def png_size(path) -> tuple:

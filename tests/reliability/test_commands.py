@@ -12,22 +12,10 @@ import uuid
 
 import psutil
 import pytest
-from helpers import CONF, ROOT, TINY, compose_cfg, run_py
+from helpers import CONF, ROOT, TINY, compose_cfg, run_dpo_lab, run_py
 
 from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, run_command
 from dpo_lab.job import exit_code
-
-
-def dpo_lab(*args, cwd) -> subprocess.CompletedProcess:
-    """`python -m dpo_lab ARGS` as a user would run it (stdout and stderr merged)."""
-    return subprocess.run(
-        [sys.executable, "-m", "dpo_lab", *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
 
 
 def assert_one_paragraph(proc, code, *needles):
@@ -105,7 +93,7 @@ def test_each_subcommand_refuses_a_bad_argument_in_one_paragraph(tmp_path, args,
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("not a sweep\n")
     paths = {"empty": tmp_path / "empty", "file": tmp_path / "a_file", "tmp": tmp_path}
-    proc = dpo_lab(*(a.format(**paths) for a in args), cwd=tmp_path)
+    proc = run_dpo_lab(*(a.format(**paths) for a in args), cwd=tmp_path)
     assert_one_paragraph(proc, EXIT_USER_ERROR, says)
     assert sorted(os.listdir(tmp_path)) == ["a_file", "empty"] and not os.listdir(tmp_path / "empty")
 
@@ -113,7 +101,7 @@ def test_each_subcommand_refuses_a_bad_argument_in_one_paragraph(tmp_path, args,
 @pytest.mark.e2e
 @pytest.mark.parametrize("args", [["bogus"], ["samples"], ["samples", ".", "--step", "x"], ["report", ".", "--o"]])
 def test_a_bad_command_line_is_argparses_usage_and_exit_2(tmp_path, args):
-    proc = dpo_lab(*args, cwd=tmp_path)
+    proc = run_dpo_lab(*args, cwd=tmp_path)
     assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout
     assert proc.stdout.startswith("usage: python -m dpo_lab") and "error:" in proc.stdout
 
@@ -127,7 +115,7 @@ def test_a_job_that_finds_a_mistake_itself_exits_2_and_records_it(tmp_path):
     job = tmp_path / "job"
     cfg = compose_cfg([TINY, "data=json", f"data.train_file={gone}", "wandb.mode=disabled"])
     prepare(cfg, str(job), name="test", group=None, overrides=[], choices={})
-    proc = dpo_lab("execute", job, cwd=tmp_path)
+    proc = run_dpo_lab("execute", job, cwd=tmp_path)
     assert proc.returncode == EXIT_USER_ERROR and "Traceback" not in proc.stdout, proc.stdout[-3000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "failed" and result["user_error"] is True and str(gone) in result["error"]

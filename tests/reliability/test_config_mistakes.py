@@ -3,7 +3,6 @@
 group option would ignore are refused; non-finite metrics are a status, never a crash."""
 
 import math
-import shutil
 
 import pytest
 from helpers import CONF, TINY, run_py, tiny_toy
@@ -100,13 +99,6 @@ def test_every_method_builds_its_trl_config_at_preflight(method):
     preflight(cfg)
     args = build(cfg, "/job", "cpu", resolve("fp32", "cpu"), False)
     assert type(args) is methods.trl_classes(methods.get(method))[0] and args.beta == 0.3
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    path = tmp_path / "ckpt"
-    shutil.copytree(tiny_toy()["model"], path)
-    return path
 
 
 @pytest.mark.e2e

@@ -3,7 +3,6 @@ and the fix, a non-zero exit, and no traceback."""
 
 import json
 import os
-import shutil
 
 import pytest
 from helpers import CONF, TINY, run_py, tiny_toy
@@ -17,14 +16,6 @@ def assert_refused(proc, *needles):
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
     for needle in needles:
         assert needle in proc.stdout, f"{needle!r} not in:\n{proc.stdout[-3000:]}"
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A copy of the tiny toy model: a complete save_pretrained directory to break."""
-    path = tmp_path / "ckpt"
-    shutil.copytree(tiny_toy()["model"], path)
-    return path
 
 
 @pytest.mark.e2e

@@ -3,29 +3,15 @@ leave its directory, a mistyped report path, a damaged result.json, and the advi
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, TINY, leet_records, run_py, train_job
+from helpers import ROOT, TINY, leet_records, run_dpo_lab, run_py, train_job
 from omegaconf import OmegaConf
 from test_mistakes import assert_refused  # tests/reliability/ is on sys.path, as for every test file here
 
 from dpo_lab.config import Config, folder_name_problems
 from dpo_lab.files import unreadable
 from dpo_lab.sweeps.sweep import sweep_name
-
-
-def _dpo_lab(*args, cwd):
-    """`python -m dpo_lab ARGS` as a user runs it; stdout and stderr merged."""
-    return subprocess.run(
-        [sys.executable, "-m", "dpo_lab", *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
 
 
 def _snapshot(folder, skip=()):
@@ -108,7 +94,7 @@ def trained(tmp_path_factory):
 def test_rerun_out_into_another_jobs_dir_or_a_full_dir_is_refused_and_changes_nothing(trained, tmp_path):
     other = trained / "job1"
     before = _snapshot(other)
-    proc = _dpo_lab("rerun", trained / "job0", "lr=1e-3", "--out", other, cwd=ROOT)
+    proc = run_dpo_lab("rerun", trained / "job0", "lr=1e-3", "--out", other, cwd=ROOT)
     assert_refused(
         proc,
         f'{other} already holds the job "test" (completed) with a different config',
@@ -120,7 +106,7 @@ def test_rerun_out_into_another_jobs_dir_or_a_full_dir_is_refused_and_changes_no
     full = tmp_path / "notes"
     full.mkdir()
     (full / "notes.txt").write_text("mine\n")
-    proc = _dpo_lab("rerun", trained / "job0", "--out", full, cwd=ROOT)
+    proc = run_dpo_lab("rerun", trained / "job0", "--out", full, cwd=ROOT)
     assert_refused(proc, f"--out {full} is not empty (notes.txt) and holds no dpo-lab job", "another --out DIR")
     assert proc.returncode == 2 and _snapshot(full) == {full / "notes.txt": b"mine\n"}
 
@@ -129,12 +115,12 @@ def test_rerun_out_into_another_jobs_dir_or_a_full_dir_is_refused_and_changes_no
 def test_rerun_out_into_an_empty_dir_runs_and_again_finds_it_done(trained, tmp_path):
     out = tmp_path / "again"
     out.mkdir()
-    proc = _dpo_lab("rerun", trained / "job0", "--out", out, cwd=ROOT)
+    proc = run_dpo_lab("rerun", trained / "job0", "--out", out, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     done = json.loads((out / "result.json").read_text())
     assert done["status"] == "completed" and done["steps"] == 2
     before = _snapshot(out)
-    again = _dpo_lab("rerun", trained / "job0", "--out", out, cwd=ROOT)  # this very rerun: done, not run again
+    again = run_dpo_lab("rerun", trained / "job0", "--out", out, cwd=ROOT)  # this very rerun: done, not run again
     assert again.returncode == 0 and f"{out} already holds this rerun, completed" in again.stdout, again.stdout[-3000:]
     assert _snapshot(out) == before
 
@@ -175,7 +161,7 @@ def test_a_name_that_leaves_its_folder_is_refused_at_preflight(tmp_path, mode, n
 
 @pytest.mark.e2e
 def test_report_on_a_missing_path_is_refused_and_creates_nothing(tmp_path):
-    proc = _dpo_lab("report", tmp_path / "multirun" / "typo", cwd=tmp_path)
+    proc = run_dpo_lab("report", tmp_path / "multirun" / "typo", cwd=tmp_path)
     assert_refused(proc, f"{tmp_path / 'multirun' / 'typo'} does not exist, so there is no sweep to report on")
     assert proc.returncode == 2 and list(tmp_path.iterdir()) == []
 
@@ -189,7 +175,7 @@ def test_report_names_a_job_whose_result_json_is_cut_off(tmp_path):
         (sweep / job).mkdir()
         (sweep / job / "job.json").write_text(json.dumps({"name": f"beta=0.{job}", "overrides": [f"beta=0.{job}"]}))
         (sweep / job / "result.json").write_text(result)
-    proc = _dpo_lab("report", sweep, "--out", out, cwd=tmp_path)
+    proc = run_dpo_lab("report", sweep, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     why = "result.json cannot be read (cut off or not JSON: Unterminated string"
     assert f"Could not read: job 1: {why}" in proc.stdout and "| damaged " in proc.stdout
