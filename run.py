@@ -23,7 +23,7 @@ from dpo_lab.jobdir import check_free, completed_result, prepare
 from dpo_lab.launch import cpu_threads, launch
 from dpo_lab.quality import value as objective
 from dpo_lab.sweeps.preflight import check_command_line
-from dpo_lab.sweeps.sweep import run_name, sweep_name, swept_keys
+from dpo_lab.sweeps.sweep import jobs_per_gpu, run_name, sweep_name, swept_keys
 
 register_configs()
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def run(cfg: DictConfig, multirun: bool) -> float:
             meta=meta,
             start_method=cfg.start_method,
             threads=threads,
-            jobs_per_gpu=cfg.jobs_per_gpu,
+            jobs_per_gpu=jobs_per_gpu(cfg, hc.sweep.dir if multirun else None),
+            at_once=n_jobs,
         )
     except KeyboardInterrupt:  # the job recorded `interrupted` and kept its checkpoints
         if multirun:

@@ -127,14 +127,24 @@ class Samples(TrainerCallback):
 class TrainerLogger(WandbCallback):
     """transformers' WandbCallback, except that the TrainingArguments it logs go under `trl` in the run's config:
     merged flat (its default) they would bury ours and overwrite keys such as `max_steps` (null -> -1) or
-    `run_name`, and a config read back from wandb would no longer rerun. Metrics, summaries and WANDB_LOG_MODEL
-    artifacts are the parent's, each call guarded by tracking.safely; WANDB_WATCH is not supported."""
+    `run_name`, and a config read back from wandb would no longer rerun. The `perf/` metrics keep their names (the
+    parent would log them as train/perf/...). Metrics, summaries and WANDB_LOG_MODEL artifacts are the parent's, each
+    call guarded by tracking.safely; WANDB_WATCH is not supported."""
 
     def setup(self, args, state, model, **kwargs):
         self._initialized = True
         if state.is_world_process_zero and self._wandb.run is not None:
             tracking.safely(lambda: self._wandb.run.config.update({"trl": args.to_dict()}, allow_val_change=True))
 
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        logs = logs or {}
+        perf = {k: v for k, v in logs.items() if k.startswith("perf/")}
+        rest = {k: v for k, v in logs.items() if k not in perf}
+        WandbCallback.on_log(self, args, state, control, model=model, logs=rest, **kwargs)
+        if perf and state.is_world_process_zero and self._wandb.run is not None:
+            self._wandb.log({**perf, "train/global_step": state.global_step})
 
-for _event in ("on_train_begin", "on_train_end", "on_log", "on_save", "on_predict"):  # what WandbCallback does
+
+for _event in ("on_train_begin", "on_train_end", "on_save", "on_predict"):  # what WandbCallback does
     setattr(TrainerLogger, _event, tracking.guarded(getattr(WandbCallback, _event)))
+TrainerLogger.on_log = tracking.guarded(TrainerLogger.on_log)

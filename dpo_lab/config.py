@@ -393,9 +393,12 @@ class TrainerConfig:
 
     device: Device = Device.auto
     precision: Precision = Precision.auto  # see dpo_lab/precision.py
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 16
+    # pairs per device per micro-batch, or auto: the largest that fits the device's memory (memory.py)
+    per_device_train_batch_size: Any = 8
+    per_device_eval_batch_size: Any = 16  # auto: twice the train micro-batch
     gradient_accumulation_steps: int = 1
+    global_batch_size: Optional[int] = None  # pairs per optimizer step on all devices; sets the accumulation
+    group_by_length: bool = False  # batches of similar lengths (less padding): transformers' LengthGroupedSampler
     eval_steps: int = 50
     save_steps: int = 50
     logging_steps: int = 10
@@ -416,8 +419,6 @@ class TrainerConfig:
     @staticmethod
     def problems(t) -> List[str]:
         positive = (
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "eval_steps",
             "save_steps",
@@ -430,6 +431,22 @@ class TrainerConfig:
                 f"trainer.activation_checkpointing={t.activation_checkpointing!r}: use auto, true or false.",
             ),
             *((t[key] > 0, f"trainer.{key}={t[key]} must be > 0.") for key in positive),
+            *(
+                (
+                    t[key] == "auto" or (isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0),
+                    f"trainer.{key}={t[key]!r}: use a number of pairs > 0, or auto.",
+                )
+                for key in ("per_device_train_batch_size", "per_device_eval_batch_size")
+            ),
+            (
+                t.global_batch_size is None or t.global_batch_size > 0,
+                f"trainer.global_batch_size={t.global_batch_size} must be > 0, or null.",
+            ),
+            (
+                t.global_batch_size is None or t.gradient_accumulation_steps == 1,
+                f"trainer.global_batch_size={t.global_batch_size} sets the accumulation itself; drop "
+                f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps}.",
+            ),
             (
                 t.save_total_limit is None or t.save_total_limit > 0,
                 f"trainer.save_total_limit={t.save_total_limit} must be > 0 or null (keep all).",
@@ -464,9 +481,9 @@ class Config:
     isolate: Isolate = Isolate.auto  # run each job in its own process
     start_method: StartMethod = StartMethod.forkserver  # how an isolated job's process starts
     cpu_threads: Optional[int] = None  # torch CPU threads per job; unset: the cores shared by the jobs running at once
-    jobs_per_gpu: int = (
-        1  # jobs sharing a GPU when several GPUs are visible (hydra/launcher=gpus; n_jobs = GPUs x this)
-    )
+    # jobs sharing a GPU under hydra/launcher=gpus (n_jobs = GPUs x this), or auto: as many as their memory
+    # estimates fit (gpus.auto_jobs_per_gpu; it sets n_jobs too unless the command line does)
+    jobs_per_gpu: Any = 1
     objective: str = (
         "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     )
@@ -495,7 +512,10 @@ class Config:
                 c.max_steps is None or c.max_steps > 0,
                 f"max_steps={c.max_steps} must be > 0, or null to train `epochs`.",
             ),
-            (c.jobs_per_gpu >= 1, f"jobs_per_gpu={c.jobs_per_gpu}: use 1 or more."),
+            (
+                c.jobs_per_gpu == "auto" or (isinstance(c.jobs_per_gpu, int) and c.jobs_per_gpu >= 1),
+                f"jobs_per_gpu={c.jobs_per_gpu!r}: use 1 or more, or auto.",
+            ),
             (
                 c.cpu_threads is None or c.cpu_threads >= 1,
                 f"cpu_threads={c.cpu_threads}: use a number >= 1, or leave it unset.",

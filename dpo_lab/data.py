@@ -38,6 +38,7 @@ class Preferences:
     train: List[Dict[str, Any]]
     eval: List[Dict[str, Any]]
     shape: str = "paired"  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
+    longest: int = 0  # tokens of train's longest prompt + answer (a batch pads to its longest: memory.plan)
 
 
 def _text_problem(text: str) -> Optional[str]:
@@ -510,4 +511,18 @@ def load_preferences(
         evals = drop_seen(evals, train, eval_name, train_name)
     if cfg.max_eval_samples:
         evals = evals[: cfg.max_eval_samples]
-    return Preferences(train=train, eval=evals, shape=shapes.pop())
+    shape = shapes.pop()
+    return Preferences(train, evals, shape, longest(train, tokenizer, train_name))
+
+
+def longest(rows: List[Dict[str, Any]], tokenizer, source: str) -> int:
+    """Tokens of the longest prompt + answer (with the end-of-sequence token TRL appends) among `rows`."""
+    if not rows:
+        return 0
+    eos = "" if isinstance(rows[0]["prompt"], list) else tokenizer.eos_token or ""
+    answers = ("chosen", "rejected") if "chosen" in rows[0] else ("completion",)
+    return max(
+        len(ids)
+        for k in answers
+        for ids in _token_ids(tokenizer, [r["prompt"] + _with_eos(r[k], eos) for r in rows], source, prompts=False)
+    )

@@ -171,10 +171,12 @@ def launch(
     start_method: str = "forkserver",
     threads: Optional[int] = None,
     jobs_per_gpu: int = 1,
+    at_once: int = 1,
 ) -> Dict[str, Any]:
     """Run a prepared job and return its result: here, or (`isolate`) in a process of its own, started by
     `start_method` (forkserver: forked from a server that preloaded PRELOAD; spawn: a fresh interpreter), with
-    `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs."""
+    `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs (one
+    visible GPU: by the `at_once` jobs the launcher runs together; gpus.gpu_env)."""
     if not isolate:
         _use_threads(threads)
         try:
@@ -184,7 +186,7 @@ def launch(
             return {"status": "failed", "error": str(e), "job_dir": job_dir}
     from dpo_lab.gpus import gpu_env
 
-    with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks"), jobs_per_gpu) as env:
+    with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks"), jobs_per_gpu, at_once) as env:
         # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
         # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
         env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}

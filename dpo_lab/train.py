@@ -106,13 +106,13 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
         model_path = ensure_sft(
             toy, prompt_format=cfg.data.prompt_format, device=device, **OmegaConf.to_container(cfg.sft)
         )
-    plan = memory.plan(model_path, cfg, precision, device)
+    method = methods.get(cfg.method.name)
+    plan = memory.plan(model_path, cfg, precision, device, prefs.longest, len(prefs.train), method.min_batch)
     if run is not None:  # what the `auto` settings became
         tracking.safely(
             lambda: run.config.update({"resolved": {"device": device, "precision": precision.mode, **plan.summary()}})
         )
-    method = methods.get(cfg.method.name)
-    args = trainer_args.build(cfg, out_dir, device, precision, plan.checkpointing)
+    args = trainer_args.build(cfg, out_dir, device, precision, plan.checkpointing, plan.batch)
     model = modeling.load_model(model_path, cfg.model, precision.load_dtype(cfg.peft.enabled))
     reference = {}  # LoRA: TRL uses the adapter-disabled base; precomputed log-probs: none is kept
     if method.reference and not cfg.peft.enabled and not cfg.trainer.precompute_ref_log_probs:  # a frozen copy
@@ -193,8 +193,8 @@ def summarize(s: Setup) -> Dict[str, Any]:
     result["best_eval/logratios/margins"] = max(h.get("eval_logratios/margins", -math.inf) for h in evals)
     result["eval_history"] = [{"step": h["step"], **metrics(h)} for h in evals]
     train_logs = [h for h in history if "train_runtime" in h]
-    if train_logs and s.trainer.session_tokens:
-        result["tokens_per_second"] = round(s.trainer.session_tokens / train_logs[-1]["train_runtime"], 1)
+    if train_logs:  # tokens/s, MFU and padding of this process's training (perf.py)
+        result.update(s.trainer.meter.total(train_logs[-1]["train_runtime"]))
     result.update(s.sampler.finish() if s.sampler else {})
     result.update(
         method=s.method,

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_lab import methods
 from dpo_lab.config import Config, LossConfig, MethodConfig, TrainerConfig
 from dpo_lab.errors import UserError
+from dpo_lab.memory import Batch, fixed_batch
 from dpo_lab.precision import Precision, resolve
 from dpo_lab.samples import sampling
 
@@ -45,14 +46,19 @@ def key_of(field: str) -> Optional[str]:
 
 
 def trainer_kwargs(
-    cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool
+    cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool, batch: Batch
 ) -> Dict[str, Any]:
-    """Our config as the fields of the method's TRL config: the training loop's, then the method's own (its
-    `args`); cfg.trainer.extra passes any other field of that config."""
-    return {**_ours(cfg, out_dir, device, precision, checkpointing), **OmegaConf.to_container(cfg.trainer.extra)}
+    """Our config as the fields of the method's TRL config: the training loop's (with the batch memory.plan chose),
+    then the method's own (its `args`); cfg.trainer.extra passes any other field of that config."""
+    return {
+        **_ours(cfg, out_dir, device, precision, checkpointing, batch),
+        **OmegaConf.to_container(cfg.trainer.extra),
+    }
 
 
-def _ours(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool) -> Dict[str, Any]:
+def _ours(
+    cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool, batch: Batch
+) -> Dict[str, Any]:
     from dpo_lab.compat import checkpointing_arg
 
     t = cfg.trainer
@@ -64,9 +70,10 @@ def _ours(cfg: DictConfig, out_dir: str, device: str, precision: Precision, chec
         seed=cfg.seed,
         data_seed=cfg.seed,
         **methods.get(cfg.method.name).args(cfg),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=batch.train,
+        per_device_eval_batch_size=batch.eval,
+        gradient_accumulation_steps=batch.accumulation,
+        **({"train_sampling_strategy": "group_by_length"} if t.group_by_length else {}),
         eval_strategy="steps",
         eval_steps=t.eval_steps,
         eval_on_start=t.eval_on_start,
@@ -95,7 +102,7 @@ def check_extra(cfg: DictConfig) -> None:
     method = methods.get(cfg.method.name)
     config_class = methods.trl_classes(method)[0]
     extra = cfg.trainer.extra
-    ours = _ours(cfg, "/job", "cpu", resolve("fp32", "cpu"), False)
+    ours = _ours(cfg, "/job", "cpu", resolve("fp32", "cpu"), False, fixed_batch(cfg.trainer))
     ours.update(RENAMED)  # bf16, fp16, gradient_checkpointing, ...: set by dpo-lab whether or not this job sets them
     for field in extra:
         if field in ours:
@@ -116,11 +123,11 @@ def check_extra(cfg: DictConfig) -> None:
         )
 
 
-def build(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool):
+def build(cfg: DictConfig, out_dir: str, device: str, precision: Precision, checkpointing: bool, batch: Batch):
     """The method's TRL config for this job; UserError naming the dpo-lab key of any value it refuses."""
     method = methods.get(cfg.method.name)
     config_class = methods.trl_classes(method)[0]
-    kwargs = trainer_kwargs(cfg, out_dir, device, precision, checkpointing)
+    kwargs = trainer_kwargs(cfg, out_dir, device, precision, checkpointing, batch)
     try:
         return config_class(**kwargs)
     except Exception as e:  # ValueError mostly; TRL and transformers check in __post_init__ with any exception type
@@ -169,7 +176,7 @@ def preflight(cfg: DictConfig) -> None:
     from transformers.optimization import get_scheduler
 
     mode = "bf16-pure" if cfg.trainer.precision == "bf16-pure" else "fp32"  # bf16-pure brings its own optimizer
-    args = build(cfg, "/job", "cpu", resolve(mode, "cpu"), False)
+    args = build(cfg, "/job", "cpu", resolve(mode, "cpu"), False, fixed_batch(cfg.trainer))
     param = torch.nn.Parameter(torch.zeros(1))
     steps = cfg.max_steps or 100  # the schedule's shape, not its length, is what can be refused
     kwargs = {f: getattr(args, f) for f in ("optim", "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs")}

@@ -19,9 +19,11 @@ CASES = {
 def dpo_kwargs(overrides) -> dict:
     """The DPOConfig fields a job of these overrides gets on the CPU, without paths or version-named keys."""
     from dpo_lab.precision import resolve
+    from dpo_lab.memory import fixed_batch
     from dpo_lab.trainer_args import trainer_kwargs
 
-    kw = trainer_kwargs(compose_cfg(overrides), "/job", "cpu", resolve("auto", "cpu"), checkpointing=False)
+    cfg = compose_cfg(overrides)
+    kw = trainer_kwargs(cfg, "/job", "cpu", resolve("auto", "cpu"), False, fixed_batch(cfg.trainer))
     kw["checkpointing"] = kw.pop("activation_checkpointing", kw.pop("gradient_checkpointing", None))
     return json.loads(json.dumps(kw, sort_keys=True, default=str))
 

@@ -51,6 +51,7 @@ class Method:
     columns: Tuple[str, ...] = ("prompt", "chosen", "rejected")  # the columns of those rows the trainer reads
     data: Tuple[str, ...] = ("paired",)  # the kinds of rows it trains on (data.Preferences.shape)
     token_masks: Tuple[str, ...] = ("attention_mask",)  # the masks of a collated batch whose sum is its tokens
+    min_batch: int = 1  # the least per-device batch it trains with (a batch of 1 gives KTO no KL estimate)
 
 
 def se_of_batches(values, n: int):

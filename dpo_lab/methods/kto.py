@@ -31,7 +31,7 @@ def check(cfg: DictConfig) -> None:
     for key in ("desirable_weight", "undesirable_weight"):
         if m[key] is None or m[key] <= 0:
             raise UserError(f"method.{key}={m[key]} must be > 0 (conf/method/kto.yaml: 1.0).")
-    if batch < 2:
+    if batch != "auto" and batch < 2:  # auto picks 2 or more (Method.min_batch)
         raise UserError(
             f"method=kto with trainer.per_device_train_batch_size={batch}: KTO estimates its KL term from "
             "the other rows of a per-device batch (TRL refuses a batch of 1). Set "
@@ -90,6 +90,7 @@ METHOD = Method(
     params=("desirable_weight", "undesirable_weight"),
     args=args,
     check=check,
+    min_batch=2,
     derive=derive,
     rows=rows,
     columns=("prompt", "completion", "label"),

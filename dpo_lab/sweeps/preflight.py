@@ -42,8 +42,9 @@ def expand_jobs(config: DictConfig) -> Optional[List[List[str]]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
-    """Raise UserError for anything that would fail this job before its first training step. `seen_files` caches
+def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> Optional[int]:
+    """Raise UserError for anything that would fail this job before its first training step; return the data's
+    longest prompt + answer in tokens where preflight reads the data (None: generated data). `seen_files` caches
     across the jobs of a sweep: the data outcome per (data config, tokenizer, max_length), and each tokenizer."""
     import json
 
@@ -85,20 +86,22 @@ def check_job(cfg: DictConfig, seen_files: Dict[tuple, object]) -> None:
             try:
                 if tokenizer not in seen_files:
                     seen_files[tokenizer] = load_tokenizer(*model)  # a UserError when it cannot load, as in the job
-                seen_files[key] = load_preferences(cfg.data, seen_files[tokenizer], cfg.trainer.max_length).shape
+                prefs = load_preferences(cfg.data, seen_files[tokenizer], cfg.trainer.max_length)
+                seen_files[key] = (prefs.shape, prefs.longest)
             except UserError as e:
                 seen_files[key] = UserError(str(e))
         if isinstance(seen_files[key], UserError):
             raise seen_files[key]
-        methods.check_data(methods.get(cfg.method.name), seen_files[key], cfg.data.train_file or cfg.data.source)
+        shape, longest = seen_files[key]
+        methods.check_data(methods.get(cfg.method.name), shape, cfg.data.train_file or cfg.data.source)
+        return longest
+    return None
 
 
-def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
-    """modeling.check_model on the job's starting checkpoint where it is on this machine (the toy model and SmolLM2
-    once built into the cache, a local model.path); once per model and LoRA settings in a sweep."""
-    import json
-
-    from dpo_lab.modeling import check_model, check_model_path, load_tokenizer
+def local_model(cfg: DictConfig) -> Optional[str]:
+    """The job's starting checkpoint where it is on this machine (the toy model and SmolLM2 once built into the
+    cache, a local model.path), else None."""
+    from dpo_lab.modeling import check_model_path
 
     if cfg.model.source == "tiny":
         from dpo_lab.toy.task import cached_toy
@@ -110,7 +113,18 @@ def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
         path = cached_smollm2()
     else:
         path = check_model_path(cfg.model.path)
-    if not os.path.isdir(path):
+    return path if os.path.isdir(path) else None
+
+
+def _check_model(cfg: DictConfig, seen: Dict[tuple, object]) -> None:
+    """modeling.check_model on the job's starting checkpoint where it is on this machine (the toy model and SmolLM2
+    once built into the cache, a local model.path); once per model and LoRA settings in a sweep."""
+    import json
+
+    from dpo_lab.modeling import check_model, load_tokenizer
+
+    path = local_model(cfg)
+    if path is None:
         return  # built by the job, or a hub id: checked when it loads
     model = (path, cfg.model.revision, cfg.model.trust_remote_code)
     key = ("model", model, json.dumps(OmegaConf.to_container(cfg.peft), sort_keys=True))
@@ -224,8 +238,9 @@ def check_run(config: DictConfig) -> None:
     check_job(config, {})
 
 
-def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str], str]]]:
-    """Compose and check every job; return (jobs, failures as (overrides, reason))."""
+def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str], str]], List[Optional[float]]]:
+    """Compose and check every job; return (jobs, failures as (overrides, reason), each job's memory estimate in
+    bytes for jobs_per_gpu=auto: None where it cannot be made before the job starts, [] unless asked)."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
@@ -233,11 +248,13 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
     numbered = jobs is not None  # the basic sweeper's job i runs in sweep dir's subdir i: a relaunch finds it there
     if jobs is None:  # optuna & co. choose values as they go: check the base config only
         jobs = [[o for o in task_overrides(config) if "," not in o and "(" not in o]]
-    failures, seen, ranked_by = [], {}, {}
+    failures, seen, ranked_by, estimates = [], {}, {}, []
     for num, overrides in enumerate(jobs):
         try:
             job = loader.load_sweep_config(config, list(overrides))
-            check_job(job, seen)
+            longest = check_job(job, seen)
+            if str(config.jobs_per_gpu) == "auto":
+                estimates.append(_estimate(job, longest))
             ranked_by[job.method.name] = comparable(job)
             if numbered:
                 check_job_dir(job, num)
@@ -253,7 +270,15 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
             "samples.judge=reward_model with samples.judge_model=..., or the toy data's default judge), "
             "or set objective=win_rate, reward or task_score. Nothing was started."
         )
-    return jobs, failures
+    return jobs, failures, estimates
+
+
+def _estimate(job: DictConfig, longest: Optional[int]) -> Optional[float]:
+    """memory.job_estimate of a job whose model is here, padding to the data's longest (or trainer.max_length)."""
+    from dpo_lab.memory import job_estimate
+
+    path = local_model(job)
+    return job_estimate(path, job, longest or job.trainer.max_length) if path else None
 
 
 def comparable(job: DictConfig) -> bool:

@@ -69,6 +69,9 @@ COST_COLUMNS = [
     ("train_seconds", "seconds"),
     ("train_tokens", "train tokens"),
     ("reference_batches", "reference batches"),
+    ("tokens_per_second", "tokens/s"),
+    ("mfu", "MFU"),
+    ("padding_fraction", "padding"),
 ]
 RUN_STATS = [
     "method",
@@ -80,6 +83,11 @@ RUN_STATS = [
     "reference_logps",
     "reference_batches",
     "tokens_per_second",
+    "mfu",
+    "padding_fraction",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "memory_estimate_gb",
     "peak_rss_mb",
     "peak_cuda_mb",
     "wandb_run_id",

@@ -4,7 +4,7 @@ import hashlib
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from hydra.experimental.callback import Callback
 
@@ -31,6 +31,14 @@ def sweep_name(name: str, sweep_dir: str) -> str:
 def swept_keys(sweep_dir: str) -> List[str]:
     """Keys the sweep varies (from sweep.json, written when the multirun starts)."""
     return (read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("swept_keys", [])
+
+
+def jobs_per_gpu(cfg, sweep_dir: Optional[str]) -> int:
+    """The job's jobs_per_gpu: the setting, or for auto what its sweep decided at the start (sweep.json; 1 for a
+    single run)."""
+    if str(cfg.jobs_per_gpu) != "auto":
+        return int(cfg.jobs_per_gpu)
+    return int((read_json(os.path.join(sweep_dir, "sweep.json")) or {}).get("jobs_per_gpu") or 1) if sweep_dir else 1
 
 
 def run_name(overrides: List[str], swept: List[str]) -> str:
@@ -91,10 +99,11 @@ class SweepCallback(Callback):
         if config.isolate != "never":  # its imports overlap with the preflight
             start_server(config.start_method)
         try:
-            jobs = self._preflight(config)
+            jobs, estimates = self._preflight(config)
         except BaseException:  # failed, stopped (Ctrl-C) or preflight_only: no job will need the fork server
             stop_server()
             raise
+        per_gpu = _jobs_per_gpu(config, estimates)
         sweep_dir = config.hydra.sweep.dir
         os.makedirs(sweep_dir, exist_ok=True)
         args = task_overrides(config)
@@ -112,17 +121,18 @@ class SweepCallback(Callback):
                 "swept_keys": swept,
                 "objective": config.objective,
                 "jobs": jobs,
+                "jobs_per_gpu": per_gpu,
             },
         )
 
     @staticmethod
-    def _preflight(config) -> List[List[str]]:
-        """Every job's overrides once preflight passed; else SystemExit: 2 with what would fail, 1 for a bug, 0 after
-        listing the jobs for preflight_only=true."""
+    def _preflight(config) -> Tuple[List[List[str]], List[Optional[float]]]:
+        """Every job's overrides and memory estimate (jobs_per_gpu=auto) once preflight passed; else SystemExit: 2
+        with what would fail, 1 for a bug, 0 after listing the jobs for preflight_only=true."""
         from dpo_lab.sweeps.preflight import preflight
 
         try:
-            jobs, failures = preflight(config)
+            jobs, failures, estimates = preflight(config)
         except Exception as e:
             raise _stopped_by(e) from None
         if failures:
@@ -136,7 +146,29 @@ class SweepCallback(Callback):
             for i, job in enumerate(jobs):  # without preflight_only, so a copied line runs that job
                 print(f"  #{i}: python run.py " + " ".join(_without_preflight_only(job)))
             raise SystemExit(0)
-        return jobs
+        return jobs, estimates
+
+
+def _jobs_per_gpu(config, estimates: List[Optional[float]]) -> int:
+    """The sweep's jobs per GPU: jobs_per_gpu, or for auto what gpus.auto_jobs_per_gpu decides, said in the log.
+    Under Hydra's joblib launcher (hydra/launcher=gpus) auto also sets n_jobs to GPUs x that, unless the command
+    line sets hydra.launcher.n_jobs (the launcher is built from this config after this callback)."""
+    if str(config.jobs_per_gpu) != "auto":
+        return int(config.jobs_per_gpu)
+    from omegaconf import open_dict
+
+    from dpo_lab.gpus import auto_jobs_per_gpu, card_memory
+
+    cards = card_memory()
+    n, why = auto_jobs_per_gpu(estimates, cards)
+    launcher = config.hydra.launcher
+    given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.n_jobs" for o in config.hydra.overrides.hydra)
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and cards and not given:
+        with open_dict(config):
+            launcher.n_jobs = min(len(estimates), n * len(cards))
+        why += f"; hydra.launcher.n_jobs={launcher.n_jobs}"
+    log.info("jobs_per_gpu=%s", why)
+    return n
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode

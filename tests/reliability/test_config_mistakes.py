@@ -92,12 +92,13 @@ def test_preflight_builds_the_trl_config_optimizer_and_schedule(overrides, says)
 @pytest.mark.parametrize("method", ["dpo", "simpo", "cpo", "alphapo", "orpo", "kto"])
 def test_every_method_builds_its_trl_config_at_preflight(method):
     from dpo_lab import methods
-    from dpo_lab.trainer_args import build, preflight
+    from dpo_lab.memory import fixed_batch
     from dpo_lab.precision import resolve
+    from dpo_lab.trainer_args import build, preflight
 
     cfg = compose_job([f"method={method}", "beta=0.3"])
     preflight(cfg)
-    args = build(cfg, "/job", "cpu", resolve("fp32", "cpu"), False)
+    args = build(cfg, "/job", "cpu", resolve("fp32", "cpu"), False, fixed_batch(cfg.trainer))
     assert type(args) is methods.trl_classes(methods.get(method))[0] and args.beta == 0.3
 
 

@@ -1,0 +1,147 @@
+"""A busy device without hand-tuning (issue 22): the `auto` micro-batch and jobs per GPU as functions of the memory
+estimate and stated free memory, the global batch kept through accumulation, length-grouped batches, and the
+per-run tokens/s, MFU, padding and estimate in result.json and wandb."""
+
+import json
+
+import pytest
+from helpers import TINY, compose_cfg, leet_records, run_py
+
+from dpo_lab import memory
+from dpo_lab.errors import UserError
+from dpo_lab.gpus import MAX_JOBS_PER_GPU, auto_jobs_per_gpu
+from dpo_lab.precision import resolve
+
+GB = 1e9
+# A Qwen2-shaped 0.5B (benchmarks/make_checkpoint.py's "0.5b"), 8M LoRA parameters, sequences padded to 1024 tokens.
+SHAPE = memory.ModelShape(params=504_400_000, lora_params=8_000_000, hidden=1024, layers=32, intermediate=4096)
+
+
+def _resolve(overrides, free, pairs=10_000, world=1):
+    cfg = compose_cfg([TINY, *overrides])
+    t = cfg.trainer
+    parts_at = lambda batch: memory.estimate(  # noqa: E731
+        SHAPE, resolve("bf16-mixed", "cpu"), cfg.peft.enabled, False, 2 * batch, 1024
+    )
+    return memory.resolve_batch(t, free, parts_at, pairs, world), parts_at
+
+
+def _fits(parts, free, checkpointing):
+    return memory.fits(parts, free, checkpointing)
+
+
+@pytest.mark.parametrize("free_gb", [24, 80, 141])
+def test_auto_batch_is_the_largest_that_fits_without_checkpointing(free_gb):
+    free = free_gb * GB
+    auto = ["trainer.per_device_train_batch_size=auto", "trainer.per_device_eval_batch_size=auto"]
+    (batch, checkpointing, why), parts_at = _resolve(auto, free)
+    assert not checkpointing and _fits(parts_at(batch.train), free, False)
+    assert batch.train == memory.AUTO_BATCH_MAX or not _fits(parts_at(batch.train + 1), free, False)
+    assert batch.eval == 2 * batch.train and batch.accumulation == 1 and "auto: the largest" in batch.why
+    # 9.1 GB static (18 bytes per parameter) and 4.3 GB of activations per pair of 1024-token sequences: 80% of a
+    # 24 GB card takes 2 pairs, of 80 GB 12, of an H200's 141 GB 24.
+    assert batch.train == {24: 2, 80: 12, 141: 24}[free_gb]
+
+
+def test_auto_batch_turns_checkpointing_on_only_when_one_pair_does_not_fit():
+    free = 14 * GB  # the static 9 GB and one pair's 4.2 GB of activations pass 80% of it; checkpointed ones do not
+    (batch, checkpointing, why), parts_at = _resolve(["trainer.per_device_train_batch_size=auto"], free)
+    assert checkpointing and not _fits(parts_at(1), free, False) and _fits(parts_at(batch.train), free, True)
+    (batch, checkpointing, _), _ = _resolve(
+        ["trainer.per_device_train_batch_size=auto", "trainer.activation_checkpointing=false"], free
+    )
+    assert not checkpointing and batch.train == 1 and "not even 1 fits" in batch.why  # forced off: it says so
+
+
+@pytest.mark.parametrize("free_gb", [16, 40, 141])
+def test_the_global_batch_is_kept_whether_lora_or_full_finetuning(free_gb):
+    """A sweep over peft with trainer.global_batch_size=32: each job picks its own micro-batch, all step on 32."""
+    chosen = {}
+    for peft in ("none", "lora"):
+        (batch, checkpointing, _), parts_at = _resolve(
+            [f"peft={peft}", "trainer.per_device_train_batch_size=auto", "trainer.global_batch_size=32"],
+            free_gb * GB,
+        )
+        assert batch.train * batch.accumulation == 32 and 32 % batch.train == 0
+        chosen[peft] = (batch.train, checkpointing)
+    # At 16 GB full fine-tuning fits no pair without checkpointing (9.1 GB static), so it checkpoints and takes 8;
+    # LoRA (1.1 GB static) fits 2 without. More memory: larger micro-batches, the same 32 pairs per step.
+    assert (
+        chosen
+        == {
+            16: {"none": (8, True), "lora": (2, False)},
+            40: {"none": (4, False), "lora": (4, False)},
+            141: {"none": (16, False), "lora": (16, False)},
+        }[free_gb]
+    )
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    (batch, _, _), _ = _resolve(["trainer.per_device_train_batch_size=8", "trainer.global_batch_size=32"], 100 * GB)
+    assert (batch.train, batch.accumulation) == (8, 4)
+    with pytest.raises(UserError, match="global_batch_size=30 is not a whole number of micro-batches"):
+        _resolve(["trainer.per_device_train_batch_size=8", "trainer.global_batch_size=30"], 100 * GB)
+    with pytest.raises(UserError, match="does not split over 3 devices"):
+        _resolve(["trainer.per_device_train_batch_size=auto", "trainer.global_batch_size=32"], 100 * GB, world=3)
+    (batch, _, _), _ = _resolve(["trainer.per_device_train_batch_size=auto", "trainer.global_batch_size=32"], 1e15, 4)
+    assert (batch.train, batch.accumulation) == (32, 1)  # the divisors of 32, not capped by the data
+
+
+def test_jobs_per_gpu_auto_packs_as_many_as_fit():
+    h200 = [(140 * GB, 141 * GB)]
+    assert auto_jobs_per_gpu([0.3 * GB] * 4, h200)[0] == 4  # a tiny sweep: every job at once
+    assert auto_jobs_per_gpu([0.3 * GB] * 20, h200)[0] == MAX_JOBS_PER_GPU
+    n, why = auto_jobs_per_gpu([30 * GB, 50 * GB, 20 * GB], h200)
+    assert n == 2 and "50.00 GB fits 2 times in 80% of 140.0 GB" in why
+    assert auto_jobs_per_gpu([30 * GB] * 8, h200 * 2)[0] == 3  # the same per card, on two cards
+    assert auto_jobs_per_gpu([200 * GB], h200)[0] == 1  # one job that may not fit at all: still one
+    assert auto_jobs_per_gpu([1 * GB, None], h200)[0] == 1  # a model not on this machine yet: no packing
+    assert auto_jobs_per_gpu([1 * GB], []) == (1, "auto: no GPU visible (nvidia-smi lists none), 1")
+
+
+def test_the_estimate_pads_to_the_longest_sequence_not_max_length():
+    full = memory.estimate(SHAPE, resolve("bf16-mixed", "cpu"), False, False, 16, 1024)
+    short = memory.estimate(SHAPE, resolve("bf16-mixed", "cpu"), False, False, 16, 128)
+    assert short["activations"] * 8 == full["activations"] and short["weights"] == full["weights"]
+
+
+@pytest.mark.e2e
+def test_length_grouped_batches_pad_less_and_train_alike_and_runs_log_their_speed(tmp_path):
+    """One 2-job sweep with jobs_per_gpu=auto (no GPU here: 1): plain and length-grouped order. Grouping cuts the
+    padding and leaves the eval metrics close; both jobs record tokens/s, padding, the estimate beside the peak,
+    and log perf/ metrics to wandb at each logging step."""
+    sweep = tmp_path / "sweep"
+    proc = run_py(
+        "-m",
+        TINY,
+        "trainer.group_by_length=false,true",
+        "jobs_per_gpu=auto",
+        "max_steps=48",  # two epochs: both orders near the same optimum, which a few steps are not
+        "toy.n_train=96",
+        "toy.n_eval=64",
+        "trainer.eval_steps=16",
+        "trainer.save_steps=48",
+        "trainer.logging_steps=8",
+        "wandb.mode=offline",
+        f"hydra.sweep.dir={sweep}",
+        "results_dir=results",
+        cwd=tmp_path,
+        check=True,
+    )
+    assert "jobs_per_gpu=auto: no GPU visible (nvidia-smi lists none), 1" in proc.stdout
+    assert json.loads((sweep / "sweep.json").read_text())["jobs_per_gpu"] == 1
+    plain, grouped = (json.loads((sweep / str(i) / "result.json").read_text()) for i in (0, 1))
+    for r in (plain, grouped):
+        assert r["status"] == "completed" and r["tokens_per_second"] > 0 and r["mfu"] is None  # no MFU on a CPU
+        assert r["memory_estimate_gb"] > 0 and r["peak_rss_mb"] > 0 and r["memory_length"] <= 256
+        assert r["flops_per_token"] > 0 and r["flops_per_token"] % 6 == 0  # 6N: precomputed reference log-probs
+    assert grouped["padding_fraction"] < plain["padding_fraction"]
+    # measured: eval loss 0.6674 plain, 0.6688 grouped; accuracy 0.72 and 0.73; padding 17% and 7%
+    assert grouped["eval/loss"] == pytest.approx(plain["eval/loss"], abs=0.01)
+    assert grouped["eval/rewards/accuracies"] == pytest.approx(plain["eval/rewards/accuracies"], abs=0.1)
+    assert grouped["eval/logratios/margins"] == pytest.approx(plain["eval/logratios/margins"], rel=0.2)
+    history = [r["history"]["item"] for r in leet_records(grouped["wandb_dir"]) if r["type"] == "history"]
+    logged = [h for h in history if "perf/tokens_per_second" in h]
+    assert len(logged) == 6 and all(
+        h["perf/tokens_per_second"] > 0 and 0 <= h["perf/padding_fraction"] < 1 for h in logged
+    )
