@@ -40,17 +40,22 @@ VARIANTS = {
     "attn_flash2": ["model.attn_implementation=flash_attention_2"],  # needs the flash-attn package
     "batch_x2": ["DOUBLE_BATCH"],
     "torch_compile": ["+trainer.extra.torch_compile=true"],
+    # the busy-device settings (issue 22): auto micro-batch (no global batch: the largest that fits, up to 64),
+    # length-grouped batches, half the sequence length (the memory model's second length)
+    "auto_batch": ["AUTO_BATCH"],
+    "auto_batch_lora": ["AUTO_BATCH", "peft=lora", "lr=1e-4"],
+    "group_by_length": ["trainer.group_by_length=true"],
+    "half_length": ["HALF_LENGTH"],
 }
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense bf16
+MARKERS = ("DOUBLE_BATCH", "AUTO_BATCH", "HALF_LENGTH")
 
 
 def peak_flops():
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    from dpo_lab.perf import peak_flops
+
+    return peak_flops("cuda", "bfloat16") if torch.cuda.is_available() else None
 
 
 def _peak_rss_gb() -> float:
@@ -88,6 +93,8 @@ def one(variant: str, model: str, data: str, a) -> dict:
 
     cuda = torch.cuda.is_available()
     batch = a.batch * (2 if "DOUBLE_BATCH" in VARIANTS[variant] else 1)
+    batch = "auto" if "AUTO_BATCH" in VARIANTS[variant] else batch
+    length = a.length // 2 if "HALF_LENGTH" in VARIANTS[variant] else a.length
     overrides = [
         "model=hf",
         f"model.path={model}",
@@ -97,14 +104,15 @@ def one(variant: str, model: str, data: str, a) -> dict:
         "samples=off",
         "wandb.mode=disabled",
         f"max_steps={a.steps}",
-        f"trainer.max_length={a.length}",
+        f"trainer.max_length={length}",
         f"trainer.per_device_train_batch_size={batch}",
+        "trainer.global_batch_size=null",
         "trainer.eval_on_start=false",
         f"trainer.eval_steps={10**6}",
         f"trainer.save_steps={10**6}",
         "trainer.logging_steps=1",
         *(["trainer=gpu"] if cuda else []),
-        *(o for o in VARIANTS[variant] if o != "DOUBLE_BATCH"),
+        *(o for o in VARIANTS[variant] if o not in MARKERS),
     ]
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -142,9 +150,11 @@ def one(variant: str, model: str, data: str, a) -> dict:
             "mfu": round(tokens_per_s * factor * n / peak, 4) if peak else None,
             "flops_per_token": f"{factor}N",
             "params_m": round(n / 1e6, 1),
-            "batch": batch,
+            "batch": s.memory.batch.train,
             "checkpointing": s.memory.checkpointing,
             "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30 if cuda else _peak_rss_gb(), 2),
+            "estimate_gb": round(s.memory.total / 2**30, 2),
+            "padding": s.trainer.meter.total(1.0).get("padding_fraction"),
             "reference_logps": reuse.status(s.trainer),
             "precision": s.precision.mode,
         }
@@ -187,8 +197,11 @@ def main() -> None:
             f"{device}: random Qwen2-shaped {a.size} ({n / 1e6:.1f}M parameters, bf16 checkpoint), {a.batch} pairs "
             f"x ~{a.length} tokens per step, {a.steps} steps, timed after {a.warmup}\n"
         )
-        print("| variant | tokens/s | MFU | FLOPs/token | peak GB | batch | checkpointing | reference log-probs |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(
+            "| variant | tokens/s | MFU | FLOPs/token | peak GiB | estimate GiB | batch | padding | checkpointing "
+            "| reference log-probs |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for variant in a.variants.split(","):
             cmd = [
                 sys.executable,
@@ -220,7 +233,7 @@ def main() -> None:
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
             print(
                 f"| {variant} | {r['tokens_per_s']} | {mfu} | {r['flops_per_token']} | {r['peak_gb']} | "
-                f"{r['batch']} | {r['checkpointing']} | {r['reference_logps']} |",
+                f"{r['estimate_gb']} | {r['batch']} | {r['padding']} | {r['checkpointing']} | {r['reference_logps']} |",
                 flush=True,
             )
 

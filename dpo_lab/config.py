@@ -482,8 +482,8 @@ class Config:
     start_method: StartMethod = StartMethod.forkserver  # how an isolated job's process starts
     cpu_threads: Optional[int] = None  # torch CPU threads per job; unset: the cores shared by the jobs running at once
     # jobs sharing a GPU under hydra/launcher=gpus (n_jobs = GPUs x this), or auto: as many as their memory
-    # estimates fit (gpus.auto_jobs_per_gpu; it sets n_jobs too unless the command line does)
-    jobs_per_gpu: Any = 1
+    # estimates fit (gpus.auto_jobs_per_gpu; it sets n_jobs too unless the command line does; 1 without a GPU)
+    jobs_per_gpu: Any = "auto"
     objective: str = (
         "auto"  # what ranks runs (report, heatmap) and what run.py returns to a sweeper: dpo_lab/quality.py
     )

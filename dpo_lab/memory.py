@@ -282,11 +282,11 @@ def global_per_device(t, world: int) -> Optional[int]:
 def job_estimate(model_path: str, cfg, length: int) -> float:
     """Bytes a job of `cfg` will use on a GPU, for jobs_per_gpu=auto before any job starts: auto precision as
     bf16-mixed, an `auto` micro-batch as PACK_BATCH pairs (it then grows into the job's share of the card)."""
-    from dpo_lab.precision import _PLANS, LEGACY
+    from dpo_lab.precision import LEGACY, PLANS
 
     t = cfg.trainer
     mode = str(t.precision)
-    precision = _PLANS["bf16-mixed" if mode == "auto" else LEGACY.get(mode, mode)]
+    precision = PLANS["bf16-mixed" if mode == "auto" else LEGACY.get(mode, mode)]
     batch = fixed_batch(t).train if str(t.per_device_train_batch_size) != "auto" else PACK_BATCH
     shape = model_shape(model_path, cfg.model, cfg.peft)
     optim = t.extra.get("optim") or precision.trainer_args().get("optim")

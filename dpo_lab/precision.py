@@ -49,7 +49,7 @@ class Precision:
         return args
 
 
-_PLANS = {
+PLANS = {
     "fp32": Precision("fp32", "float32", "float32", "float32"),
     "bf16-mixed": Precision("bf16-mixed", "float32", "bfloat16", "bfloat16"),
     "fp16-mixed": Precision("fp16-mixed", "float32", "float16", "float16"),
@@ -93,7 +93,7 @@ def resolve(mode: str, device: str) -> Precision:
             f"trainer.precision={mode} needs a GPU with bf16 (Ampere or newer); this one has none: "
             "use fp16-mixed (or auto)."
         )
-    return _PLANS[mode]
+    return PLANS[mode]
 
 
 def dtype_name(dtype) -> str:

@@ -240,7 +240,7 @@ def check_run(config: DictConfig) -> None:
 
 def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str], str]], List[Optional[float]]]:
     """Compose and check every job; return (jobs, failures as (overrides, reason), each job's memory estimate in
-    bytes for jobs_per_gpu=auto: None where it cannot be made before the job starts, [] unless asked)."""
+    bytes for jobs_per_gpu=auto on a GPU machine: None where it cannot be made before the job starts, else [])."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
@@ -249,11 +249,17 @@ def preflight(config: DictConfig) -> Tuple[List[List[str]], List[Tuple[List[str]
     if jobs is None:  # optuna & co. choose values as they go: check the base config only
         jobs = [[o for o in task_overrides(config) if "," not in o and "(" not in o]]
     failures, seen, ranked_by, estimates = [], {}, {}, []
+    if str(config.jobs_per_gpu) == "auto":
+        from dpo_lab.gpus import card_memory
+
+        estimate = bool(card_memory())  # without a GPU auto is 1: no estimate needed
+    else:
+        estimate = False
     for num, overrides in enumerate(jobs):
         try:
             job = loader.load_sweep_config(config, list(overrides))
             longest = check_job(job, seen)
-            if str(config.jobs_per_gpu) == "auto":
+            if estimate:
                 estimates.append(_estimate(job, longest))
             ranked_by[job.method.name] = comparable(job)
             if numbered:
