@@ -148,28 +148,6 @@ class SweepCallback(Callback):
             raise SystemExit(0)
         return jobs, estimates
 
-
-def _jobs_per_gpu(config, estimates: List[Optional[float]]) -> int:
-    """The sweep's jobs per GPU: jobs_per_gpu, or for auto what gpus.auto_jobs_per_gpu decides, said in the log.
-    Under Hydra's joblib launcher (hydra/launcher=gpus) auto also sets n_jobs to GPUs x that, unless the command
-    line sets hydra.launcher.n_jobs (the launcher is built from this config after this callback)."""
-    if str(config.jobs_per_gpu) != "auto":
-        return int(config.jobs_per_gpu)
-    from omegaconf import open_dict
-
-    from dpo_lab.gpus import auto_jobs_per_gpu, card_memory
-
-    cards = card_memory()
-    n, why = auto_jobs_per_gpu(estimates, cards)
-    launcher = config.hydra.launcher
-    given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.n_jobs" for o in config.hydra.overrides.hydra)
-    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and cards and not given:
-        with open_dict(config):
-            launcher.n_jobs = min(len(estimates), n * len(cards))
-        why += f"; hydra.launcher.n_jobs={launcher.n_jobs}"
-    log.info("jobs_per_gpu=%s", why)
-    return n
-
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.types import RunMode
 
@@ -239,3 +217,25 @@ def _jobs_per_gpu(config, estimates: List[Optional[float]]) -> int:
                 f"when the sweep ends (python -m dpo_lab report {sweep_dir} --out DIR writes it elsewhere).",
             )
         return fallback
+
+
+def _jobs_per_gpu(config, estimates: List[Optional[float]]) -> int:
+    """The sweep's jobs per GPU: jobs_per_gpu, or for auto what gpus.auto_jobs_per_gpu decides, said in the log.
+    Under Hydra's joblib launcher (hydra/launcher=gpus) auto also sets n_jobs to GPUs x that, unless the command
+    line sets hydra.launcher.n_jobs (the launcher is built from this config after this callback)."""
+    if str(config.jobs_per_gpu) != "auto":
+        return int(config.jobs_per_gpu)
+    from omegaconf import open_dict
+
+    from dpo_lab.gpus import auto_jobs_per_gpu, card_memory
+
+    cards = card_memory()
+    n, why = auto_jobs_per_gpu(estimates, cards)
+    launcher = config.hydra.launcher
+    given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.n_jobs" for o in config.hydra.overrides.hydra)
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and cards and not given:
+        with open_dict(config):
+            launcher.n_jobs = min(len(estimates), n * len(cards))
+        why += f"; hydra.launcher.n_jobs={launcher.n_jobs}"
+    log.info("jobs_per_gpu=%s", why)
+    return n
