@@ -211,7 +211,7 @@ def launch(
             _start(proc, start_method)
             try:
                 proc.join()
-            except KeyboardInterrupt as e:  # Ctrl-C; or SIGTERM/SIGHUP to the sweep (faults.sigterm_interrupts names it)
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP to the sweep (sigterm_interrupts names it)
                 _stop(proc, 0 if e.args else STOP_GRACE_S)
                 raise
     if proc.exitcode == EXIT_BUSY:
