@@ -93,6 +93,7 @@ def execute(
             result["seconds"] = round(time.time() - started, 1)
             if result["status"] != "completed":  # what a relaunch resumes from
                 result["last_checkpoint"] = checkpoints.latest(os.path.join(job_dir, "checkpoints"))
+            files.write_json(path, result)  # before wandb closes: a second Ctrl-C or SIGTERM there keeps the status
             tracking.finish_run(run, result, in_sweep=bool(meta.get("sweep_dir")))
             files.write_json(path, result)
     return result

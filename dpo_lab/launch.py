@@ -31,6 +31,7 @@ PRELOAD = [
     "trl.trainer.dpo_trainer",
     "dpo_lab.train",
 ]
+STOP_GRACE_S = 30  # after Ctrl-C, how long a job may take to record its status and close wandb before SIGTERM
 
 
 def cpu_threads(concurrent: int) -> Optional[int]:
@@ -132,6 +133,19 @@ def _child(
         sys.exit(EXIT_BUSY)
 
 
+def _stop(proc, grace_s: float) -> None:
+    """Stop a job: a Ctrl-C in the terminal reached it too (one process group), so it gets `grace_s` to record
+    `interrupted` and close its wandb run before the SIGTERM, which would cut that short; a job still running then
+    (or at once, grace 0: the sweep itself was sent SIGTERM) gets the SIGTERM and ends the same way."""
+    try:
+        proc.join(grace_s)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        pass
+    if proc.is_alive():
+        proc.terminate()
+    proc.join()
+
+
 def _stop_with(parent: int) -> None:
     """Stop this job (SIGTERM to itself: `interrupted`, checkpoints kept) when the sweep process `parent` is gone,
     e.g. killed with -9: a job must not train on as an orphan in a dir a relaunch will want. A watcher thread, as
@@ -199,9 +213,8 @@ def launch(
             _start(proc, start_method)
             try:
                 proc.join()
-            except KeyboardInterrupt:
-                proc.terminate()  # SIGTERM: the job records `interrupted`, closes its wandb run, keeps its checkpoints
-                proc.join()
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP to the sweep (sigterm_interrupts names it)
+                _stop(proc, 0 if e.args else STOP_GRACE_S)
                 raise
     if proc.exitcode == EXIT_BUSY:
         return {

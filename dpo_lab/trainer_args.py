@@ -175,6 +175,11 @@ def preflight(cfg: DictConfig) -> None:
     from transformers import Trainer
     from transformers.optimization import get_scheduler
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A rank of `accelerate launch`: TrainingArguments would join the process group now, before the job builds
+        # its cache artifacts outside it (a rank other than 0 then saves no weights). The job builds this config
+        # moments later and refuses it the same way.
+        return
     mode = "bf16-pure" if cfg.trainer.precision == "bf16-pure" else "fp32"  # bf16-pure brings its own optimizer
     args = build(cfg, "/job", "cpu", resolve(mode, "cpu"), False, fixed_batch(cfg.trainer))
     param = torch.nn.Parameter(torch.zeros(1))

@@ -194,7 +194,9 @@ def test_report_matches_logged_metrics(tmp_path):
         cwd=tmp_path,
         check=True,
     )
-    out = tmp_path / "results" / f"loss_beta_grid-{sweep.name}"
+    from dpo_lab.sweeps.sweep import sweep_name
+
+    out = tmp_path / "results" / sweep_name("loss_beta_grid", str(sweep))
     assert not list(sweep.rglob("run.log")) and all((sweep / str(i) / "train.log").read_text() for i in range(4))
     assert {"summary.csv", "report.md", "eval.png", "heatmap.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "summary.csv")))
