@@ -49,6 +49,13 @@ def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)
     model = model.to(torch.bfloat16)
+    tokenizer.save_pretrained(out / "bf16")
+    # Beside a Qwen2 config the toy tokenizer loads as Qwen2Tokenizer, which adds <|endoftext|>: size the embedding
+    # for the tokenizer as it will load (dpo-lab refuses a tokenizer larger than the embedding).
+    model.config.save_pretrained(out / "bf16")
+    loaded = len(AutoTokenizer.from_pretrained(out / "bf16"))
+    if loaded > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(loaded)
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         model.to(dtype).save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
