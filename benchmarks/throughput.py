@@ -75,10 +75,10 @@ def make_data(out: Path, length: int, n: int, tokenizer_dir: str) -> None:
     text = lambda k: tok.decode([rng.randrange(8, len(tok)) for _ in range(k)])  # noqa: E731
     rows = [
         {"prompt": text(length // 4), "chosen": text(length - length // 4), "rejected": text(length - length // 4)}
-        for _ in range(n)
+        for _ in range(n + 8)
     ]
-    (out / "train.json").write_text(json.dumps(rows))
-    (out / "eval.json").write_text(json.dumps(rows[:8]))
+    (out / "train.json").write_text(json.dumps(rows[:n]))
+    (out / "eval.json").write_text(json.dumps(rows[n:]))  # held out: eval rows train holds are dropped
 
 
 def one(variant: str, model: str, data: str, a) -> dict:
