@@ -6,6 +6,7 @@ python -m dpo_lab execute JOB_DIR                              run a prepared jo
 python -m dpo_lab samples JOB_DIR [--step N]                   a job's checkpoint samples, side by side
 python -m dpo_lab report SWEEP_DIR [--out DIR]                 summary.csv, report.md and plots of a sweep
 python -m dpo_lab cache list | prune [--older-than DAYS] [--max-size SIZE] [--dry-run]   $DPO_LAB_CACHE's entries
+python -m dpo_lab dashboard SWEEP_DIR [--push]                 a sweep's W&B workspace view (spec; --push saves it)
 
 Exit status: 0 done, 1 a job ran and failed (or a bug, with its traceback), 2 a mistake (said in one paragraph),
 75 the job dir is busy, 130 stopped.
@@ -54,6 +55,14 @@ def report(args) -> int:
     return EXIT_OK
 
 
+def dashboard(args) -> int:
+    from dpo_lab.dashboard import main
+
+    console.setup_logging()
+    print(main(args.sweep_dir, args.push))
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     """One subparser per command; each names its function (`run`)."""
     parser = argparse.ArgumentParser(
@@ -81,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
     p.add_argument("--out", help="where to write (default: results/<sweep name>/ as recorded by the sweep)")
     p.set_defaults(run=report)
+    p = sub.add_parser("dashboard", help="a sweep's W&B workspace view: its spec, and with --push the saved view")
+    p.add_argument("sweep_dir")
+    p.add_argument("--push", action="store_true", help="save the view to W&B (needs a logged-in wandb)")
+    p.set_defaults(run=dashboard)
     cache.add_arguments(sub.add_parser("cache", help="list $DPO_LAB_CACHE's entries, or prune old and unused ones"))
     return parser
 

@@ -468,6 +468,7 @@ class WandbConfig:
     mode: WandbMode = WandbMode.auto
     group: Optional[str] = None  # default: the sweep's name
     tags: List[str] = field(default_factory=list)
+    dashboard: bool = True  # an online sweep saves its W&B workspace view at the end (dashboard.py; needs [dashboards])
 
 
 @dataclass

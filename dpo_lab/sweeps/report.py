@@ -431,6 +431,7 @@ def _write_report(sweep_dir: str, out_dir: Optional[str]) -> str:
         "",
         f"`{sweep_dir}`: {done}/{len(rows)} jobs completed.",
         "",
+        *([f"W&B view of the sweep: {sweep['dashboard_url']}", ""] if sweep.get("dashboard_url") else []),
         f"Ranked by **{objective}**: {obj.meaning} (`{obj.key}`). `± x`: the 95% interval (over seeds where a "
         "configuration has several, else over the run's prompts or eval batches); *within noise*: the "
         "difference to the best lies inside the 95% interval of the difference.",

@@ -161,6 +161,11 @@ class SweepCallback(Callback):
         # The authoritative write: every job (and its own report write, in its worker) has ended, and it waits for
         # the report lock as long as it takes a writer, so it is the last and complete one.
         out = self._report(sweep_dir)
+        if config.get("wandb", {}).get("dashboard") and config.wandb.mode != "disabled":
+            from dpo_lab.dashboard import at_sweep_end
+
+            if at_sweep_end(sweep_dir) and out:  # online runs only; a failure is a warning
+                out = self._report(sweep_dir)  # report.md names the view
         try:
             rows = collect(sweep_dir)
             failed = [r for r in rows if r.get("status") != "completed"]
