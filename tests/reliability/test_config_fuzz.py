@@ -128,6 +128,7 @@ EXTRA = extra_fields()
 
 def run_preflight(overrides, seen):
     """What run.py does before a run starts; then what the job builds from a config that passed."""
+    from dpo_lab.memory import fixed_batch
     from dpo_lab.modeling import lora_config
     from dpo_lab.precision import resolve
     from dpo_lab.sweeps.preflight import check_command_line, check_job
@@ -135,7 +136,7 @@ def run_preflight(overrides, seen):
 
     cfg = check_command_line(overrides)  # the config run.py's Hydra would compose
     check_job(cfg, seen)
-    build(cfg, "/job", "cpu", resolve("fp32", "cpu"), False)
+    build(cfg, "/job", "cpu", resolve("fp32", "cpu"), False, fixed_batch(cfg.trainer))
     if cfg.peft.enabled:
         lora_config(cfg.peft)
 
