@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from dpo_lab import files, quality
+from dpo_lab import files, quality, tracking
 from dpo_lab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def _not_logged_in(e: Exception) -> str:
     return (
         f"W&B did not take the view ({type(e).__name__}: {text}). Saving a view needs a logged-in wandb: run "
         "`wandb login` (or set WANDB_API_KEY; a self-hosted server: WANDB_BASE_URL), sync the runs first "
-        "(`wandb sync SWEEP_DIR/wandb/*`), then rerun with --push."
+        "(`wandb sync SWEEP_DIR/wandb`), then rerun with --push."
     )
 
 
@@ -256,7 +256,7 @@ def main(sweep_dir: str, do_push: bool) -> str:
         return f"{said}\nSaved it to W&B: {push(view, sweep_dir)}"
     return (
         f"{said}\nTo see it in W&B, once logged in (wandb login):\n"
-        f"  wandb sync {os.path.join(sweep_dir, 'wandb')}/*\n"
+        f"  wandb sync {tracking.sweep_view(sweep_dir)}\n"
         f"  python -m dpo_lab dashboard {sweep_dir} --push"
     )
 

@@ -62,7 +62,7 @@ def test_the_command_writes_the_spec_offline_and_push_needs_credentials(sweep, t
     spec = json.loads((sweep / dashboard.SPEC).read_text())
     grouping = spec["spec"]["section"]["runSets"][0]["grouping"]
     assert [g["name"] for g in grouping] == ["choices.value.loss", "beta.value"]  # W&B's paths of nested config
-    assert f"wandb sync {sweep}/wandb/*" in proc.stdout
+    assert f"wandb sync {sweep}/wandb\n" in proc.stdout  # as the sweep's own last lines say
     assert f"python -m dpo_lab dashboard {sweep} --push" in proc.stdout
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_BASE_URL")}
     env["WANDB_CONFIG_DIR"] = str(tmp_path / "no-login")  # no saved login either
