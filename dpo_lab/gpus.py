@@ -102,6 +102,6 @@ def auto_jobs_per_gpu(estimates: Sequence[Optional[float]], cards: List[Tuple[fl
     per_gpu = -(-len(estimates) // len(cards))  # jobs each GPU gets when they spread
     n = max(1, min(fit, MAX_JOBS_PER_GPU, per_gpu))
     return n, (
-        f"auto: {n} (the largest job's estimate {largest / GB:.2f} GB fits {fit} times in {HEADROOM:.0%} of "
+        f"auto: {n} (the largest job's estimate {largest / GB:.3g} GB fits {fit} times in {HEADROOM:.0%} of "
         f"{free / GB:.1f} GB free; at most {MAX_JOBS_PER_GPU}, and {len(estimates)} job(s) on {len(cards)} GPU(s))"
     )

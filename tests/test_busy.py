@@ -3,6 +3,7 @@ estimate and stated free memory, the global batch kept through accumulation, len
 per-run tokens/s, MFU, padding and estimate in result.json and wandb."""
 
 import json
+import os
 
 import pytest
 from helpers import TINY, compose_cfg, leet_records, run_py
@@ -92,7 +93,7 @@ def test_jobs_per_gpu_auto_packs_as_many_as_fit():
     assert auto_jobs_per_gpu([0.3 * GB] * 4, h200)[0] == 4  # a tiny sweep: every job at once
     assert auto_jobs_per_gpu([0.3 * GB] * 20, h200)[0] == MAX_JOBS_PER_GPU
     n, why = auto_jobs_per_gpu([30 * GB, 50 * GB, 20 * GB], h200)
-    assert n == 2 and "50.00 GB fits 2 times in 80% of 140.0 GB" in why
+    assert n == 2 and "50 GB fits 2 times in 80% of 140.0 GB" in why
     assert auto_jobs_per_gpu([30 * GB] * 8, h200 * 2)[0] == 3  # the same per card, on two cards
     assert auto_jobs_per_gpu([200 * GB], h200)[0] == 1  # one job that may not fit at all: still one
     assert auto_jobs_per_gpu([1 * GB, None], h200)[0] == 1  # a model not on this machine yet: no packing
@@ -145,3 +146,33 @@ def test_length_grouped_batches_pad_less_and_train_alike_and_runs_log_their_spee
     assert len(logged) == 6 and all(
         h["perf/tokens_per_second"] > 0 and 0 <= h["perf/padding_fraction"] < 1 for h in logged
     )
+
+
+@pytest.mark.e2e
+def test_jobs_per_gpu_auto_sets_the_launchers_jobs_from_the_cards_memory(tmp_path):
+    """On a box whose nvidia-smi lists one 80 GB card (a stand-in script: no GPU here), a 4-job tiny sweep under
+    hydra/launcher=gpus runs all 4 at once: auto packs them by their estimates and sets joblib's n_jobs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '81000, 81559'\n")  # memory.free, memory.total in MiB
+    smi.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    sweep = tmp_path / "sweep"
+    proc = run_py(
+        "-m",
+        TINY,
+        "beta=0.1,0.2,0.3,0.4",
+        "max_steps=1",
+        "wandb.mode=disabled",
+        "hydra/launcher=gpus",
+        f"hydra.sweep.dir={sweep}",
+        "results_dir=results",
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
+    assert "jobs_per_gpu=auto: 4 (the largest job's estimate" in proc.stdout
+    assert "hydra.launcher.n_jobs=4" in proc.stdout and "Joblib.Parallel(n_jobs=4," in proc.stdout
+    assert json.loads((sweep / "sweep.json").read_text())["jobs_per_gpu"] == 4
+    assert all(json.loads((sweep / str(i) / "result.json").read_text())["status"] == "completed" for i in range(4))

@@ -283,6 +283,10 @@ def _estimate(job: DictConfig, longest: Optional[int]) -> Optional[float]:
     """memory.job_estimate of a job whose model is here, padding to the data's longest (or trainer.max_length)."""
     from dpo_lab.memory import job_estimate
 
+    if job.model.source == "tiny":  # built in seconds; its warm-up, the model that trains, has its shape
+        from dpo_lab.toy.task import ensure_toy
+
+        ensure_toy(**OmegaConf.to_container(job.toy))
     path = local_model(job)
     return job_estimate(path, job, longest or job.trainer.max_length) if path else None
 
