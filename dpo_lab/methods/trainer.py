@@ -52,7 +52,8 @@ class LabTrainer:
         """Count the batch's tokens (transformers counts only an `input_ids`/`attention_mask` batch, which CPO's
         and ORPO's are not) into the checkpointed state.num_input_tokens_seen, and its padded size into the meter."""
         masks = [inputs[k] for k in self.method.token_masks]
-        counts = torch.stack([sum(m.sum() for m in masks), torch.tensor(sum(m.numel() for m in masks))])
+        real = sum(m.sum() for m in masks)  # on the batch's device: accelerate's dataloader already moved it
+        counts = torch.stack([real, torch.tensor(sum(m.numel() for m in masks), device=real.device)])
         n, padded = self.accelerator.gather(counts.to(self.args.device)).view(-1, 2).sum(0).tolist()
         self.state.num_input_tokens_seen += n
         self.meter.count(n, padded)
