@@ -43,6 +43,7 @@ ACTIVATIONS = {"float32": (36, 16), "bfloat16": (32, 8), "float16": (32, 8)}
 LORA_FP32 = (32, 4)
 CHECKPOINTED = 4  # bytes per hidden unit a checkpointed layer keeps: its (fp32) input
 PACK_BATCH = 8  # pairs an `auto` micro-batch counts as when jobs_per_gpu=auto packs jobs onto a card
+SHARE_ENV = "DPO_LAB_GPU_SHARE"  # set by gpus.gpu_env: the share of the card a job may plan with when jobs share it
 AUTO_BATCH_MAX = 64  # the largest micro-batch `auto` picks without a global batch: past it, steps get no faster
 
 
@@ -163,9 +164,6 @@ def estimate(
     }
 
 
-SHARE_ENV = "DPO_LAB_GPU_SHARE"  # set by gpus.gpu_env: the share of the card a job may plan with when jobs share it
-
-
 def free_memory(device: str) -> float:
     """Bytes free now: on the current CUDA device (at most this job's share of the card, when jobs share it: they
     start at once, and each would see the others' memory as free), or the host's available RAM."""
@@ -190,9 +188,14 @@ def decide(setting: str, parts: Dict[str, float], free: float) -> Tuple[bool, st
     return on, f"auto: {total / GB:.2f} GB {'>' if on else '<='} {HEADROOM:.0%} of {free / GB:.1f} GB free"
 
 
-def fits(parts: Dict[str, float], free: float, checkpointing: bool) -> bool:
+def total(parts: Dict[str, float], checkpointing: bool) -> float:
+    """estimate()'s bytes as the run goes, with or without checkpointing."""
     drop = "activations" if checkpointing else "activations_checkpointed"
-    return sum(v for k, v in parts.items() if k != drop) <= HEADROOM * free
+    return sum(v for k, v in parts.items() if k != drop)
+
+
+def fits(parts: Dict[str, float], free: float, checkpointing: bool) -> bool:
+    return total(parts, checkpointing) <= HEADROOM * free
 
 
 def choose_batch(
@@ -288,13 +291,18 @@ def job_estimate(model_path: str, cfg, length: int) -> float:
     mode = str(t.precision)
     precision = PLANS["bf16-mixed" if mode == "auto" else LEGACY.get(mode, mode)]
     batch = fixed_batch(t).train if str(t.per_device_train_batch_size) != "auto" else PACK_BATCH
+    _, parts_at = _estimator(model_path, cfg, precision, min(length, t.max_length))
+    return total(parts_at(batch), str(t.activation_checkpointing).lower() == "true")
+
+
+def _estimator(model_path: str, cfg, precision: Precision, length: int):
+    """(the model's shape, estimate() of this job's settings as a function of its micro-batch in pairs)."""
+    t = cfg.trainer
     shape = model_shape(model_path, cfg.model, cfg.peft)
     optim = t.extra.get("optim") or precision.trainer_args().get("optim")
-    parts = estimate(
-        shape, precision, cfg.peft.enabled, not t.precompute_ref_log_probs, 2 * batch, min(length, t.max_length), optim
+    return shape, lambda batch: estimate(
+        shape, precision, cfg.peft.enabled, not t.precompute_ref_log_probs, 2 * batch, length, optim
     )
-    checkpointing = str(t.activation_checkpointing).lower() == "true"
-    return sum(v for k, v in parts.items() if k != ("activations" if checkpointing else "activations_checkpointed"))
 
 
 def plan(
@@ -304,12 +312,8 @@ def plan(
     `length`: the data's longest prompt + answer in tokens (capped at max_length); `pairs`: train rows;
     `smallest`: the method's least micro-batch."""
     t = cfg.trainer
-    shape = model_shape(model_path, cfg.model, cfg.peft)
     length = max(1, min(length, t.max_length))
-    optim = t.extra.get("optim") or precision.trainer_args().get("optim")
-    parts_at = lambda batch: estimate(  # noqa: E731
-        shape, precision, cfg.peft.enabled, not t.precompute_ref_log_probs, 2 * batch, length, optim
-    )
+    shape, parts_at = _estimator(model_path, cfg, precision, length)
     free = free_memory(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     batch, checkpointing, why = resolve_batch(t, free, parts_at, pairs, world, smallest)
