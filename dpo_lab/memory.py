@@ -171,8 +171,8 @@ def free_memory(device: str) -> float:
         import torch
 
         # this process's GPU: under `accelerate launch` each rank's LOCAL_RANK, before accelerate selects it
-        free, total = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
-        return float(min(free, total * float(os.environ.get(SHARE_ENV, "1"))))
+        free, card = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+        return float(min(free, card * float(os.environ.get(SHARE_ENV, "1"))))
     import psutil
 
     return float(psutil.virtual_memory().available)
