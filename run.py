@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dpo_lab import console
+from dpo_lab import console, distributed
 from dpo_lab.config import register_configs
 from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError, bug_line, run_command
 from dpo_lab.files import LOG
@@ -55,6 +55,10 @@ def run(cfg: DictConfig, multirun: bool) -> float:
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     job_dir = hc.runtime.output_dir
     # preflight checked the config (SweepCallback: every job of a sweep; a single run before its dir was made)
+    if distributed.joining(cfg.trainer):  # node 1.. of a multi-node job: node 0 prepares the dir and records
+        distributed.wait_for_node_zero(job_dir)
+        result = launch(job_dir, TRAIN, True, cfg=cfg)
+        return objective(result, cfg.objective)
     check_free(job_dir)  # a relaunch while the first launch still trains there must not touch its files
     # A relaunch skips what finished and resumes what did not; the advice names the key that moves this launch.
     elsewhere = (

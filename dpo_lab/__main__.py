@@ -13,9 +13,11 @@ Exit status: 0 done, 1 a job ran and failed (or a bug, with its traceback), 2 a 
 """
 
 import argparse
+import os
 import sys
 
 from dpo_lab import cache, console
+from dpo_lab.distributed import SWEEP_PID_ENV
 from dpo_lab.errors import EXIT_BUSY, EXIT_OK, run_command
 
 
@@ -26,6 +28,11 @@ def execute(args) -> int:
 
     meta = prepared(args.job_dir)  # before the log file goes into it
     console.setup_logging(args.job_dir)
+    console.tag_rank()  # a rank of a launch group: its lines start with [rank N]
+    if os.environ.get(SWEEP_PID_ENV):  # started by a sweep's launch._run_group: stop when that sweep is gone
+        from dpo_lab.launch import stop_with
+
+        stop_with(int(os.environ[SWEEP_PID_ENV]))
     try:
         return exit_code(run_job(args.job_dir, TRAIN, meta=meta))
     except JobBusy as e:

@@ -18,7 +18,8 @@ from dpo_lab import faults, tracking
 class StepGuard(TrainerCallback):
     """Stop at the first step whose loss or gradient norm is NaN/inf, before the optimizer applies it: a run that
     went on would save checkpoints of NaN weights and sample from them (faults.Diverged -> status `diverged`, the
-    last checkpoint untouched). The gradients are all-reduced by now, so every rank agrees."""
+    last checkpoint untouched). Across ranks the loss and norm are summed first (a NaN or inf anywhere stays one), so
+    every rank stops at the same step."""
 
     def __init__(self, trainer):
         self.trainer = trainer  # its `step_loss`: the optimizer step's loss (methods/trainer.py)
@@ -28,7 +29,10 @@ class StepGuard(TrainerCallback):
         norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros(())  # clipped: NaN stays NaN
         loss, self.trainer.step_loss = self.trainer.step_loss, None
         loss = torch.zeros((), device=norm.device) if loss is None else loss.float().to(norm.device)
-        loss, norm = torch.stack([loss, norm]).tolist()  # one host sync per optimizer step
+        both = torch.stack([loss, norm])
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(both)
+        loss, norm = both.tolist()  # one host sync per optimizer step
         for key, value in (("loss", loss), ("grad_norm", norm)):
             if not math.isfinite(value):
                 raise faults.Diverged(key, value, state.global_step + 1)

@@ -107,6 +107,8 @@ DataSource = choice("DataSource", "toy", "files", "hub", "sentiment")
 # trainer.activation_checkpointing: auto decides from the memory estimate (memory.py); compared lower-case, as Hydra
 # turns true into True
 CHECKPOINTING = ("auto", "true", "false")
+# trainer.distributed: how a job's processes share the model (dpo_lab/distributed.py); TRL's accelerate configs
+Distributed = choice("Distributed", "ddp", "fsdp2", "zero2", "zero3")
 Judge = choice("Judge", "auto", "none", "task", "reward_model", "pairwise_lm", "sentiment")  # samples/judges.py
 
 # Named prompt formats for plain-text data; "chat" uses the tokenizer's chat template instead.
@@ -414,6 +416,10 @@ class TrainerConfig:
     )
     precompute_ref_log_probs: bool = True  # reference log-probs once per sweep (reuse.py), no reference in memory
     dataloader_num_workers: int = 0
+    # A job on several processes (one per GPU; on the CPU, gloo) runs as one `accelerate launch` group
+    processes: int = 1  # per node
+    nodes: int = 1  # machines one job spans (hydra/launcher=slurm)
+    distributed: Distributed = Distributed.ddp  # ddp | fsdp2 | zero2 | zero3 (DeepSpeed: pip install deepspeed)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -424,6 +430,8 @@ class TrainerConfig:
             "save_steps",
             "logging_steps",
             "max_length",
+            "processes",
+            "nodes",
         )
         return failed(
             (

@@ -5,7 +5,8 @@ A job claims the first slot whose lock file it can take and keeps it until it en
 count, so jobs spread over the GPUs before they share one. The launcher's other jobs wait for a free slot. With one
 GPU visible every job uses it (the launcher's n_jobs says how many at once). Schedulers that already pin GPUs (SLURM
 sets CUDA_VISIBLE_DEVICES) are left alone. Jobs that share a card plan their memory with their share of it
-(memory.SHARE_ENV): they start at once, and each would see the others' memory as free.
+(memory.SHARE_ENV): they start at once, and each would see the others' memory as free. A job of trainer.processes
+= N takes N whole GPUs of its own (slot i: GPUs i*N .. i*N + N - 1), so GPUs // N such jobs run at once.
 """
 
 import os
@@ -23,20 +24,29 @@ MAX_JOBS_PER_GPU = 8  # auto's ceiling: past it a tiny job's CPU-side work, not 
 
 
 @contextmanager
-def claim_slot(lock_dir: str, count: int, poll_s: float = 2.0) -> Iterator[int]:
-    """Hold one of `count` slots (lock files in `lock_dir`) for the duration of the block; yields its index."""
+def claim_slot(lock_dir: str, count: int, poll_s: float = 2.0, size: int = 1) -> Iterator[int]:
+    """Hold one of `count` slots for the duration of the block; yields its index. Slot i holds the lock files
+    gpu{i*size} .. gpu{i*size + size - 1} in `lock_dir`: a job of `size` GPUs holds each of its GPUs' locks."""
     os.makedirs(lock_dir, exist_ok=True)
     while True:
         for index in range(count):
-            lock = FileLock(os.path.join(lock_dir, f"gpu{index}.lock"))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            held = []
+            for gpu in range(index * size, (index + 1) * size):
+                lock = FileLock(os.path.join(lock_dir, f"gpu{gpu}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    break
+                held.append(lock)
+            if len(held) < size:
+                for lock in held:
+                    lock.release()
                 continue
             try:
                 yield index
             finally:
-                lock.release()
+                for lock in held:
+                    lock.release()
             return
         time.sleep(poll_s)
 
@@ -54,11 +64,20 @@ def visible_gpu_count() -> int:
 
 
 @contextmanager
-def gpu_env(lock_dir: str, jobs_per_gpu: int = 1, at_once: int = 1) -> Iterator[Optional[dict]]:
+def gpu_env(lock_dir: str, jobs_per_gpu: int = 1, at_once: int = 1, processes: int = 1) -> Iterator[Optional[dict]]:
     """The environment for a job's process: pinned to a GPU with a free slot when several are visible (sharing it
-    with jobs_per_gpu - 1 others), else on the one GPU with the `at_once` jobs the launcher runs together; None:
+    with jobs_per_gpu - 1 others), else on the one GPU with the `at_once` jobs the launcher runs together; a job of
+    `processes` processes gets that many GPUs of its own (the box's GPUs // processes such jobs run at once). None:
     unchanged."""
     count = visible_gpu_count()
+    if processes > 1:
+        if count < processes:  # CPU processes, or GPUs the scheduler pinned: the launch group uses what it sees
+            yield None
+            return
+        with claim_slot(lock_dir, count // processes, size=processes) as index:
+            gpus = range(index * processes, (index + 1) * processes)
+            yield {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+        return
     if count < 2:
         yield {**os.environ, SHARE_ENV: str(1 / at_once)} if at_once > 1 else None
         return

@@ -4,17 +4,20 @@ imported the training stack makes it start in about a second."""
 
 import logging
 import os
+import re
 import signal
+import subprocess
 import sys
+import threading
 import time
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from omegaconf import DictConfig
 
-from dpo_lab import faults, files
+from dpo_lab import checkpoints, distributed, faults, files
 from dpo_lab.errors import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED
 from dpo_lab.job import Task, execute, exit_code
-from dpo_lab.jobdir import JobBusy
+from dpo_lab.jobdir import JobBusy, load_config
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ def _child(
             "This job was forked from a process that had initialised CUDA. Run the sweep with start_method=spawn."
         )
         sys.exit(EXIT_FAILED)
-    _stop_with(parent)
+    stop_with(parent)
     _use_threads(threads)
     try:
         sys.exit(exit_code(execute(job_dir, task)))
@@ -134,19 +137,31 @@ def _child(
 
 
 def _stop(proc, grace_s: float) -> None:
-    """Stop a job: a Ctrl-C in the terminal reached it too (one process group), so it gets `grace_s` to record
-    `interrupted` and close its wandb run before the SIGTERM, which would cut that short; a job still running then
-    (or at once, grace 0: the sweep itself was sent SIGTERM) gets the SIGTERM and ends the same way."""
+    """Stop a job (a multiprocessing Process, or a launch group's Popen): a Ctrl-C in the terminal reached it too (one
+    process group), so it gets `grace_s` to record `interrupted` and close its wandb run before the SIGTERM, which
+    would cut that short; a job still running then (or at once, grace 0: the sweep itself was sent SIGTERM) gets the
+    SIGTERM and ends the same way (accelerate's launcher passes it to every rank)."""
+    if isinstance(proc, subprocess.Popen):
+        join, alive = (lambda t=None: _wait(proc, t)), (lambda: proc.poll() is None)
+    else:
+        join, alive = proc.join, proc.is_alive
     try:
-        proc.join(grace_s)
+        join(grace_s)
     except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
         pass
-    if proc.is_alive():
+    if alive():
         proc.terminate()
-    proc.join()
+    join()
 
 
-def _stop_with(parent: int) -> None:
+def _wait(proc: subprocess.Popen, timeout: Optional[float]) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_with(parent: int) -> None:
     """Stop this job (SIGTERM to itself: `interrupted`, checkpoints kept) when the sweep process `parent` is gone,
     e.g. killed with -9: a job must not train on as an orphan in a dir a relaunch will want. A watcher thread, as
     the kernel's parent-death signal would fire on the fork server's death, which the job itself keeps alive."""
@@ -190,8 +205,11 @@ def launch(
     """Run a prepared job and return its result: here, or (`isolate`) in a process of its own, started by
     `start_method` (forkserver: forked from a server that preloaded PRELOAD; spawn: a fresh interpreter), with
     `threads` CPU threads for torch (None: torch's default), on a GPU of its own or shared by `jobs_per_gpu` jobs (one
-    visible GPU: by the `at_once` jobs the launcher runs together; gpus.gpu_env)."""
-    if not isolate:
+    visible GPU: by the `at_once` jobs the launcher runs together; gpus.gpu_env). A job of trainer.processes > 1 runs
+    as an `accelerate launch` group (distributed.py) on GPUs of its own, whatever `isolate` says."""
+    cfg = cfg if cfg is not None else load_config(os.path.join(job_dir, files.CONFIG))
+    processes = 1 if distributed.in_launch() else distributed.world_size(cfg.trainer)
+    if not isolate and processes == 1:
         _use_threads(threads)
         try:
             return execute(job_dir, task, cfg, meta)
@@ -200,23 +218,20 @@ def launch(
             return {"status": "failed", "error": str(e), "job_dir": job_dir}
     from dpo_lab.gpus import gpu_env
 
-    with gpu_env(os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks"), jobs_per_gpu, at_once) as env:
+    locks = os.path.join(os.path.dirname(os.path.abspath(job_dir)), ".gpu-locks")
+    per_node = int(cfg.trainer.processes)
+    with gpu_env(locks, jobs_per_gpu, at_once, per_node) as env:
         # WANDB_SERVICE would attach the job to a wandb service an earlier wandb user in this process tree started,
         # whose runs outlive their jobs: a job relaunched after a kill then finds its run id "in use". Own service.
         env = {k: v for k, v in (env or os.environ).items() if k != "WANDB_SERVICE"}
-        proc = _context(start_method).Process(
-            target=_child,
-            args=(job_dir, task, env, threads, os.getpid(), signal.getsignal(signal.SIGINT) is not signal.SIG_IGN),
-            name=f"job {job_dir}",
-        )
-        with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
-            _start(proc, start_method)
-            try:
-                proc.join()
-            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP to the sweep (sigterm_interrupts names it)
-                _stop(proc, 0 if e.args else STOP_GRACE_S)
-                raise
-    if proc.exitcode == EXIT_BUSY:
+        if processes > 1:
+            node = distributed.node(cfg.trainer)
+            exitcode, failed_first = _run_group(job_dir, cfg, node, env, threads)
+            if node.rank > 0:  # node 0's rank 0 records the job's result
+                return files.read_json(os.path.join(job_dir, files.RESULT)) or {}
+        else:
+            exitcode, failed_first = _run_process(job_dir, task, env, threads, start_method), None
+    if exitcode == EXIT_BUSY:
         return {
             "status": "failed",
             "error": f"{job_dir} is in use by another process; not started.",
@@ -224,8 +239,99 @@ def launch(
         }
     path = os.path.join(job_dir, files.RESULT)
     result = files.read_json(path) or {}
-    if result.get("status") in (None, "running"):  # killed (OOM killer, kill -9) before it could record anything
-        result.update(faults.from_exitcode(proc.exitcode), job_dir=job_dir)
-        log.error("Job %s: %s", result["status"], result["error"])
-        files.write_json(path, result)
+    if failed_first and result.get("status") != "completed" and (failed_first[0] > 0 or failed_first[1] < 0):
+        # another rank died first (or rank 0 was killed): what rank 0 recorded, if anything, is the aftermath
+        rank, code = failed_first
+        what = (
+            faults.from_exitcode(code)
+            if code < 0
+            else {"status": "failed", "error": f"It exited with code {code}: its [rank {rank}] lines in train.log say why."}
+        )
+        result.update(
+            status=what["status"],
+            error=f"Rank {rank} of the job's {processes} processes ended first, and accelerate stopped the others. "
+            + what["error"],
+            job_dir=job_dir,
+        )
+    elif result.get("status") in (None, "running"):  # killed (OOM killer, kill -9) before it could record anything
+        result.update(faults.from_exitcode(exitcode), job_dir=job_dir)
+    else:
+        return result
+    if not result.get("last_checkpoint"):  # what a relaunch resumes from, as execute records it
+        result["last_checkpoint"] = checkpoints.latest(os.path.join(job_dir, "checkpoints"))
+    log.error("Job %s: %s", result["status"], result["error"])
+    files.write_json(path, result)
     return result
+
+
+def _run_process(job_dir: str, task: Union[str, Task], env: Dict[str, str], threads, start_method: str) -> int:
+    """Run the job in a process of its own (forked from the server, or spawned); its exit code."""
+    proc = _context(start_method).Process(
+        target=_child,
+        args=(job_dir, task, env, threads, os.getpid(), signal.getsignal(signal.SIGINT) is not signal.SIG_IGN),
+        name=f"job {job_dir}",
+    )
+    with faults.sigterm_interrupts():  # `kill` on the sweep stops its job through the same path as Ctrl-C
+        _start(proc, start_method)
+        try:
+            proc.join()
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP to the sweep (sigterm_interrupts names it)
+            _stop(proc, 0 if e.args else STOP_GRACE_S)
+            raise
+    return proc.exitcode
+
+
+def _run_group(
+    job_dir: str, cfg: DictConfig, node: distributed.Node, env: Dict[str, str], threads: Optional[int]
+) -> Tuple[int, Optional[Tuple[int, int]]]:
+    """Run the job as this node's `accelerate launch` group (distributed.Node.command): (its exit code, (local rank,
+    exit code) of the rank that failed first, or None). The ranks run `python -m dpo_lab execute JOB_DIR`, stop with
+    this process (SWEEP_PID_ENV) and share its `threads`."""
+    t = cfg.trainer
+    env = {**env, distributed.SWEEP_PID_ENV: str(os.getpid())}
+    if threads or "OMP_NUM_THREADS" not in env:  # torchrun would set 1 thread per rank
+        cores = threads or len(os.sched_getaffinity(0))
+        env["OMP_NUM_THREADS"] = str(max(1, cores // int(t.processes)))
+    log.info(
+        "Job %s: %d processes (%s%s) on %s, rendezvous %s:%d",
+        job_dir,
+        distributed.world_size(t),
+        t.distributed,
+        f", node {node.rank} of {node.count}" if node.count > 1 else "",
+        f"GPUs {env['CUDA_VISIBLE_DEVICES']}" if env.get("CUDA_VISIBLE_DEVICES") else "this machine",
+        node.main,
+        node.port,
+    )
+    proc = subprocess.Popen(node.command(cfg, job_dir), env=env, stderr=subprocess.PIPE)
+    failures = []  # torch's elastic agent names the rank that failed first on stderr; passed through as it comes
+    tee = threading.Thread(target=_tee, args=(proc.stderr, failures), name="group-stderr", daemon=True)
+    tee.start()
+    with faults.sigterm_interrupts():
+        try:
+            proc.wait()
+        except KeyboardInterrupt as e:
+            _stop(proc, 0 if e.args else STOP_GRACE_S)
+            raise
+        finally:
+            tee.join(5)
+    return proc.returncode, failures[0] if failures else None
+
+
+FAILED_RANK = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")  # torch.distributed.elastic's line
+
+
+def _tee(stream, failures: list) -> None:
+    """Copy a launch group's stderr to ours as it comes (bytes: progress bars keep their carriage returns), noting
+    each (local rank, exit code) the elastic agent reports failed."""
+    out, tail = getattr(sys.stderr, "buffer", None), b""
+    for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+        if out is not None:
+            out.write(chunk)
+            out.flush()
+        else:  # a stderr without bytes (pytest's capture)
+            sys.stderr.write(chunk.decode(errors="replace"))
+        tail = (tail + chunk)[-4096:]
+        for m in FAILED_RANK.finditer(tail):
+            failures.append((int(m.group(2)), int(m.group(1))))
+        if FAILED_RANK.search(tail):
+            tail = b""

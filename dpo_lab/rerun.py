@@ -144,7 +144,7 @@ def rerun(job_dir: str, overrides: List[str], out: Optional[str] = None) -> int:
     )
     setup_logging(out)  # the rerun's log goes to its own train.log too
     _warn_on_version_drift(job_dir, out)
-    result = launch(out, TRAIN, isolate=False)
+    result = launch(out, TRAIN, isolate=False, cfg=cfg)
     _compare(read_json(os.path.join(job_dir, "result.json")) or {}, result)
     return exit_code(result)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
@@ -167,7 +167,12 @@ def setup(cfg: DictConfig, out_dir: str, run=None) -> Setup:
 
 def fit(s: Setup, out_dir: str) -> None:
     """Train (resuming from the job's last complete checkpoint, if any), end on an eval, save the final model."""
-    s.resumed_from, skipped = checkpoints.resumable(os.path.join(out_dir, "checkpoints"))
+    # rank 0 moves cut-off checkpoints aside and tells the other ranks where to resume (one dir, shared)
+    acc = s.trainer.accelerator
+    found = [checkpoints.resumable(os.path.join(out_dir, "checkpoints")) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        broadcast_object_list(found)
+    s.resumed_from, skipped = found[0]
     s.skipped_checkpoints = tuple(skipped)
     if s.resumed_from:
         log.info("Resuming from %s", s.resumed_from)
@@ -204,7 +209,7 @@ def summarize(s: Setup) -> Dict[str, Any]:
         resumed_from=s.resumed_from,
         incomplete_checkpoints=[f"{path}: {why}" for path, why in s.skipped_checkpoints],
         reference_logps=reuse.status(s.trainer),
-        reference_batches=s.trainer.reference_batches,
+        **_reference_batches(s.trainer),
         seconds_to_first_step=s.clock.seconds,
         pid=os.getpid(),
         cpu_threads=_torch_threads(),
@@ -282,6 +287,17 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
     if kind == "reward_model" and path is None:  # validate() allows this on toy data only
         path = toy_reward_model(cfg, toy, device)
     return judges.load(kind, path, device, cfg.samples.judge_trust_remote_code)
+
+
+def _reference_batches(trainer) -> Dict[str, Any]:
+    """Batches the reference scored in this job: on all ranks, and per rank where there are several (a collective:
+    every rank calls it)."""
+    from accelerate.utils import gather_object
+
+    if trainer.accelerator.num_processes == 1:
+        return {"reference_batches": trainer.reference_batches}
+    ranks = gather_object([trainer.reference_batches])
+    return {"reference_batches": sum(ranks), "reference_batches_by_rank": ranks}
 
 
 def _torch_threads() -> int:

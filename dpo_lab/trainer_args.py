@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab import methods
 from dpo_lab.config import Config, LossConfig, MethodConfig, TrainerConfig
+from dpo_lab.distributed import world_size
 from dpo_lab.errors import UserError
 from dpo_lab.memory import Batch, fixed_batch
 from dpo_lab.precision import Precision, resolve
@@ -88,6 +89,8 @@ def _ours(
         max_grad_norm=t.max_grad_norm,
         **checkpointing_arg(checkpointing),
         dataloader_num_workers=t.dataloader_num_workers,
+        # every parameter that trains takes part in each step: DDP's search for unused ones is a wasted graph walk
+        **({"ddp_find_unused_parameters": False} if world_size(t) > 1 else {}),
         use_cpu=device == "cpu",
         **precision.trainer_args(),
         report_to=[],  # wandb logging is callbacks.TrainerLogger, added when the job has a run
@@ -181,7 +184,8 @@ def preflight(cfg: DictConfig) -> None:
         # moments later and refuses it the same way.
         return
     mode = "bf16-pure" if cfg.trainer.precision == "bf16-pure" else "fp32"  # bf16-pure brings its own optimizer
-    args = build(cfg, "/job", "cpu", resolve(mode, "cpu"), False, fixed_batch(cfg.trainer))
+    batch = fixed_batch(cfg.trainer, world_size(cfg.trainer))  # the global batch splits over all the job's processes
+    args = build(cfg, "/job", "cpu", resolve(mode, "cpu"), False, batch)
     param = torch.nn.Parameter(torch.zeros(1))
     steps = cfg.max_steps or 100  # the schedule's shape, not its length, is what can be refused
     kwargs = {f: getattr(args, f) for f in ("optim", "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs")}

@@ -156,6 +156,7 @@ def validate(cfg: DictConfig) -> None:
     reason = precision.check(t.precision, t.extra)
     _check(reason is None, reason)
     _check_device(cfg)
+    _check_distributed(cfg, method)
     if cfg.peft.enabled:
         _check(
             not t.extra.get("sync_ref_model", False),
@@ -219,6 +220,19 @@ def _check_device(cfg: DictConfig) -> None:
         f"{t.device} runs this job on the CPU{' (no CUDA device is visible)' if t.device == 'auto' else ''}. Use "
         "trainer.precision=auto (fp32 on CPU), fp32 or bf16-mixed.",
     )
+
+
+def _check_distributed(cfg: DictConfig, method) -> None:
+    """A job on several processes (trainer.processes, nodes, distributed): distributed.check, with the GPUs nvidia-smi
+    lists where the job runs on this machine."""
+    from dpo_lab import distributed
+    from dpo_lab.gpus import card_memory
+
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_", default=None)
+    here = launcher is None or str(launcher).endswith(LOCAL_LAUNCHERS)
+    gpus = len(card_memory()) if here and distributed.world_size(cfg.trainer) > 1 else 0
+    for problem in distributed.check(cfg, here, gpus, method.reference):
+        _check(False, problem)
 
 
 def _check_samples(cfg: DictConfig) -> None:

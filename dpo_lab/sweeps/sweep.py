@@ -96,7 +96,9 @@ class SweepCallback(Callback):
             check_launcher(config)
         except Exception as e:
             raise _stopped_by(e) from None
-        if config.isolate != "never":  # its imports overlap with the preflight
+        from dpo_lab.distributed import world_size
+
+        if config.isolate != "never" and world_size(config.trainer) == 1:  # its imports overlap with the preflight
             start_server(config.start_method)
         try:
             jobs, estimates = self._preflight(config)
@@ -234,13 +236,18 @@ def _jobs_per_gpu(config, estimates: List[Optional[float]]) -> int:
 
     from dpo_lab.gpus import auto_jobs_per_gpu, card_memory
 
-    cards = card_memory()
-    n, why = auto_jobs_per_gpu(estimates, cards)
+    cards, processes = card_memory(), int(config.trainer.processes)
+    if processes > 1 and cards:  # a job takes whole GPUs (gpus.gpu_env)
+        n, slots = 1, len(cards) // processes
+        why = f"1: each job takes {processes} whole GPUs ({slots} such job(s) at once on {len(cards)} GPU(s))"
+    else:
+        n, why = auto_jobs_per_gpu(estimates, cards)
+        slots = min(len(estimates), n * len(cards))
     launcher = config.hydra.launcher
     given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.launcher.n_jobs" for o in config.hydra.overrides.hydra)
-    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and cards and not given:
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and slots and not given:
         with open_dict(config):
-            launcher.n_jobs = min(len(estimates), n * len(cards))
+            launcher.n_jobs = slots
         why += f"; hydra.launcher.n_jobs={launcher.n_jobs}"
     log.info("jobs_per_gpu=%s", why)
     return n
