@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 from dpo_lab.errors import UserError
 

@@ -245,7 +245,10 @@ def launch(
         what = (
             faults.from_exitcode(code)
             if code < 0
-            else {"status": "failed", "error": f"It exited with code {code}: its [rank {rank}] lines in train.log say why."}
+            else {
+                "status": "failed",
+                "error": f"It exited with code {code}: its [rank {rank}] lines in train.log say why.",
+            }
         )
         result.update(
             status=what["status"],

@@ -50,7 +50,7 @@ def sweeps(tmp_path_factory):
 def test_two_process_jobs_train_what_one_process_trains_with_the_same_global_batch(sweeps):
     """Each optimizer step sees the same 8 pairs either way (accelerate hands rank r every other micro-batch of the
     seeded order), and DDP's averaged gradient of two 4-pair halves is the 8-pair mean gradient: only float32
-    summation order differs. After 12 Adam steps that moves the metrics by about 1e-5 relative (measured), hence 1e-3."""
+    summation order differs. After 12 Adam steps that moves the metrics by about 1e-5 relative (measured): 1e-3."""
     tmp, two, one = sweeps
     assert two.returncode == 0, two.stdout[-3000:]
     assert one.returncode == 0, one.stdout[-3000:]
@@ -132,7 +132,12 @@ def test_sigterm_stops_every_rank_and_a_relaunch_resumes_to_the_same_metrics(swe
     assert stopped["last_checkpoint"] and not (sweep / "1" / "result.json").exists()
 
     again = run_py(
-        "-m", *JOB, *TWO, "loss=sigmoid,ipo", f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={sweep}",
+        "-m",
+        *JOB,
+        *TWO,
+        "loss=sigmoid,ipo",
+        f"results_dir={tmp_path / 'results'}",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
     assert again.returncode == 0, again.stdout[-3000:]
@@ -203,7 +208,13 @@ def test_what_cannot_work_is_refused_at_preflight(monkeypatch):
     assert "GPUs only" in check(cfg("trainer.processes=2", "trainer.distributed=fsdp2"))
     fsdp = check(cfg("trainer.processes=2", "trainer.distributed=fsdp2"), here=False)  # on SLURM's GPUs
     assert "trl#6470" in fsdp and "trainer.precompute_ref_log_probs=false" in fsdp
-    assert check(cfg("trainer.processes=2", "trainer.distributed=fsdp2", "trainer.precompute_ref_log_probs=false"), here=False) == ""
+    assert (
+        check(
+            cfg("trainer.processes=2", "trainer.distributed=fsdp2", "trainer.precompute_ref_log_probs=false"),
+            here=False,
+        )
+        == ""
+    )
     assert "machine with 1 GPU(s)" in check(cfg("trainer.processes=2"), gpus=1)
     assert "hydra/launcher=slurm" in check(cfg("trainer.nodes=2"))
     assert "leave jobs_per_gpu at auto" in check(cfg(*TWO, "jobs_per_gpu=2"))
@@ -234,7 +245,11 @@ def test_slurm_nodes_agree_on_the_group_without_talking(monkeypatch):
     cmd = nodes[1].command(cfg, "/jobs/0")
     flag = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
     assert flag("--num_processes") == "16" and flag("--machine_rank") == "1" and flag("--num_machines") == "2"
-    assert flag("--config_file").endswith("accelerate_configs/fsdp2.yaml") and cmd[-3:] == ["dpo_lab", "execute", "/jobs/0"]
+    assert flag("--config_file").endswith("accelerate_configs/fsdp2.yaml") and cmd[-3:] == [
+        "dpo_lab",
+        "execute",
+        "/jobs/0",
+    ]
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")  # a 1-node allocation for a 2-node job
     with pytest.raises(distributed.UserError, match="not a task of a 2-node SLURM job"):
         distributed.node(cfg.trainer)
