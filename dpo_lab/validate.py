@@ -177,8 +177,14 @@ def validate(cfg: DictConfig) -> None:
         "log-probs go stale when the reference is synced. Add trainer.precompute_ref_log_probs=false (a live "
         "reference) or drop sync_ref_model.",
     )
+    liger = t.extra.get("liger_kernel_config")
     _check(
-        not (t.extra.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", False),
+        liger is None or isinstance(liger, DictConfig),
+        f"trainer.extra.liger_kernel_config={liger}: give Liger's options as a mapping "
+        "(+trainer.extra.liger_kernel_config={rope:true}), or leave it unset.",
+    )
+    _check(
+        not (liger or {}).get("fused_linear_cross_entropy", False),
         "trainer.extra.liger_kernel_config.fused_linear_cross_entropy=true is rejected by TRL's DPOTrainer (it "
         "drops the fused LM head DPO needs); leave it unset.",
     )
