@@ -107,7 +107,7 @@ class Node:
         return [
             sys.executable,
             "-m",
-            "accelerate.commands.launch",
+            "dpo_lab.distributed",  # accelerate launch (main, below)
             "--config_file",
             config_file(t.distributed),
             "--num_processes",
@@ -176,3 +176,20 @@ def wait_for_node_zero(job_dir: str) -> None:
                 "shares (hydra.sweep.dir)?"
             )
         time.sleep(1)
+
+
+def main(argv: List[str]) -> int:
+    """`accelerate launch ARGV`, ending with 128 + the signal when stopped: torch's elastic agent stops the ranks on
+    SIGTERM / SIGINT and then raises SignalException, whose traceback would be the last thing a stopped sweep prints."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    try:
+        launch_command(launch_command_parser().parse_args(argv))
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

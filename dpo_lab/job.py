@@ -80,7 +80,7 @@ def execute(
             log.error("%s", e)
             result.update(status="failed", error=str(e), user_error=True)  # the command exits 2 (exit_code)
         except KeyboardInterrupt as e:
-            result.update(status="interrupted", error=f"stopped by {e or 'Ctrl-C'}. {faults.RESUME}")
+            result.update(status="interrupted", error=f"stopped by {str(e) or 'Ctrl-C'}. {faults.RESUME}")
             log.error("Job %s", result["error"])
             raise
         except Exception as e:

@@ -83,7 +83,7 @@ def _ranks(pid: int) -> list:
     found = {}
     for p in psutil.Process(pid).children(recursive=True):
         cmd = p.cmdline()
-        if cmd[-3:-1] == ["dpo_lab", "execute"] and "accelerate.commands.launch" not in cmd:
+        if cmd[-3:-1] == ["dpo_lab", "execute"] and "dpo_lab.distributed" not in cmd:
             found[int(p.environ()["RANK"])] = p
     return [found[r] for r in sorted(found)]
 
@@ -127,6 +127,7 @@ def test_sigterm_stops_every_rank_and_a_relaunch_resumes_to_the_same_metrics(swe
     assert proc.wait(timeout=120) == EXIT_INTERRUPTED
     gone, alive = psutil.wait_procs(ranks, timeout=30)
     assert not alive, "a rank outlived the sweep"
+    assert "Traceback" not in Path(f"{sweep}.log").read_text()  # torch's agent raises once it stopped the ranks
     stopped = result(sweep / "0")
     assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
     assert stopped["last_checkpoint"] and not (sweep / "1" / "result.json").exists()
