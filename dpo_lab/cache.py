@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from dpo_lab.distributed import THREADS_BEFORE_ENV
 from dpo_lab.errors import EXIT_OK, UserError
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,10 @@ def write_in_child(function: str, out_dir: Path, kwargs: Params) -> None:
     ranks, which are waiting on our file lock."""
     module, name = function.split(":")
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+    threads = env.pop(THREADS_BEFORE_ENV, None)  # a rank's thread share is not the model's: it trains as one job
+    if threads is not None:
+        env.pop("OMP_NUM_THREADS", None)
+        env.update({"OMP_NUM_THREADS": threads} if threads else {})
     code = (
         f"import json, logging, sys; from {module} import {name}; logging.basicConfig(level=logging.INFO); "
         f"{name}(sys.argv[1], **json.loads(sys.argv[2]))"

@@ -21,6 +21,9 @@ from dpo_lab.errors import UserError
 # trainer.distributed -> TRL's accelerate config (trl/accelerate_configs/)
 CONFIGS = {"ddp": "multi_gpu", "fsdp2": "fsdp2", "zero2": "zero2", "zero3": "zero3"}
 SWEEP_PID_ENV = "DPO_LAB_SWEEP_PID"  # the ranks stop when the sweep process that started them is gone
+# OMP_NUM_THREADS before the group set its per-rank share ("": unset): what a model trained for the cache gets back,
+# so the warm-up a rank builds is the one a one-process job builds (thread counts change float sums)
+THREADS_BEFORE_ENV = "DPO_LAB_OMP_NUM_THREADS_BEFORE"
 PORTS = (29500, 9000)  # a multi-node job's rendezvous port: first + SLURM job id mod span
 NODE_WAIT_S = 600  # how long a node other than node 0 waits for node 0 to prepare the job dir
 

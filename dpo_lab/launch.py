@@ -294,6 +294,7 @@ def _run_group(
     env = {**env, distributed.SWEEP_PID_ENV: str(os.getpid())}
     if threads or "OMP_NUM_THREADS" not in env:  # torchrun would set 1 thread per rank
         cores = threads or len(os.sched_getaffinity(0))
+        env[distributed.THREADS_BEFORE_ENV] = env.get("OMP_NUM_THREADS", "")
         env["OMP_NUM_THREADS"] = str(max(1, cores // int(t.processes)))
     log.info(
         "Job %s: %d processes (%s%s) on %s, rendezvous %s:%d",

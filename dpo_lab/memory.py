@@ -75,6 +75,12 @@ class MemoryPlan:
     why: str
     batch: Batch
     length: int  # tokens per sequence the estimate pads to
+    world: int = 1  # processes the job spans
+
+    @property
+    def global_batch(self) -> int:
+        """Pairs per optimizer step on all processes."""
+        return self.batch.train * self.batch.accumulation * self.world
 
     @property
     def total(self) -> float:
@@ -93,6 +99,7 @@ class MemoryPlan:
             "per_device_train_batch_size": self.batch.train,
             "per_device_eval_batch_size": self.batch.eval,
             "gradient_accumulation_steps": self.batch.accumulation,
+            "global_batch_size": self.global_batch,
             "batch_why": self.batch.why,
         }
 
@@ -319,10 +326,11 @@ def plan(
     batch, checkpointing, why = resolve_batch(t, free, parts_at, pairs, world, smallest)
     parts = parts_at(batch.train)
     checkpointed = parts.pop("activations_checkpointed")
-    result = MemoryPlan(parts, checkpointed, free, checkpointing, why, batch, length)
+    result = MemoryPlan(parts, checkpointed, free, checkpointing, why, batch, length, world)
     log.info(
         "Memory estimate (%d params, batch %d x 2 x %d tokens, %s): %s = %.2f GB; with checkpointing the "
-        "activations take %.2f GB. Micro-batch %d x %d accumulation (%s). Activation checkpointing %s (%s).",
+        "activations take %.2f GB. Micro-batch %d x %d accumulation x %d process(es) = %d pairs per step (%s). "
+        "Activation checkpointing %s (%s).",
         shape.params,
         batch.train,
         length,
@@ -332,6 +340,8 @@ def plan(
         checkpointed / GB,
         batch.train,
         batch.accumulation,
+        world,
+        result.global_batch,
         batch.why,
         "on" if checkpointing else "off",
         why,

@@ -59,6 +59,7 @@ def test_two_process_jobs_train_what_one_process_trains_with_the_same_global_bat
         a, b = result(tmp / "two" / job), result(tmp / "one" / job)
         assert a["status"] == "completed" and a["world_size"] == 2 and a["steps"] == 12
         assert b["world_size"] == 1 and a["per_device_train_batch_size"] * 2 == b["per_device_train_batch_size"]
+        assert a["global_batch_size"] == b["global_batch_size"] == 8
         same_metrics(a, b, rel=1e-3)
         assert len(list((tmp / "two" / job / "wandb").glob("offline-run-*"))) == 1  # rank 0's run only
         log = (tmp / "two" / job / "train.log").read_text()
