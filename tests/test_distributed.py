@@ -224,6 +224,7 @@ def test_what_cannot_work_is_refused_at_preflight(monkeypatch):
     assert "of your own" in check(cfg(*TWO))
 
 
+@pytest.mark.e2e
 def test_a_run_py_sweep_refuses_deepspeed_without_it(tmp_path):
     if distributed.importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("DeepSpeed is installed here")
