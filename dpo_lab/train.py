@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from accelerate.utils import broadcast_object_list, is_peft_model
+from accelerate.utils import broadcast_object_list, gather_object, is_peft_model
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
@@ -292,8 +292,6 @@ def _judge(cfg: DictConfig, toy: Optional[dict], device: str) -> Optional[judges
 def _reference_batches(trainer) -> Dict[str, Any]:
     """Batches the reference scored in this job: on all ranks, and per rank where there are several (a collective:
     every rank calls it)."""
-    from accelerate.utils import gather_object
-
     if trainer.accelerator.num_processes == 1:
         return {"reference_batches": trainer.reference_batches}
     ranks = gather_object([trainer.reference_batches])
