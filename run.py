@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from dpo_lab import console, distributed
 from dpo_lab.config import register_configs
 from dpo_lab.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError, bug_line, run_command
-from dpo_lab.files import LOG
+from dpo_lab.files import LOG, RESULT, read_json
 from dpo_lab.job import TRAIN, exit_code
 from dpo_lab.jobdir import check_free, completed_result, prepare
 from dpo_lab.launch import cpu_threads, launch
@@ -57,7 +57,9 @@ def run(cfg: DictConfig, multirun: bool) -> float:
     # preflight checked the config (SweepCallback: every job of a sweep; a single run before its dir was made)
     if distributed.joining(cfg.trainer):  # node 1.. of a multi-node job: node 0 prepares the dir and records
         distributed.wait_for_node_zero(job_dir)
-        result = launch(job_dir, TRAIN, True, cfg=cfg)
+        result = read_json(os.path.join(job_dir, RESULT)) or {}
+        if result.get("status") != "completed":  # node 0 skips a completed job: its group would wait for nobody
+            result = launch(job_dir, TRAIN, True, cfg=cfg)
         return objective(result, cfg.objective)
     check_free(job_dir)  # a relaunch while the first launch still trains there must not touch its files
     # A relaunch skips what finished and resumes what did not; the advice names the key that moves this launch.

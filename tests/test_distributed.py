@@ -179,23 +179,30 @@ def test_two_nodes_of_a_slurm_job_make_one_job(tmp_path):
     job = tmp_path / "job"
     args = [str(ROOT / "run.py"), TINY, "trainer.nodes=2", f"hydra.run.dir={job}"]
     slurm = {"SLURM_JOB_ID": str(os.getpid()), "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "localhost"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *args],
-            cwd=tmp_path,
-            env={**os.environ, **slurm, "SLURM_NODEID": str(node)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+
+    def both_nodes():
+        procs = [
+            subprocess.Popen(
+                [sys.executable, *args],
+                cwd=tmp_path,
+                env={**os.environ, **slurm, "SLURM_NODEID": str(node)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for node in (0, 1)
+        ]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+        return outs
+
+    outs = both_nodes()
     done = result(job)
     assert done["status"] == "completed" and done["world_size"] == 2 and done["steps"] == 4
     assert "node 1 of 2" in outs[1] and "node 0 of 2" in outs[0]
     assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+    outs = both_nodes()  # the array task requeued after it finished: both nodes skip it, neither waits for the other
+    assert "already completed" in outs[0] and "processes" not in outs[1] and result(job) == done
 
 
 def test_what_cannot_work_is_refused_at_preflight(monkeypatch):
