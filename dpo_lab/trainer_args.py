@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_lab import methods
 from dpo_lab.config import Config, LossConfig, MethodConfig, TrainerConfig
-from dpo_lab.distributed import world_size
+from dpo_lab.distributed import in_launch, world_size
 from dpo_lab.errors import UserError
 from dpo_lab.memory import Batch, fixed_batch
 from dpo_lab.precision import Precision, resolve
@@ -178,7 +178,7 @@ def preflight(cfg: DictConfig) -> None:
     from transformers import Trainer
     from transformers.optimization import get_scheduler
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if in_launch():
         # A rank of `accelerate launch`: TrainingArguments would join the process group now, before the job builds
         # its cache artifacts outside it (a rank other than 0 then saves no weights). The job builds this config
         # moments later and refuses it the same way.
