@@ -5,7 +5,9 @@
 #   2. kernels and compilation: torch.compile, Liger, sdpa vs eager vs flash-attention-2 (a variant whose package
 #      is missing prints why it did not run);
 #   3. the 4-job tiny sweep with jobs_per_gpu=auto against the same jobs as plain TRL scripts one at a time;
-#   4. the padding of trainer=gpu's batches, plain and length-grouped, on the toy data.
+#   4. the padding of trainer=gpu's batches, plain and length-grouped, on the toy data;
+#   5. what each method's LM head holds per token and vocabulary entry, and the estimate beside the peak
+#      (memory_model.py --logits, on the GPU: torch.cuda.max_memory_allocated).
 #
 #   bash benchmarks/gpu_busy.sh [OUT_DIR]                    on a GPU (needs trl, datasets, hydra: ../shared/gpu)
 #   SIZE=tiny STEPS=4 WARMUP=1 LENGTH=128 bash benchmarks/gpu_busy.sh      a CPU dry run of the script itself
@@ -37,3 +39,6 @@ echo "== padding: python benchmarks/padding.py trainer=gpu max_steps=64"
 python "$ROOT/benchmarks/padding.py" trainer=gpu max_steps=64 2>&1 | tail -n 4
 echo "(all: $((SECONDS - t0)) s)"
 python "$ROOT/benchmarks/memory_model.py" --gpu-peaks-only 2>/dev/null | tail -n 12
+echo "== logits: python benchmarks/memory_model.py --logits"
+timeout 180 python "$ROOT/benchmarks/memory_model.py" --logits 2>/dev/null | grep -aE "^\||^The LM"
+echo "(all: $((SECONDS - t0)) s)"

@@ -1,11 +1,12 @@
 """Write a checkpoint as a user's would arrive: saved in bf16, beside its exact fp32 upcast, with a tokenizer, so
 `model=hf` runs on both offline.
 
-    python benchmarks/make_checkpoint.py --out DIR [--size tiny|270m|0.5b]   a random Qwen2-shaped model
+    python benchmarks/make_checkpoint.py --out DIR [--size tiny|270m|0.5b] [--vocab N]   a random Qwen2-shaped model
     python benchmarks/make_checkpoint.py --out DIR --from MODEL_DIR           an existing model, cast to bf16
     -> DIR/bf16, DIR/fp32
 
 Random models use the toy tokenizer; its small vocabulary puts their parameters in the layers, not the embeddings.
+`--vocab N` widens the embedding and LM head to N outputs (a large vocabulary's logits, with the toy tokenizer).
 """
 
 import argparse
@@ -25,7 +26,7 @@ SIZES = {  # Qwen2 layer shapes: hidden, MLP width, layers, attention heads, key
 }
 
 
-def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
+def make(out: Path, size: str = "270m", source: Optional[str] = None, vocab: Optional[int] = None) -> int:
     """Write out/bf16 and out/fp32 (the bf16 weights upcast); returns the parameter count."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -54,8 +55,8 @@ def make(out: Path, size: str = "270m", source: Optional[str] = None) -> int:
     # for the tokenizer as it will load (dpo-lab refuses a tokenizer larger than the embedding).
     model.config.save_pretrained(out / "bf16")
     loaded = len(AutoTokenizer.from_pretrained(out / "bf16"))
-    if loaded > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(loaded)
+    if max(loaded, vocab or 0) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(max(loaded, vocab or 0))
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         model.to(dtype).save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
@@ -67,8 +68,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--size", default="270m", choices=sorted(SIZES))
     parser.add_argument("--from", dest="source", help="an existing model directory instead of a random model")
+    parser.add_argument("--vocab", type=int, help="outputs of the embedding and LM head (at least the tokenizer's)")
     args = parser.parse_args()
-    n = make(args.out, args.size, args.source)
+    n = make(args.out, args.size, args.source, args.vocab)
     print(f"{args.out}/bf16 and {args.out}/fp32: {n / 1e6:.1f}M parameters")
 
 

@@ -12,13 +12,17 @@ The estimate, in bytes, for N parameters of which T train, b(x) the size of dtyp
     optimizer    T·8: AdamW's two fp32 moments (bf16-pure's 8-bit AdamW: T·2)
     reference    N·b(frozen) for full fine-tuning with a live reference (LoRA: the base itself; precomputed: none)
     casts        N·b(compute) for full fine-tuning under autocast: the low-precision weight copies backward keeps
-    activations  tokens·layers·(a·h + c·i): what autograd saves per token and layer (ACTIVATIONS), tokens = 2
-                 (chosen and rejected)·batch·length, length = the data's longest prompt + answer up to max_length
-                 (a batch pads to its longest); with checkpointing each layer keeps its input (CHECKPOINTED·h) and
-                 one layer is recomputed at a time
+    activations  tokens·layers·(a·h + c·i): what autograd saves per token and layer (ACTIVATIONS), tokens =
+                 Method.sequences (a pair: chosen and rejected)·batch·length, length = the data's longest prompt +
+                 answer up to max_length (a batch pads to its longest); with checkpointing each layer keeps its
+                 input (CHECKPOINTED·h) and one layer is recomputed at a time
+    logits       what the LM head's output holds (Method.logits): the full logits of TRL's older pipeline (CPO,
+                 SimPO, AlphaPO, ORPO), tokens·vocab·FULL_LOGITS; or TRL's fused head (DPO, KTO), a buffer of
+                 min(tokens, 4096)·32768 entries in the compute dtype (+ FUSED_CPU per entry of each tile on the CPU)
 
 `python benchmarks/memory_model.py` measures ACTIVATIONS (bytes autograd saves, on the CPU) and sets the estimate
-beside the peaks measured on GPUs (benchmarks/README.md, "The memory model").
+beside the peaks measured on GPUs (benchmarks/README.md, "The memory model"); `--logits` measures FULL_LOGITS and
+FUSED_CPU.
 """
 
 import logging
@@ -27,6 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from dpo_lab import methods
 from dpo_lab.errors import UserError
 from dpo_lab.precision import BYTES, PURE_OPTIM, Precision
 
@@ -42,6 +47,14 @@ ACTIVATIONS = {"float32": (36, 16), "bfloat16": (32, 8), "float16": (32, 8)}
 # peaks measured show none beyond full fine-tuning's.
 LORA_FP32 = (32, 4)
 CHECKPOINTED = 4  # bytes per hidden unit a checkpointed layer keeps: its (fp32) input
+# Bytes per token and vocabulary entry of the full logits at a step's peak, by Method.logits: the logits, their
+# log-softmax and its gradient; the NLL term adds a cross-entropy over the chosen half (measured, rounded up).
+FULL_LOGITS = {"full": 12, "full+nll": 14}
+# TRL's fused LM head (trl 1.16, kernels/chunked_logprob.py) projects onto a buffer of (tokens, vocabulary entries)
+# and, on a CUDA GPU, folds it in place with a Triton kernel; elsewhere its torch fallback holds FUSED_CPU bytes more
+# per entry of each min(tokens, 4096) x min(vocab, 32768) tile (measured on the CPU).
+FUSED_TILE = (4096, 32768)
+FUSED_CPU = 29
 PACK_BATCH = 8  # pairs an `auto` micro-batch counts as when jobs_per_gpu=auto packs jobs onto a card
 SHARE_ENV = "DPO_LAB_GPU_SHARE"  # set by gpus.gpu_env: the share of the card a job may plan with when jobs share it
 AUTO_BATCH_MAX = 64  # the largest micro-batch `auto` picks without a global batch: past it, steps get no faster
@@ -54,6 +67,7 @@ class ModelShape:
     hidden: int
     layers: int
     intermediate: int
+    vocab: int = 0  # the LM head's outputs (only a method that builds the full logits counts them)
 
 
 @dataclass(frozen=True)
@@ -111,9 +125,9 @@ def model_shape(path: str, model_cfg, peft_cfg) -> ModelShape:
     from dpo_lab.modeling import meta_model
 
     config, model = meta_model(path, model_cfg)
+    output = model.get_output_embeddings()
     lora = 0
     if peft_cfg.enabled:
-        output = model.get_output_embeddings()
         for name, module in model.named_modules():
             if (
                 isinstance(module, torch.nn.Linear)
@@ -129,6 +143,7 @@ def model_shape(path: str, model_cfg, peft_cfg) -> ModelShape:
         hidden=hidden,
         layers=text.num_hidden_layers,
         intermediate=getattr(text, "intermediate_size", None) or 4 * hidden,
+        vocab=output.out_features if output is not None else text.vocab_size,
     )
 
 
@@ -149,9 +164,11 @@ def estimate(
     sequences: int,
     max_length: int,
     optim: Optional[str] = None,
+    logits: str = "fused",
+    device: str = "cuda",
 ) -> Dict[str, float]:
     """Bytes per part without checkpointing (see the module docstring), plus "activations_checkpointed";
-    `max_length`: the tokens each of the `sequences` pads to."""
+    `max_length`: the tokens each of the `sequences` pads to; `logits`: the method's Method.logits."""
     n, b = shape.params, BYTES
     trainable, t_bytes = (shape.lora_params, 4) if lora else (n, b[precision.trainable])
     tokens = sequences * max_length
@@ -166,9 +183,21 @@ def estimate(
         "optimizer": trainable * (2 if optim == PURE_OPTIM else 8),
         "reference": n * b[precision.frozen] if (live_reference and not lora) else 0,
         "casts": n * b[precision.compute] if (mixed and not lora) else 0,
+        "logits": _logits(shape.vocab, tokens, logits, b[precision.compute], device),
         "activations": tokens * shape.layers * per_token_layer,
         "activations_checkpointed": tokens * (shape.layers * CHECKPOINTED * shape.hidden + per_token_layer),
     }
+
+
+def _logits(vocab: int, tokens: int, how: str, compute_bytes: int, device: str) -> float:
+    """Bytes the LM head's output holds at a step's peak (the module docstring's `logits`); 0 for an unknown vocab."""
+    if not vocab:
+        return 0
+    if how != "fused":
+        return tokens * vocab * FULL_LOGITS[how]
+    rows, width = min(tokens, FUSED_TILE[0]), FUSED_TILE[1]
+    without_triton = rows * min(vocab, width) * FUSED_CPU if device != "cuda" else 0
+    return rows * width * compute_bytes + without_triton
 
 
 def free_memory(device: str) -> float:
@@ -298,17 +327,27 @@ def job_estimate(model_path: str, cfg, length: int) -> float:
     mode = str(t.precision)
     precision = PLANS["bf16-mixed" if mode == "auto" else LEGACY.get(mode, mode)]
     batch = fixed_batch(t).train if str(t.per_device_train_batch_size) != "auto" else PACK_BATCH
-    _, parts_at = _estimator(model_path, cfg, precision, min(length, t.max_length))
+    _, parts_at = _estimator(model_path, cfg, precision, min(length, t.max_length), "cuda")
     return total(parts_at(batch), str(t.activation_checkpointing).lower() == "true")
 
 
-def _estimator(model_path: str, cfg, precision: Precision, length: int):
+def _estimator(model_path: str, cfg, precision: Precision, length: int, device: str):
     """(the model's shape, estimate() of this job's settings as a function of its micro-batch in pairs)."""
     t = cfg.trainer
     shape = model_shape(model_path, cfg.model, cfg.peft)
     optim = t.extra.get("optim") or precision.trainer_args().get("optim")
+    method = methods.get(cfg.method.name)
+    live_reference = not t.precompute_ref_log_probs
     return shape, lambda batch: estimate(
-        shape, precision, cfg.peft.enabled, not t.precompute_ref_log_probs, 2 * batch, length, optim
+        shape,
+        precision,
+        cfg.peft.enabled,
+        live_reference,
+        method.sequences * batch,
+        length,
+        optim,
+        method.logits,
+        device,
     )
 
 
@@ -320,7 +359,7 @@ def plan(
     `smallest`: the method's least micro-batch."""
     t = cfg.trainer
     length = max(1, min(length, t.max_length))
-    shape, parts_at = _estimator(model_path, cfg, precision, length)
+    shape, parts_at = _estimator(model_path, cfg, precision, length, device)
     free = free_memory(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     batch, checkpointing, why = resolve_batch(t, free, parts_at, pairs, world, smallest)
@@ -328,14 +367,15 @@ def plan(
     checkpointed = parts.pop("activations_checkpointed")
     result = MemoryPlan(parts, checkpointed, free, checkpointing, why, batch, length, world)
     log.info(
-        "Memory estimate (%d params, batch %d x 2 x %d tokens, %s): %s = %.2f GB; with checkpointing the "
+        "Memory estimate (%d params, batch %d x %d x %d tokens, %s): %s = %.2f GB; with checkpointing the "
         "activations take %.2f GB. Micro-batch %d x %d accumulation x %d process(es) = %d pairs per step (%s). "
         "Activation checkpointing %s (%s).",
         shape.params,
         batch.train,
+        methods.get(cfg.method.name).sequences,
         length,
         precision.mode,
-        ", ".join(f"{k} {v / GB:.2f}" for k, v in parts.items()),
+        ", ".join(f"{k} {v / GB:.2f}" for k, v in parts.items() if v),
         sum(parts.values()) / GB,
         checkpointed / GB,
         batch.train,

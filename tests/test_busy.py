@@ -2,13 +2,15 @@
 estimate and stated free memory, the global batch kept through accumulation, length-grouped batches, and the
 per-run tokens/s, MFU, padding and estimate in result.json and wandb."""
 
+import dataclasses
 import json
 import os
+import sys
 
 import pytest
-from helpers import TINY, compose_cfg, leet_records, run_py
+from helpers import ROOT, TINY, compose_cfg, leet_records, run_py
 
-from dpo_lab import memory
+from dpo_lab import memory, methods
 from dpo_lab.errors import UserError
 from dpo_lab.gpus import MAX_JOBS_PER_GPU, auto_jobs_per_gpu
 from dpo_lab.precision import resolve
@@ -100,6 +102,26 @@ def test_jobs_per_gpu_auto_packs_as_many_as_fit():
     assert auto_jobs_per_gpu([1 * GB], []) == (1, "auto: no GPU visible (nvidia-smi lists none), 1")
 
 
+@pytest.mark.parametrize("method", methods.NAMES)
+def test_the_auto_batch_counts_what_each_methods_lm_head_holds(method):
+    """With Qwen2's 151,936-token vocabulary on a GPU, the full logits of CPO and ORPO (14 bytes per token and entry)
+    or SimPO and AlphaPO (12) take ~4 GB per pair of 1024-token sequences: half the auto micro-batch of DPO, whose
+    fused LM head holds one 4096 x 32768 buffer at most. KTO's rows are one sequence each: twice DPO's rows."""
+    shape = dataclasses.replace(SHAPE, vocab=151_936)
+    m = methods.get(method)
+    parts_at = lambda batch: memory.estimate(  # noqa: E731
+        shape, resolve("bf16-mixed", "cpu"), False, False, m.sequences * batch, 1024, None, m.logits, "cuda"
+    )
+    cfg = compose_cfg([TINY, f"method={method}", "trainer.per_device_train_batch_size=auto"])
+    batch, _, _ = memory.resolve_batch(cfg.trainer, 141 * GB, parts_at, 10_000, 1, m.min_batch)
+    tokens = m.sequences * 1024
+    if m.logits == "fused":  # a bf16 buffer of the tokens (up to 4096) x 32768 entries
+        assert parts_at(1)["logits"] == tokens * 32768 * 2 and parts_at(8)["logits"] == 4096 * 32768 * 2
+    else:
+        assert parts_at(1)["logits"] == tokens * 151_936 * memory.FULL_LOGITS[m.logits]
+    assert batch.train == {"dpo": 24, "kto": 48, "cpo": 11, "orpo": 11, "simpo": 12, "alphapo": 12}[method]
+
+
 def test_the_estimate_pads_to_the_longest_sequence_not_max_length():
     full = memory.estimate(SHAPE, resolve("bf16-mixed", "cpu"), False, False, 16, 1024)
     short = memory.estimate(SHAPE, resolve("bf16-mixed", "cpu"), False, False, 16, 128)
@@ -176,3 +198,20 @@ def test_jobs_per_gpu_auto_sets_the_launchers_jobs_from_the_cards_memory(tmp_pat
     assert "hydra.launcher.n_jobs=4" in proc.stdout and "Joblib.Parallel(n_jobs=4," in proc.stdout
     assert json.loads((sweep / "sweep.json").read_text())["jobs_per_gpu"] == 4
     assert all(json.loads((sweep / str(i) / "result.json").read_text())["status"] == "completed" for i in range(4))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["dpo", "cpo"])
+def test_the_estimate_holds_what_a_training_step_holds_with_a_large_vocabulary(method, tmp_path):
+    """Two steps on a random tiny Qwen2 with a 16,384-token LM head, where the LM head's output is most of the
+    memory (CPO's full logits; on the CPU, DPO's fused head's tiles): the job's estimate lands near the CPU
+    allocator's peak (benchmarks/memory_model.py --logits measures it), and without its logits part it would miss
+    most of it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from memory_model import step_peak
+
+    peak, padded, plan = step_peak(method, 16_384, 4, "fp32", tmp_path)
+    assert padded == plan.length == 128 and plan.parts["logits"] > 0
+    # measured: estimate / peak 1.01 (dpo) and 1.02 (cpo); without the logits part 0.05 and 0.11
+    assert 0.8 < plan.total / peak < 1.25
+    assert (plan.total - plan.parts["logits"]) / peak < 0.5

@@ -6,7 +6,13 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
+from dpo_lab.methods.base import (
+    OLDER_PIPELINE_ARGS,
+    POLICY_ONLY_MASKS,
+    Method,
+    derive_policy_margin,
+    only_default_loss,
+)
 from dpo_lab.methods.simpo import METHOD as SIMPO
 
 
@@ -43,6 +49,7 @@ METHOD = Method(
     eval_keys=SIMPO.eval_keys,
     params=("alpha", "simpo_gamma"),
     token_masks=POLICY_ONLY_MASKS,
+    logits="full",
     args=args,
     check=check,
     derive=derive_policy_margin,

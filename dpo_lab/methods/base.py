@@ -52,6 +52,9 @@ class Method:
     data: Tuple[str, ...] = ("paired",)  # the kinds of rows it trains on (data.Preferences.shape)
     token_masks: Tuple[str, ...] = ("attention_mask",)  # the masks of a collated batch whose sum is its tokens
     min_batch: int = 1  # the least per-device batch it trains with (a batch of 1 gives KTO no KL estimate)
+    sequences: int = 2  # sequences a micro-batch row trains on, for memory.py (a pair: chosen and rejected)
+    logits: str = "fused"  # how its trainer scores the LM head, for memory.py: "fused" (TRL's fused head: DPO, KTO),
+    # "full" (the full logits: TRL's older pipeline), "full+nll" (and the chosen answer's NLL, a cross-entropy)
 
 
 def se_of_batches(values, n: int):

@@ -6,7 +6,13 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_EVAL_KEYS, POLICY_ONLY_MASKS, Method, derive_policy_margin
+from dpo_lab.methods.base import (
+    OLDER_PIPELINE_ARGS,
+    POLICY_EVAL_KEYS,
+    POLICY_ONLY_MASKS,
+    Method,
+    derive_policy_margin,
+)
 
 LOSSES = ("sigmoid", "hinge", "ipo")  # CPOConfig's loss types besides simpo / alphapo (their own methods)
 
@@ -54,6 +60,7 @@ METHOD = Method(
     eval_keys=POLICY_EVAL_KEYS + ("eval_nll_loss",),
     params=("cpo_alpha",),
     token_masks=POLICY_ONLY_MASKS,
+    logits="full+nll",
     args=args,
     check=check,
     derive=derive_policy_margin,

@@ -91,6 +91,7 @@ METHOD = Method(
     args=args,
     check=check,
     min_batch=2,
+    sequences=1,  # a row is one completion; the KL term's forward runs without gradients
     derive=derive,
     rows=rows,
     columns=("prompt", "completion", "label"),

@@ -35,6 +35,7 @@ METHOD = Method(
     eval_keys=POLICY_EVAL_KEYS + ("eval_log_odds_ratio", "eval_log_odds_chosen", "eval_nll_loss"),
     params=(),
     token_masks=POLICY_ONLY_MASKS,
+    logits="full+nll",
     args=args,
     check=check,
     derive=derive_policy_margin,

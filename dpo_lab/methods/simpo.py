@@ -49,6 +49,7 @@ METHOD = Method(
     eval_keys=POLICY_EVAL_KEYS,
     params=("simpo_gamma",),
     token_masks=POLICY_ONLY_MASKS,
+    logits="full",
     args=args,
     check=check,
     derive=derive_policy_margin,
