@@ -67,7 +67,7 @@ class ModelShape:
     hidden: int
     layers: int
     intermediate: int
-    vocab: int = 0  # the LM head's outputs (only a method that builds the full logits counts them)
+    vocab: int = 0  # the LM head's outputs (0: unknown, and the estimate's logits part is left out)
 
 
 @dataclass(frozen=True)

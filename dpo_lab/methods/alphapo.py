@@ -6,13 +6,7 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import (
-    OLDER_PIPELINE_ARGS,
-    POLICY_ONLY_MASKS,
-    Method,
-    derive_policy_margin,
-    only_default_loss,
-)
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_ONLY_MASKS, Method, derive_policy_margin, only_default_loss
 from dpo_lab.methods.simpo import METHOD as SIMPO
 
 

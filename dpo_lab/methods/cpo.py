@@ -6,13 +6,7 @@ from typing import Any, Dict
 from omegaconf import DictConfig
 
 from dpo_lab.errors import UserError
-from dpo_lab.methods.base import (
-    OLDER_PIPELINE_ARGS,
-    POLICY_EVAL_KEYS,
-    POLICY_ONLY_MASKS,
-    Method,
-    derive_policy_margin,
-)
+from dpo_lab.methods.base import OLDER_PIPELINE_ARGS, POLICY_EVAL_KEYS, POLICY_ONLY_MASKS, Method, derive_policy_margin
 
 LOSSES = ("sigmoid", "hinge", "ipo")  # CPOConfig's loss types besides simpo / alphapo (their own methods)
 
