@@ -19,6 +19,7 @@ import sys
 from dpo_lab import cache, console
 from dpo_lab.distributed import SWEEP_PID_ENV
 from dpo_lab.errors import EXIT_BUSY, EXIT_OK, run_command
+from dpo_lab.files import is_main_rank
 
 
 def execute(args) -> int:
@@ -34,10 +35,15 @@ def execute(args) -> int:
 
         stop_with(int(os.environ[SWEEP_PID_ENV]))
     try:
-        return exit_code(run_job(args.job_dir, TRAIN, meta=meta))
+        result = run_job(args.job_dir, TRAIN, meta=meta)
     except JobBusy as e:
         print(e, file=sys.stderr)
         return EXIT_BUSY
+    if result["status"] == "diverged" and not is_main_rank():
+        # StepGuard stops every rank at the same step, and rank 0 records it: another rank exiting 1 first would
+        # have the elastic agent stop rank 0 before it writes, and name that rank's exit as the job's failure
+        return EXIT_OK
+    return exit_code(result)
 
 
 def rerun(args) -> int:

@@ -169,6 +169,8 @@ def test_a_killed_rank_fails_its_job_and_the_sweep_goes_on_where_a_diverged_rank
     log = (sweep / "1" / "train.log").read_text()
     for rank in (0, 1):  # both ranks stopped at the same step
         assert f"[rank {rank}] Job diverged: " in log and "at step 3" in log
+    # the agent's failures: job 0's killed rank; in job 1 only rank 0 exits 1, so nothing stops it before it records
+    assert re.findall(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", out) == [("-9", "1"), ("1", "0")]
     assert re.search(r"\| 0 +\| 5e-05 +\| killed +\|", out) and re.search(r"\| 1 +\| 1e\+30 +\| diverged +\|", out)
 
 
